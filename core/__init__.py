@@ -1,0 +1,7 @@
+"""Headtune's Qt-free core: the plan, models, data, training job and command line.
+
+Everything the window can do is reachable from here without importing Qt, so the same plan
+runs from the GUI, from ``headtune train`` and under ``accelerate launch`` / ``torchrun``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,359 @@
+"""The training job: runs one plan, emits typed events, honours a stop request between steps.
+
+Plain Python and no Qt, so the same object runs under ``headtune train``, inside the window's
+worker thread, or under ``accelerate launch`` / ``torchrun`` (the loop is transformers'
+``Trainer``, which handles devices, accumulation, schedules, checkpoints and resume).
+
+Order matters for "bad input writes nothing": the plan, the model source, the tokenizer, the
+dataset and the model are all checked and loaded *before* the run folder is created, so a run
+refused for any of those leaves no trace on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from . import events as ev
+from .errors import HeadtuneError, OutOfMemoryError, PlanError, RunError
+from .plan import Plan, load_plan
+
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+# Keys that may differ when a run is resumed: only the step budget.
+RESUMABLE_KEYS = {"training.max_steps", "training.epochs"}
+GiB = 1024 ** 3
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+    folder = checkpoints_dir(run_dir)
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Plan:
+    """The plan of an existing run, with step-budget overrides only."""
+    run_dir = Path(run_dir)
+    plan_file = run_dir / "plan.yaml"
+    if not plan_file.is_file():
+        raise PlanError(f"{run_dir} is not a Headtune run folder (it has no plan.yaml), so it cannot be resumed.")
+    saved = load_plan(plan_file)
+    plan = load_plan(plan_file, list(overrides))
+    changed = sorted(k for k, v in _flatten(plan.to_dict()).items()
+                     if _flatten(saved.to_dict()).get(k) != v and k not in RESUMABLE_KEYS)
+    if changed:
+        raise PlanError(f"A resumed run must use the plan it started with; only the step budget "
+                        f"({', '.join(sorted(RESUMABLE_KEYS))}) may change. Changed: {', '.join(changed)}.",
+                        changed[0])
+    plan.output.dir = str(run_dir.resolve())
+    return plan
+
+
+def memory_sample(step: int) -> ev.Memory:
+    import psutil
+    import torch
+    rss = psutil.Process().memory_info().rss
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return ev.Memory(step=step, rss_bytes=rss, cuda_allocated_bytes=torch.cuda.memory_allocated(),
+                         cuda_reserved_bytes=torch.cuda.memory_reserved(),
+                         cuda_max_allocated_bytes=torch.cuda.max_memory_allocated())
+    return ev.Memory(step=step, rss_bytes=rss)
+
+
+def oom_message(device: str, step: int | None, plan: Plan) -> str:
+    where = "GPU" if device.startswith("cuda") else "computer"
+    at = f" at step {step}" if step else " while starting"
+    tips = []
+    t, d = plan.training, plan.data
+    if not t.gradient_checkpointing:
+        tips.append("turn on training.gradient_checkpointing")
+    if t.batch_size > 1:
+        tips.append(f"lower training.batch_size (now {t.batch_size}) and raise training.grad_accum to keep the "
+                    "effective batch")
+    tips.append(f"shorten data.max_seq_len (now {d.max_seq_len})")
+    if plan.model.quantization == "none":
+        tips.append("load the model in 4bit (model.quantization: 4bit)")
+    if t.optimizer == "adamw":
+        tips.append("use the 8-bit optimizer (training.optimizer: adamw_8bit)")
+    if plan.embeddings_trained and plan.embeddings.mode == "full":
+        tips.append("train only selected token rows (embeddings.mode: tokens)")
+    return (f"The {where} ran out of memory{at}. Try one or more of: " + "; ".join(tips) +
+            ". `headtune estimate` shows where the memory goes. The last checkpoint (if any) is kept.")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+class TrainingJob:
+    """Runs a plan. ``run()`` returns the final ``Finished`` or ``Stopped`` event, or raises a
+    ``HeadtuneError`` after emitting ``Failed``. ``request_stop()`` is safe from any thread."""
+
+    def __init__(self, plan: Plan, sinks: Iterable[ev.Sink] = (), resume: bool = False):
+        self.plan = plan
+        self.sinks = list(sinks)
+        self.resume = resume
+        self._stop = threading.Event()
+        self._file_sink: ev.JsonlSink | None = None
+        self.step = 0
+        self.device = "cpu"
+        self.run_dir = Path(plan.output.dir)
+        self.data = None
+        self.model = None
+
+    # -- control ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def emit(self, event: ev.Event) -> None:
+        if self._file_sink is not None:
+            self._file_sink(event)
+        for sink in self.sinks:
+            sink(event)
+
+    def log(self, message: str) -> None:
+        self.emit(ev.Log(message=message))
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> ev.Event:
+        try:
+            return self._run()
+        except HeadtuneError as exc:
+            self.emit(ev.Failed(message=str(exc), step=self.step or None, error_type=type(exc).__name__))
+            raise
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if _is_oom(exc):
+                err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan))
+            else:
+                err = RunError(f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}")
+            self.emit(ev.Failed(message=str(err), step=self.step or None, error_type=type(err).__name__))
+            raise err from exc
+        finally:
+            if self._file_sink is not None:
+                self._file_sink.close()
+                self._file_sink = None
+
+    def _check_output_dir(self) -> str | None:
+        run_dir = self.run_dir
+        if self.resume:
+            ckpt = latest_checkpoint(run_dir)
+            if ckpt is None:
+                raise PlanError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a "
+                                "new run instead.", "output.dir")
+            return ckpt
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise PlanError(f"output.dir: {run_dir} already exists and is not empty. Choose a new folder, or "
+                            f"continue that run with `headtune train --resume {run_dir}`.", "output.dir")
+        return None
+
+    def _run(self) -> ev.Event:
+        import torch
+
+        from . import adapters, data, models
+
+        plan = self.plan
+        ckpt = self._check_output_dir()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if plan.training.optimizer == "paged_adamw_8bit" and self.device == "cpu":
+            raise PlanError("training.optimizer: paged_adamw_8bit pages optimizer states between GPU and CPU "
+                            "memory and needs a CUDA GPU. On the CPU use adamw or adamw_8bit.", "training.optimizer")
+        if plan.model.dtype == "float16" and self.device == "cpu":
+            raise PlanError("model.dtype: float16 training needs a GPU; on the CPU use bfloat16 or float32.",
+                            "model.dtype")
+
+        self.log(f"Resolving model {plan.model.name_or_path}")
+        source = models.resolve_source(plan.model.name_or_path)
+        tokenizer = models.load_tokenizer(source, plan.model.trust_remote_code)
+        new_ids = adapters.add_new_tokens(tokenizer, plan.embeddings.new_tokens)
+
+        self.log(f"Reading and tokenising {plan.data.path}")
+        self.data = data.prepare(plan.data, tokenizer, plan.training.seed)
+        st = self.data.stats
+        self.log(f"{st.rows} rows ({st.format}): {st.train_examples} train, {st.val_examples} validation, "
+                 f"{st.truncated} truncated to {plan.data.max_seq_len} tokens")
+
+        self.log(f"Loading model on {self.device} ({plan.model.quantization}, {plan.model.dtype})")
+        model = models.load_model(source, plan.model, self.device)
+        adapters.resize_with_mean_rows(model, len(tokenizer))
+        setup = adapters.resolve_embeddings(model, plan.embeddings, new_ids)
+        model.config.use_cache = False
+        model = adapters.build_peft_model(model, plan, setup)
+        self.model = model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        self._check_disk(model)
+        if self.stop_requested:
+            return ev.Stopped(step=0, adapter_path="")
+
+        # Only now, with every input accepted, does the run folder appear.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            plan.save(self.run_dir / "plan.yaml")
+        self._file_sink = ev.JsonlSink(self.run_dir / "events.jsonl")
+
+        trainer = self._trainer(model, tokenizer, setup)
+        self.emit(ev.Started(total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else
+                             self._steps_for_epochs(), trainable_params=trainable, total_params=total,
+                             train_examples=len(self.data.train), val_examples=len(self.data.val),
+                             device=self.device, resumed_from_step=_ckpt_step(ckpt),
+                             message=f"{trainable:,} trainable parameters of {total:,}"))
+        do_eval = bool(self.data.val) and plan.training.eval_every > 0
+        if do_eval and ckpt is None:
+            trainer.evaluate()
+        result = trainer.train(resume_from_checkpoint=ckpt)
+        self.step = trainer.state.global_step
+        adapter_dir = self._save_adapter(model, tokenizer)
+        if self.stop_requested:
+            last = latest_checkpoint(self.run_dir)
+            event: ev.Event = ev.Stopped(step=self.step, adapter_path=str(adapter_dir), checkpoint_path=last)
+        else:
+            eval_loss = None
+            if do_eval:
+                last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
+                if not last_eval or last_eval[-1].get("step") != self.step:
+                    trainer.evaluate()
+                    last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
+                eval_loss = last_eval[-1]["eval_loss"] if last_eval else None
+            event = ev.Finished(step=self.step, adapter_path=str(adapter_dir),
+                                train_loss=getattr(result, "training_loss", None), eval_loss=eval_loss)
+        self.emit(memory_sample(self.step))
+        self.emit(event)
+        return event
+
+    def _steps_for_epochs(self) -> int:
+        t = self.plan.training
+        per_epoch = math.ceil(len(self.data.train) / (t.batch_size * t.grad_accum))
+        return max(1, math.ceil(per_epoch * t.epochs))
+
+    def _check_disk(self, model) -> None:
+        """Refuse to start when the checkpoints that the plan will keep cannot fit on disk."""
+        t = self.plan.training
+        numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        state_bytes = 2 * numel * (1 if "8bit" in t.optimizer else 4)
+        checkpoint = weights + state_bytes + 16 * 1024 ** 2
+        keep = (t.save_total_limit + 1) if t.save_every > 0 else 1  # one extra while rotating; one on stop
+        need = checkpoint * keep + weights + 64 * 1024 ** 2
+        free = _free_bytes(self.run_dir)
+        if free < need:
+            raise RunError(f"Not enough free disk space for this run in {self.run_dir}: it needs about "
+                           f"{need / GiB:.2f} GiB for checkpoints and the adapter, and {free / GiB:.2f} GiB is free. "
+                           "Free some space, lower training.save_total_limit, or choose another output.dir.")
+
+    def _trainer(self, model, tokenizer, setup):
+        from transformers import TrainingArguments
+        from transformers.trainer_callback import PrinterCallback
+
+        from .data import Collator
+        from .trainer import HeadtuneTrainer, JobCallback
+
+        plan, t = self.plan, self.plan.training
+        has_val = bool(self.data.val) and t.eval_every > 0
+        args = TrainingArguments(
+            output_dir=str(checkpoints_dir(self.run_dir)),
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.grad_accum,
+            learning_rate=t.learning_rate,
+            lr_scheduler_type=t.lr_scheduler,
+            warmup_steps=t.warmup_ratio,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            num_train_epochs=t.epochs,
+            max_steps=t.max_steps if t.max_steps > 0 else -1,
+            logging_steps=1,
+            eval_strategy="steps" if has_val else "no",
+            eval_steps=t.eval_every if has_val else None,
+            save_strategy="steps" if t.save_every > 0 else "no",
+            save_steps=t.save_every if t.save_every > 0 else 500,
+            save_total_limit=t.save_total_limit,
+            seed=t.seed,
+            data_seed=t.seed,
+            bf16=plan.model.dtype == "bfloat16",
+            fp16=plan.model.dtype == "float16",
+            activation_checkpointing=t.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            optim=OPTIMIZERS[t.optimizer],
+            report_to=[],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            include_num_input_tokens_seen="non_padding",
+            use_cpu=self.device == "cpu",
+            label_names=["labels"],
+        )
+        from .adapters import embedding_parameter_names
+        trainer = HeadtuneTrainer(
+            model=model, args=args, train_dataset=self.data.train,
+            eval_dataset=self.data.val if has_val else None,
+            data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+            callbacks=[JobCallback(self)],
+            embedding_param_names=embedding_parameter_names(model, setup),
+            embedding_lr=plan.embeddings.learning_rate,
+        )
+        # Progress goes out as events; the Trainer's own console printer would duplicate it.
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    def _save_adapter(self, model, tokenizer) -> Path:
+        """Write ``adapter/`` atomically: a temp folder renamed over the old one."""
+        final = self.run_dir / "adapter"
+        tmp = self.run_dir / "adapter.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            old = self.run_dir / "adapter.old"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        self.log(f"Adapter saved to {final}")
+        return final
+
+
+def _ckpt_step(ckpt: str | None) -> int:
+    if not ckpt:
+        return 0
+    try:
+        return int(Path(ckpt).name.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0

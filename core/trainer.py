@@ -1,0 +1,121 @@
+"""transformers ``Trainer`` glue: the embedding/head learning-rate group and the job's callback.
+
+The callback turns the Trainer's hooks into Headtune events (step, eval, memory, checkpoint)
+and turns a stop request into "save a checkpoint, then end" at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from . import events as ev
+
+
+class HeadtuneTrainer(Trainer):
+    """A Trainer whose embedding/head parameters form their own optimizer group(s)."""
+
+    def __init__(self, *args, embedding_param_names: set[str] = frozenset(), embedding_lr: float | None = None,
+                 **kwargs):
+        self.embedding_param_names = set(embedding_param_names)
+        self.embedding_lr = embedding_lr
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in opt_model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((name in self.embedding_param_names, name in decay), []).append(p)
+        param_groups = []
+        # A fixed order (body, then embeddings) keeps optimizer state loadable on resume.
+        for is_emb in (False, True):
+            for is_decay in (True, False):
+                params = groups.get((is_emb, is_decay))
+                if not params:
+                    continue
+                group = {"params": params, "weight_decay": self.args.weight_decay if is_decay else 0.0}
+                if is_emb and self.embedding_lr is not None:
+                    group["lr"] = self.embedding_lr
+                param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        if "bitsandbytes" in str(optimizer_cls) and optimizer_kwargs.get("optim_bits") == 8:
+            # Same as the stock Trainer: 32-bit states for nn.Embedding weights under 8-bit Adam.
+            import bitsandbytes
+            manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+            for module in opt_model.modules():
+                if isinstance(module, nn.Embedding):
+                    manager.register_module_override(module, "weight", {"optim_bits": 32})
+        return self.optimizer
+
+
+def _finite(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x.item() if isinstance(x, torch.Tensor) else x)
+    return x if math.isfinite(x) else None
+
+
+class JobCallback(TrainerCallback):
+    """Translates Trainer hooks into events on ``job`` and applies its stop flag."""
+
+    MEMORY_EVERY_S = 0.5
+
+    def __init__(self, job):
+        self.job = job
+        self._t0 = time.perf_counter()
+        self._tokens0 = 0
+        self._tps = 0.0
+        self._last_memory = 0.0
+
+    def _reset_clock(self, state) -> None:
+        self._t0 = time.perf_counter()
+        self._tokens0 = state.num_input_tokens_seen
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._reset_clock(state)
+        self.job.emit(ev.Log(message=f"Training {state.max_steps} steps from step {state.global_step}"))
+
+    def _apply_stop(self, control) -> None:
+        if self.job.stop_requested and not control.should_training_stop:
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_step_end(self, args, state, control, **kw):
+        now = time.perf_counter()
+        dt = now - self._t0
+        self._tps = (state.num_input_tokens_seen - self._tokens0) / dt if dt > 0 else 0.0
+        self._reset_clock(state)
+        self.job.step = state.global_step
+        if now - self._last_memory >= self.MEMORY_EVERY_S or state.global_step == 1:
+            self._last_memory = now
+            from .job import memory_sample
+            self.job.emit(memory_sample(state.global_step))
+        self._apply_stop(control)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" in logs:
+            self.job.emit(ev.Step(step=state.global_step, total_steps=state.max_steps,
+                                  loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)),
+                                  grad_norm=_finite(logs.get("grad_norm")), tokens_per_s=round(self._tps, 1),
+                                  epoch=float(logs.get("epoch") or 0.0)))
+        self._apply_stop(control)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        if metrics and "eval_loss" in metrics:
+            self.job.emit(ev.Eval(step=state.global_step, eval_loss=float(metrics["eval_loss"])))
+        self._reset_clock(state)
+
+    def on_save(self, args, state, control, **kw):
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        self.job.emit(ev.Checkpoint(step=state.global_step, path=path))
+        self._reset_clock(state)

@@ -1,0 +1,80 @@
+"""Builders for tiny local models, tokenizers, datasets and plans used across the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+WORDS = ("the a model learns to answer short questions about colours numbers animals and places with one "
+         "clear sentence red blue green cat dog bird one two three four five paris rome tokyo river hill").split()
+
+ALPACA_ROWS = [
+    {"instruction": f"Name colour number {i}.", "input": "" if i % 3 else "Be brief.",
+     "output": f"Colour {i} is {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}."}
+    for i in range(40)
+]
+
+
+def build_tokenizer(folder: Path) -> Path:
+    """A real byte-level BPE tokenizer (trained here) with ChatML special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [" ".join(WORDS)] * 5 + [json.dumps(r) for r in ALPACA_ROWS]
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return folder
+
+
+def build_model(folder: Path, tokenizer_dir: Path, vocab_size: int, tied: bool, hidden: int = 32,
+                layers: int = 2, seed: int = 0) -> Path:
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=tied,
+                         bos_token_id=0, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def write_jsonl(path: Path, rows, raw_lines: list[str] | None = None) -> Path:
+    lines = [json.dumps(r) for r in rows] + (raw_lines or [])
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def plan_dict(model_path: Path, data: Path, out: Path, **sections) -> dict:
+    """A small fast plan; ``sections`` update whole sections, e.g. training={"max_steps": 3}."""
+    d = {
+        "model": {"name_or_path": str(model_path), "dtype": "float32"},
+        "data": {"path": str(data), "max_seq_len": 64, "val_fraction": 0.1},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {"batch_size": 2, "max_steps": 3, "learning_rate": 1e-2, "eval_every": 0, "save_every": 0,
+                     "warmup_ratio": 0.0, "lr_scheduler": "constant"},
+        "output": {"dir": str(out)},
+    }
+    for key, value in sections.items():
+        d.setdefault(key, {}).update(value)
+    return d
