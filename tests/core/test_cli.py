@@ -1,0 +1,112 @@
+"""The ``headtune`` command: help, exit codes, messages without tracebacks, a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import plan_dict, write_jsonl, ALPACA_ROWS
+from headtune.core.cli import main
+
+
+def write_plan(tmp_path, model_dir, data_file, **sections):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan_dict(model_dir, data_file, tmp_path / "run", **sections)))
+    return path
+
+
+def test_help_lists_commands_and_plan_keys(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("gui", "train", "estimate", "export", "inspect"):
+        assert cmd in out
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--set KEY=VALUE" in out and "--resume RUN_DIR" in out
+    assert "embeddings.mode [full | tokens | lora]" in out and "training.max_steps" in out
+
+
+def test_version_parses(capsys):
+    assert main(["--version"]) == 0
+    lines = dict(line.split(" ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert lines["headtune"] == "0.1.0" and lines["torch"].startswith("2.") and "transformers" in lines
+
+
+def test_train_runs_and_overrides(tmp_path, tiny_untied, alpaca_file, capsys):
+    plan = write_plan(tmp_path, tiny_untied, alpaca_file)
+    assert main(["train", str(plan), "--set", "training.max_steps=2", "--set", "data.max_seq_len=48"]) == 0
+    out = capsys.readouterr().out
+    assert "step 2/2" in out and "Finished 2 steps" in out
+    saved = yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())
+    assert saved["training"]["max_steps"] == 2 and saved["data"]["max_seq_len"] == 48
+
+
+def test_bad_plan_exit_2_one_paragraph(tmp_path, tiny_untied, alpaca_file, capsys):
+    plan = write_plan(tmp_path, tiny_untied, alpaca_file)
+    assert main(["train", str(plan), "--set", "training.batch_size=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "training.batch_size: must be at least 1" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_dataset_exit_2_names_line(tmp_path, tiny_untied, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", ALPACA_ROWS[:5], raw_lines=["not json"])
+    plan = write_plan(tmp_path, tiny_untied, data)
+    assert main(["train", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "d.jsonl, line 6 is not valid JSON" in err and "Traceback" not in err
+
+
+def test_missing_model_exit_2(tmp_path, alpaca_file, capsys):
+    plan = write_plan(tmp_path, tmp_path / "nope", alpaca_file)
+    assert main(["train", str(plan)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_failure_during_run_exit_1_and_debug_traceback(tmp_path, tiny_untied, alpaca_file, capsys, monkeypatch):
+    from headtune.core import trainer as trainer_mod
+
+    def boom(self, *a, **k):
+        raise RuntimeError("simulated kernel failure")
+    monkeypatch.setattr(trainer_mod.HeadtuneTrainer, "training_step", boom)
+    plan = write_plan(tmp_path, tiny_untied, alpaca_file)
+    assert main(["train", str(plan)]) == 1
+    err = capsys.readouterr().err
+    assert "Training failed at step 0: RuntimeError: simulated kernel failure" in err and "Traceback" not in err
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["type"] == "failed"
+    plan2 = tmp_path / "p2.yaml"
+    plan2.write_text(plan.read_text().replace(str(tmp_path / "run"), str(tmp_path / "run2")))
+    assert main(["--debug", "train", str(plan2)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys):
+    assert main(["train"]) == 2
+    assert "give a plan file, --demo, or --resume" in capsys.readouterr().err
+    assert main(["estimate", "x.yaml"]) == 1
+    assert "not available in this version" in capsys.readouterr().err
+
+
+def test_resume_from_command_line(tmp_path, tiny_untied, alpaca_file, capsys):
+    plan = write_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 2, "save_every": 2})
+    assert main(["train", str(plan)]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "training.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "step 3/3" in out and "step 1/3" not in out.split("Finished 2 steps")[1]
+
+
+def test_console_script_installed():
+    """The real entry point runs in a fresh process (exit code and output from the installed script)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "headtune.core.cli", "--version"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("headtune ")

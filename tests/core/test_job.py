@@ -1,0 +1,153 @@
+"""The training job: events, run folder rules, stop and resume, failures and their messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import plan_dict, write_jsonl, ALPACA_ROWS
+from headtune.core import events as ev
+from headtune.core.errors import DataError, OutOfMemoryError, PlanError, RunError
+from headtune.core.job import TrainingJob, resume_plan
+from headtune.core.plan import plan_from_dict
+
+
+def make_plan(tmp_path, model_dir, data_file, name="run", **sections):
+    return plan_from_dict(plan_dict(model_dir, data_file, tmp_path / name, **sections))
+
+
+def test_events_and_run_folder(tmp_path, tiny_untied, alpaca_file):
+    seen = []
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 4, "eval_every": 2, "save_every": 2})
+    result = TrainingJob(plan, sinks=[seen.append]).run()
+    run = tmp_path / "run"
+    assert isinstance(result, ev.Finished) and result.step == 4 and result.eval_loss is not None
+    assert (run / "plan.yaml").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    lines = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    types = [x["type"] for x in lines]
+    assert types.count("step") == 4 and types[-1] == "finished" and "memory" in types
+    assert [x["step"] for x in lines if x["type"] == "eval"] == [0, 2, 4]  # start, every 2, end
+    step = next(x for x in lines if x["type"] == "step")
+    assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s"} <= set(step)
+    assert step["tokens_per_s"] > 0 and step["loss"] > 0
+    mem = next(x for x in lines if x["type"] == "memory")
+    assert mem["rss_bytes"] > 10_000_000
+    # The sink saw the same events as the file (plus nothing lost), and they read back typed.
+    assert [e.to_dict() for e in seen if e.type != "log"] == [x for x in lines if x["type"] != "log"]
+    assert [type(e).__name__ for e in ev.read_events(run / "events.jsonl")][-1] == "Finished"
+
+
+def test_existing_run_folder_is_refused_and_untouched(tmp_path, tiny_untied, alpaca_file):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(PlanError, match="already exists and is not empty"):
+        TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file)).run()
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_bad_dataset_writes_nothing(tmp_path, tiny_untied):
+    data = write_jsonl(tmp_path / "d.jsonl", ALPACA_ROWS[:3], raw_lines=['{"instruction": "x", "output": 5}'])
+    with pytest.raises(DataError, match=r"d.jsonl, line 4: 'output' must be text"):
+        TrainingJob(make_plan(tmp_path, tiny_untied, data)).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_model_writes_nothing(tmp_path, alpaca_file):
+    from headtune.core.errors import ModelError
+    plan = make_plan(tmp_path, tmp_path / "no-such-model", alpaca_file)
+    with pytest.raises(ModelError, match="does not exist"):
+        TrainingJob(plan).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_token_ids_outside_vocabulary(tmp_path, tiny_untied, alpaca_file):
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file,
+                     embeddings={"train_embeddings": True, "mode": "tokens", "token_ids": [3, 100000]})
+    with pytest.raises(PlanError, match=r"\[100000\] are outside the vocabulary \(size 512\)"):
+        TrainingJob(plan).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_enough_disk(tmp_path, tiny_untied, alpaca_file, monkeypatch):
+    from headtune.core import job as job_mod
+    monkeypatch.setattr(job_mod, "_free_bytes", lambda path: 1000)
+    with pytest.raises(RunError, match="Not enough free disk space"):
+        TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file)).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_is_explained_and_recorded(tmp_path, tiny_untied, alpaca_file):
+    def explode(event):
+        if isinstance(event, ev.Step) and event.step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 4, "batch_size": 2})
+    with pytest.raises(OutOfMemoryError) as e:
+        TrainingJob(plan, sinks=[explode]).run()
+    assert "ran out of memory at step 2" in str(e.value) and "data.max_seq_len" in str(e.value)
+    last = json.loads((tmp_path / "run" / "events.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "failed" and last["error_type"] == "OutOfMemoryError" and last["step"] == 2
+
+
+def adapter_tensors(run):
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_untied, alpaca_file):
+    sections = dict(training={"max_steps": 4, "save_every": 2, "learning_rate": 1e-2, "lr_scheduler": "cosine"},
+                    embeddings={"train_embeddings": True, "mode": "full"})
+    TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file, "straight", **sections)).run()
+
+    job = TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file, "stopped", **sections))
+    job.sinks.append(lambda e: job.request_stop() if isinstance(e, ev.Step) and e.step == 2 else None)
+    stopped = job.run()
+    run = tmp_path / "stopped"
+    assert isinstance(stopped, ev.Stopped) and stopped.step == 2
+    assert stopped.checkpoint_path.endswith("checkpoint-2") and (run / "adapter").is_dir()
+    assert (run / "checkpoints" / "checkpoint-2" / "optimizer.pt").is_file()
+
+    steps = []
+    resumed = TrainingJob(resume_plan(run), sinks=[lambda e: steps.append(e)], resume=True).run()
+    assert isinstance(resumed, ev.Finished) and resumed.step == 4
+    assert [e.step for e in steps if isinstance(e, ev.Step)] == [3, 4]
+    assert next(e for e in steps if isinstance(e, ev.Started)).resumed_from_step == 2
+    # Same weights as never stopping: optimizer moments, scheduler and data order were restored.
+    a, b = adapter_tensors(tmp_path / "straight"), adapter_tensors(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_changed_plan_and_missing_checkpoint(tmp_path, tiny_untied, alpaca_file):
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 2, "save_every": 0})
+    TrainingJob(plan).run()
+    run = tmp_path / "run"
+    with pytest.raises(PlanError, match="Changed: training.learning_rate"):
+        resume_plan(run, ["training.learning_rate=0.5"])
+    assert resume_plan(run, ["training.max_steps=10"]).training.max_steps == 10
+    with pytest.raises(PlanError, match="no checkpoint to resume from"):
+        TrainingJob(resume_plan(run, ["training.max_steps=10"]), resume=True).run()
+    with pytest.raises(PlanError, match="not a Headtune run folder"):
+        resume_plan(tmp_path)
+
+
+def test_stop_before_training_writes_nothing(tmp_path, tiny_untied, alpaca_file):
+    job = TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file))
+    job.request_stop()
+    result = job.run()
+    assert isinstance(result, ev.Stopped) and result.step == 0 and not (tmp_path / "run").exists()
+
+
+def test_torn_event_line_is_skipped(tmp_path):
+    path = tmp_path / "events.jsonl"
+    sink = ev.JsonlSink(path)
+    sink(ev.Step(step=1, total_steps=2, loss=1.0, learning_rate=0.1, grad_norm=None, tokens_per_s=5.0, epoch=0.1))
+    sink.close()
+    with path.open("a") as fh:
+        fh.write('{"type": "step", "st')
+    events = list(ev.read_events(path))
+    assert len(events) == 1 and events[0].loss == 1.0
