@@ -158,10 +158,18 @@ def build_peft_model(model, plan, setup: EmbeddingSetup):
         ensure_weight_tying=setup.tied and bool(setup.modules_to_save or setup.lora_targets or setup.token_indices),
     )
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise PlanError(f"adapter.target_modules: PEFT could not apply LoRA to this model ({exc}).",
                         "adapter.target_modules") from exc
+    if plan.model.dtype == "float16":
+        # fp16 training uses a gradient scaler, which refuses fp16 gradients: trainable copies
+        # (modules_to_save keeps the base dtype) must be fp32 master weights.
+        import torch
+        for p in peft_model.parameters():
+            if p.requires_grad and p.dtype == torch.float16:
+                p.data = p.data.float()
+    return peft_model
 
 
 def _block_linear(model, setup: EmbeddingSetup) -> list[str]:

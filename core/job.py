@@ -169,6 +169,10 @@ class TrainingJob:
                 self._file_sink.close()
                 self._file_sink = None
 
+    @property
+    def is_main_process(self) -> bool:
+        return int(os.environ.get("RANK", "0")) == 0
+
     def _check_output_dir(self) -> str | None:
         run_dir = self.run_dir
         if self.resume:
@@ -177,7 +181,7 @@ class TrainingJob:
                 raise PlanError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a "
                                 "new run instead.", "output.dir")
             return ckpt
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if self.is_main_process and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise PlanError(f"output.dir: {run_dir} already exists and is not empty. Choose a new folder, or "
                             f"continue that run with `headtune train --resume {run_dir}`.", "output.dir")
         return None
@@ -220,13 +224,17 @@ class TrainingJob:
         total = sum(p.numel() for p in model.parameters())
         self._check_disk(model)
         if self.stop_requested:
-            return ev.Stopped(step=0, adapter_path="")
+            stopped = ev.Stopped(step=0, adapter_path="")
+            self.emit(stopped)
+            return stopped
 
-        # Only now, with every input accepted, does the run folder appear.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            plan.save(self.run_dir / "plan.yaml")
-        self._file_sink = ev.JsonlSink(self.run_dir / "events.jsonl")
+        # Only now, with every input accepted, does the run folder appear. Under a distributed
+        # launcher only the main process writes the plan, the events and the adapter.
+        if self.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                plan.save(self.run_dir / "plan.yaml")
+            self._file_sink = ev.JsonlSink(self.run_dir / "events.jsonl")
 
         trainer = self.trainer = self._trainer(model, tokenizer, setup)
         self.emit(ev.Started(total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else
@@ -239,7 +247,9 @@ class TrainingJob:
             trainer.evaluate()
         result = trainer.train(resume_from_checkpoint=ckpt)
         self.step = trainer.state.global_step
-        adapter_dir = self._save_adapter(model, tokenizer)
+        adapter_dir = self.run_dir / "adapter"
+        if self.is_main_process:
+            self._save_adapter(model, tokenizer)
         if self.stop_requested:
             last = latest_checkpoint(self.run_dir)
             event: ev.Event = ev.Stopped(step=self.step, adapter_path=str(adapter_dir), checkpoint_path=last)

@@ -136,10 +136,33 @@ def test_resume_refuses_changed_plan_and_missing_checkpoint(tmp_path, tiny_untie
 
 
 def test_stop_before_training_writes_nothing(tmp_path, tiny_untied, alpaca_file):
-    job = TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file))
+    seen = []
+    job = TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file), sinks=[seen.append])
     job.request_stop()
     result = job.run()
     assert isinstance(result, ev.Stopped) and result.step == 0 and not (tmp_path / "run").exists()
+    assert seen[-1] is result
+
+
+def test_eight_bit_optimizer_on_embeddings(tmp_path, tiny_untied, alpaca_file):
+    import bitsandbytes as bnb
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "adamw_8bit", "max_steps": 2},
+                     embeddings={"train_lm_head": True, "mode": "full"})
+    job = TrainingJob(plan)
+    assert isinstance(job.run(), ev.Finished)
+    opt = job.trainer.optimizer.optimizer
+    assert isinstance(opt, bnb.optim.optimizer.Optimizer8bit) and opt.args.optim_bits == 8
+    head = next(p for n, p in job.model.named_parameters() if "lm_head.modules_to_save" in n)
+    assert opt.state[head]["state1"].dtype == torch.uint8  # 8-bit Adam states for the trained head
+
+
+def test_paged_optimizer_needs_gpu(tmp_path, tiny_untied, alpaca_file):
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "paged_adamw_8bit"})
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(PlanError, match="paged_adamw_8bit .* needs a CUDA GPU"):
+        TrainingJob(plan).run()
+    assert not (tmp_path / "run").exists()
 
 
 def test_torn_event_line_is_skipped(tmp_path):
