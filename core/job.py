@@ -130,6 +130,8 @@ class TrainingJob:
         self.data = None
         self.model = None
         self.trainer = None
+        # A context manager factory wrapped around the training loop (the memory harness uses it).
+        self.around_training = None
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -245,7 +247,9 @@ class TrainingJob:
         do_eval = bool(self.data.val) and plan.training.eval_every > 0
         if do_eval and ckpt is None:
             trainer.evaluate()
-        result = trainer.train(resume_from_checkpoint=ckpt)
+        import contextlib
+        with (self.around_training() if self.around_training else contextlib.nullcontext()):
+            result = trainer.train(resume_from_checkpoint=ckpt)
         self.step = trainer.state.global_step
         adapter_dir = self.run_dir / "adapter"
         if self.is_main_process:

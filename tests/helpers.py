@@ -65,11 +65,11 @@ def write_jsonl(path: Path, rows, raw_lines: list[str] | None = None) -> Path:
     return path
 
 
-def plan_dict(model_path: Path, data: Path, out: Path, **sections) -> dict:
+def plan_dict(model_path: Path, data_path: Path, out: Path, **sections) -> dict:
     """A small fast plan; ``sections`` update whole sections, e.g. training={"max_steps": 3}."""
     d = {
         "model": {"name_or_path": str(model_path), "dtype": "float32"},
-        "data": {"path": str(data), "max_seq_len": 64, "val_fraction": 0.1},
+        "data": {"path": str(data_path), "max_seq_len": 64, "val_fraction": 0.1},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"batch_size": 2, "max_steps": 3, "learning_rate": 1e-2, "eval_every": 0, "save_every": 0,
                      "warmup_ratio": 0.0, "lr_scheduler": "constant"},

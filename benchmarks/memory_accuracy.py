@@ -1,0 +1,180 @@
+"""How close is `headtune estimate` to the measured peak? A grid of real CPU runs.
+
+Each row is a plan run for 3 real optimizer steps on a Llama-style model with the real
+128,256-token vocabulary and a small hidden size (tied and untied), measured with the live
+tensor tracker (``headtune.core.memtrack``), next to our estimate and two peer rules:
+
+- ``accel``: weights x 4 for Adam training, as accelerate's ``estimate-memory`` reports;
+- ``unsloth``: Unsloth Studio's published quick formula, params x 0.9 + 1.4 GB (its badge).
+
+    python benchmarks/memory_accuracy.py            # the full grid (about 10 minutes here)
+    python benchmarks/memory_accuracy.py --quick    # the first 8 rows
+    python benchmarks/memory_accuracy.py --markdown docs/memory_accuracy.md
+
+Prints one row per plan and a summary (median and worst ratio estimate/measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import WORDS, build_model, build_tokenizer, plan_dict, write_jsonl  # noqa: E402
+
+V = 128_256
+MiB = 1024 ** 2
+
+
+def grid() -> list[dict]:
+    """(model, dotted overrides) rows covering the plan space the issue names."""
+    rows = []
+
+    def add(model, **kv):
+        rows.append({"model": model, **kv})
+
+    # Baselines: LoRA only, fp32, GC on/off, batch and sequence.
+    for seq in (128, 512, 1024):
+        add("untied64", **{"data.max_seq_len": seq})
+    add("untied64", **{"data.max_seq_len": 512, "training.gradient_checkpointing": False})
+    add("untied64", **{"data.max_seq_len": 256, "training.batch_size": 4})
+    add("untied64", **{"data.max_seq_len": 128, "training.batch_size": 2, "model.dtype": "bfloat16"})
+    add("tied64", **{"data.max_seq_len": 256})
+    add("untied128", **{"data.max_seq_len": 256, "training.batch_size": 2})
+    # Every embeddings mode on tied and untied models, both matrices.
+    for model in ("untied64", "tied64"):
+        for mode in ("full", "tokens", "lora"):
+            for seq in (128, 512):
+                add(model, **{"data.max_seq_len": seq, "embeddings.train_embeddings": True,
+                              "embeddings.train_lm_head": True, "embeddings.mode": mode})
+    # One matrix at a time, untied.
+    for which in ("embeddings.train_embeddings", "embeddings.train_lm_head"):
+        for mode in ("full", "lora"):
+            add("untied64", **{"data.max_seq_len": 256, which: True, "embeddings.mode": mode})
+    # Quantised base weights.
+    for quant in ("8bit", "4bit"):
+        for model in ("untied64", "tied64"):
+            add(model, **{"data.max_seq_len": 256, "model.quantization": quant})
+            add(model, **{"data.max_seq_len": 256, "model.quantization": quant, "embeddings.train_embeddings": True,
+                          "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add("untied64", **{"data.max_seq_len": 256, "model.quantization": "4bit", "model.double_quant": False})
+    # Optimizers.
+    for model in ("untied64", "tied64"):
+        add(model, **{"data.max_seq_len": 256, "training.optimizer": "adamw_8bit", "embeddings.train_embeddings": True,
+                      "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add("untied64", **{"data.max_seq_len": 256, "training.optimizer": "adamw_8bit"})
+    # Bigger batches, no checkpointing, bf16 with embeddings.
+    add("untied64", **{"data.max_seq_len": 512, "training.batch_size": 2, "training.gradient_checkpointing": False,
+                       "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add("tied64", **{"data.max_seq_len": 1024, "training.batch_size": 2})
+    add("untied64", **{"data.max_seq_len": 128, "training.batch_size": 4, "model.dtype": "bfloat16",
+                       "embeddings.train_embeddings": True, "embeddings.train_lm_head": True,
+                       "embeddings.mode": "full"})
+    add("tied64", **{"data.max_seq_len": 128, "training.batch_size": 2, "model.dtype": "bfloat16",
+                     "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add("untied64", **{"data.max_seq_len": 256, "adapter.r": 64})
+    return rows
+
+
+MODELS = {"untied64": (64, False), "tied64": (64, True), "untied128": (128, False)}
+
+
+def peers(shape, plan) -> tuple[int, int]:
+    """Bytes predicted by the two peer rules for the same plan."""
+    from headtune.core.memory import DTYPE_BYTES
+    params = shape.total_params
+    dt = DTYPE_BYTES[plan.model.dtype]
+    weights = params * dt
+    if plan.model.quantization == "4bit":
+        weights = shape.block_linear_params * 0.5 + (params - shape.block_linear_params) * dt
+    elif plan.model.quantization == "8bit":
+        weights = shape.block_linear_params + (params - shape.block_linear_params) * dt
+    accel = int(weights * 4)
+    unsloth = int(params * 0.9 + 1.4e9)
+    return accel, unsloth
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="only the first 8 rows")
+    ap.add_argument("--markdown", help="also write the table as Markdown to this file")
+    args = ap.parse_args()
+
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    from headtune.core.memory import ModelShape, estimate, read_model_config
+    from headtune.core.memtrack import measure_peak
+    from headtune.core.plan import plan_from_dict
+
+    work = Path(tempfile.mkdtemp(prefix="headtune-memacc-"))
+    tok = build_tokenizer(work / "tok")
+    data = write_jsonl(work / "d.jsonl", [{"instruction": "Repeat the words.", "output": " ".join(WORDS * 40)}] * 24)
+    folders = {}
+    rows = grid()[:8] if args.quick else grid()
+    header = f"{'#':>2} {'model':9} {'plan (changes from LoRA r4, fp32, GC on, batch 1)':78} {'measured':>9} " \
+             f"{'estimate':>9} {'ratio':>6} {'accel':>7} {'unsloth':>7}"
+    print(header)
+    table = []
+    for n, row in enumerate(rows, 1):
+        row = dict(row)
+        model = row.pop("model")
+        if model not in folders:
+            hidden, tied = MODELS[model]
+            folders[model] = build_model(work / model, tok, V, tied=tied, hidden=hidden, layers=2)
+        d = plan_dict(folders[model], data, work / "run", data={"val_fraction": 0.0},
+                      adapter={"r": 4, "alpha": 8, "dropout": 0.0},
+                      training={"batch_size": 1, "learning_rate": 1e-3})
+        for key, value in row.items():
+            section, leaf = key.split(".")
+            d.setdefault(section, {})[leaf] = value
+        plan = plan_from_dict(d)
+        shape = ModelShape.from_config(read_model_config(str(folders[model])))
+        est = estimate(plan, shape, device="cpu")
+        t0 = time.time()
+        shutil.rmtree(work / "run", ignore_errors=True)
+        measured = measure_peak(plan, steps=3)["peak_bytes"]
+        ratio = est.tensors_peak_bytes / measured
+        accel, unsloth = peers(shape, plan)
+        desc = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in row.items())
+        line = (f"{n:>2} {model:9} {desc:78} {measured / MiB:8.0f}M {est.tensors_peak_bytes / MiB:8.0f}M "
+                f"{ratio:6.3f} {accel / measured:6.2f}x {unsloth / measured:6.2f}x")
+        print(line + f"  [{est.peak_phase}, {time.time() - t0:.0f}s]", flush=True)
+        table.append((n, model, desc, measured, est.tensors_peak_bytes, ratio, accel / measured, unsloth / measured,
+                      est.peak_phase))
+    ratios = [r[5] for r in table]
+    worst = max(ratios, key=lambda r: abs(r - 1))
+    within = sum(abs(r - 1) <= 0.10 for r in ratios)
+    summary = (f"rows {len(ratios)}; estimate/measured median {statistics.median(ratios):.3f}, worst {worst:.3f}, "
+               f"within ±10%: {within}/{len(ratios)}; accel rule median "
+               f"{statistics.median(r[6] for r in table):.2f}x; unsloth rule median "
+               f"{statistics.median(r[7] for r in table):.2f}x")
+    print(summary)
+    if args.markdown:
+        out = ["| # | model | plan | measured MiB | estimate MiB | ratio | weights×4 | Unsloth badge | peak phase |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for n, model, desc, meas, est_b, ratio, acc, uns, phase in table:
+            out.append(f"| {n} | {model} | {desc} | {meas / MiB:.0f} | {est_b / MiB:.0f} | {ratio:.3f} | {acc:.2f}x | "
+                       f"{uns:.2f}x | {phase} |")
+        out.append("")
+        out.append(summary)
+        Path(args.markdown).write_text("\n".join(out) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

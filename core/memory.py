@@ -1,0 +1,444 @@
+"""The memory estimate: a pure function of the plan, the model's config and the target device.
+
+No weights are loaded; it takes well under a millisecond, so the window can call it on every
+change. It models what this stack actually does (see MEMORY-FACTS in the project's shared
+notes, re-checked against our own tracker):
+
+- frozen weights by storage kind: 16/32-bit; bitsandbytes int8 (+ fp32 row scales); NF4 (4 bits +
+  an absmax per 64 weights, 8-bit with an fp32 per 256 blocks under double quant);
+  ``prepare_model_for_kbit_training`` casts every non-quantised parameter (embeddings, head,
+  norms) to fp32; PEFT ``modules_to_save`` keeps the frozen original beside a trainable copy of
+  the same dtype;
+- trainable parameters, their gradients and optimizer states (fp32 LoRA; torch AdamW states in the
+  parameter's dtype; bitsandbytes 8-bit states, with the Trainer's 32-bit override for
+  ``nn.Embedding``; paged states live outside the allocator's count);
+- activations (one hidden state per layer plus one recomputed layer with gradient checkpointing;
+  every layer's intermediates without) and the loss region: cross-entropy upcasts the
+  batch x seq x vocab logits to fp32 and, in backward, three such fp32 tensors are alive at once;
+- the peak is a maximum over phases (forward/loss, head backward, body backward, optimizer step),
+  reported with the breakdown of the phase that wins.
+
+Category names of ``breakdown`` (bytes at the peak phase; they sum to ``tensors_peak_bytes``):
+``weights_frozen`` (base weights as stored, quantisation constants included), ``weights_trainable``
+(LoRA, trainable embedding/head copies or rows), ``gradients``, ``optimizer_states``,
+``activations`` (hidden states kept for backward and the recomputed layer), ``logits_loss``
+(logits, their fp32 upcast, log-softmax and their gradients), ``transient`` (short-lived buffers:
+dequantised weights, optimizer-step temporaries, dense embedding gradients being accumulated).
+``paged_optimizer_states`` and the CUDA ``overhead`` are reported apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, PlanError
+
+GiB = 1024 ** 3
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_states", "activations",
+              "logits_loss", "transient")
+COMMON_GPUS_GIB = (8, 12, 16, 24)
+# CUDA context + cuBLAS/cuDNN workspaces, and the caching allocator's slack over the tensor peak.
+CUDA_CONTEXT_BYTES = 500 * 1024 ** 2
+ALLOCATOR_SLACK = 0.08
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few numbers of a decoder-only transformer that memory depends on."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+    model_type: str = "llama"
+    max_positions: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "ModelShape":
+        cfg = dict(cfg.get("text_config") or {}, **{k: v for k, v in cfg.items() if k != "text_config"})
+        try:
+            hidden = int(cfg["hidden_size"])
+            heads = int(cfg["num_attention_heads"])
+            return cls(
+                vocab=int(cfg["vocab_size"]), hidden=hidden, layers=int(cfg["num_hidden_layers"]),
+                intermediate=int(cfg.get("intermediate_size") or 4 * hidden), heads=heads,
+                kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or hidden // heads),
+                tied=bool(cfg.get("tie_word_embeddings", False)),
+                model_type=str(cfg.get("model_type", "")), max_positions=int(cfg.get("max_position_embeddings") or 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"The model's config.json lacks what the estimate needs ({exc}); only decoder-only "
+                             "transformers with the usual keys (vocab_size, hidden_size, ...) are supported.") from None
+
+    # -- parameter counts ----------------------------------------------------------------
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer in one block, by leaf name."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
+                "o_proj": (q, self.hidden), "gate_proj": (self.hidden, self.intermediate),
+                "up_proj": (self.hidden, self.intermediate), "down_proj": (self.intermediate, self.hidden)}
+
+    @property
+    def block_linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self.linear_shapes().values())
+
+    @property
+    def matrix_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def norm_params(self) -> int:
+        return (2 * self.layers + 1) * self.hidden
+
+    @property
+    def total_params(self) -> int:
+        return self.block_linear_params + self.matrix_params * (1 if self.tied else 2) + self.norm_params
+
+
+def read_model_config(name_or_path: str) -> dict[str, Any]:
+    """config.json of a local folder, a cached hub model, or a GGUF file's header (no weights)."""
+    from .models import DEMO_MODEL_ID, _hub_cached, demo_gguf_path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise ModelError(f"The folder {path} has no config.json.")
+        return json.loads(cfg.read_text(encoding="utf-8"))
+    if name_or_path.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"The model file {path} does not exist.")
+        return _gguf_config(path)
+    if name_or_path == DEMO_MODEL_ID and not _hub_cached(name_or_path) and demo_gguf_path() is not None:
+        return _gguf_config(demo_gguf_path())
+    try:
+        from huggingface_hub import hf_hub_download
+        return json.loads(Path(hf_hub_download(name_or_path, "config.json")).read_text(encoding="utf-8"))
+    except Exception as exc:
+        from .models import _hub_error
+        raise (_hub_error(exc, name_or_path, False) or ModelError(
+            f"Could not read the configuration of {name_or_path}: {exc}")) from None
+
+
+def _gguf_config(path: Path) -> dict[str, Any]:
+    """The config transformers would build from a GGUF header (reads metadata only)."""
+    from .models import gguf_to_folder  # noqa: F401  (same module family; keeps imports lazy)
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+    cfg = dict(parsed["config"])
+    if "tie_word_embeddings" not in cfg:
+        # GGUF stores no output matrix when the model ties it to the embedding.
+        names = {t for t in parsed.get("tensors", {})} if isinstance(parsed.get("tensors"), dict) else set()
+        cfg["tie_word_embeddings"] = "output.weight" not in names if names else True
+    return cfg
+
+
+# -- the estimate --------------------------------------------------------------------------
+
+@dataclass
+class Advice:
+    set: dict[str, Any]
+    total_bytes: int
+    why: str
+
+
+@dataclass
+class Estimate:
+    tensors_peak_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    breakdown: dict[str, int]
+    phases: dict[str, int]
+    peak_phase: str
+    paged_optimizer_states_bytes: int = 0
+    device: str = "cuda"
+    trainable_params: int = 0
+    capacity_bytes: int | None = None
+    fit: str | None = None
+    advice: list[Advice] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.capacity_bytes is None:
+            for k in ("capacity_bytes", "fit", "advice"):
+                d.pop(k)
+        return d
+
+
+def _nf4_bytes(numel: int, double_quant: bool) -> float:
+    blocks = numel / 64
+    if double_quant:
+        return numel / 2 + blocks + (blocks / 256) * 4
+    return numel / 2 + blocks * 4
+
+
+def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int | None = None,
+             advise: bool = True) -> Estimate:
+    """Estimate peak training memory of ``plan`` on ``shape``; ``device`` is "cuda" or "cpu"."""
+    m, e, t, a, d = plan.model, plan.embeddings, plan.training, plan.adapter, plan.data
+    dt = DTYPE_BYTES[m.dtype]
+    kbit = m.quantization != "none"
+    V, H, L = shape.vocab, shape.hidden, shape.layers
+    V = V + max(0, len(e.new_tokens) - 0)  # new tokens may grow the vocabulary (upper bound)
+    B, S = t.batch_size, d.max_seq_len
+    T = B * S
+    matrix = V * H
+    tied = shape.tied
+    # Non-quantised parameters after loading (k-bit preparation upcasts them to fp32).
+    dense_b = 4 if kbit else dt
+
+    # Frozen base weights.
+    blk = shape.block_linear_params
+    if m.quantization == "4bit":
+        frozen = _nf4_bytes(blk, m.double_quant)
+    elif m.quantization == "8bit":
+        frozen = blk + L * sum(o for _, o in shape.linear_shapes().values()) * 4
+    else:
+        frozen = blk * dt
+    frozen += shape.norm_params * dense_b + matrix * dense_b * (1 if tied else 2)
+
+    # What trains in the embedding and head (mirrors adapters.resolve_embeddings).
+    train_emb = e.train_embeddings or (tied and e.train_lm_head)
+    train_head = e.train_lm_head and not tied
+    full_mats = lora_mats = 0
+    token_rows = len(set(e.token_ids) | set(range(len(e.new_tokens))))
+    token_mats = 0
+    for on in (train_emb, train_head):
+        if not on:
+            continue
+        if e.mode == "full":
+            full_mats += 1
+        elif e.mode == "lora":
+            lora_mats += 1
+        else:
+            token_mats += 1
+    if e.new_tokens and not (train_emb or train_head):
+        token_mats = 1 if tied else 2
+
+    # LoRA parameters (fp32) on the block's linear layers.
+    targets = _lora_targets(a.target_modules, shape)
+    lora = L * sum(a.r * (i + o) for name, (i, o) in shape.linear_shapes().items() if name in targets)
+    lora += lora_mats * a.r * (V + H)
+    trainable_fp32 = lora + token_mats * token_rows * H
+    full_copy_params = full_mats * matrix
+    weights_trainable = trainable_fp32 * 4 + full_copy_params * dense_b + token_mats * token_rows * H * dense_b
+    trainable_params = trainable_fp32 + full_copy_params
+
+    # Optimizer states.
+    paged = t.optimizer == "paged_adamw_8bit"
+    eight = t.optimizer in ("adamw_8bit", "paged_adamw_8bit")
+
+    def adam_bytes(numel: int, param_bytes: int, embedding: bool) -> float:
+        if not eight or numel < 4096:
+            return 2 * numel * (param_bytes if not eight else 4)
+        if embedding:  # the Trainer keeps 32-bit states for nn.Embedding weights
+            return 2 * numel * 4
+        return 2 * numel + 2 * (numel / 256) * 4
+
+    states = adam_bytes(trainable_fp32, 4, False)
+    if full_mats:
+        states += adam_bytes(matrix, dense_b, True) if train_emb else 0
+        states += adam_bytes(matrix, dense_b, False) if train_head and full_mats == (2 if train_emb else 1) else 0
+    grads = trainable_fp32 * 4 + full_copy_params * dense_b
+
+    # Activations.
+    act_b = dt  # computation dtype (bf16 autocast or the model's dtype)
+    per_layer_saved = T * _layer_activation_factor(shape, a, act_b, targets)
+    if t.gradient_checkpointing:
+        activations = L * T * H * act_b + per_layer_saved
+    else:
+        activations = L * per_layer_saved
+    activations += T * H * 4 * 2  # final norm input/output and the hidden state fed to the head
+
+    # Loss region: log-softmax output + nll gradient + log-softmax gradient, all fp32.
+    logits_fwd = T * V * (act_b + 4 + (act_b if lora_mats and train_head else 0))
+    logits_bwd = T * V * 12
+
+    # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
+    head_grad = matrix * dense_b if (full_mats and (train_head or (tied and train_emb))) else 0
+    emb_grad = matrix * dense_b if (full_mats and train_emb) else 0
+    dequant = (max(i * o for i, o in shape.linear_shapes().values()) * act_b) if m.quantization == "4bit" else 0
+    largest = max([matrix * dense_b] if full_mats else [0]) or (trainable_fp32 * 4 / max(1, L))
+    opt_tmp = largest if device == "cpu" else largest * 2
+
+    static = frozen + weights_trainable + (0 if paged else states)
+    phases = {
+        "forward_loss": static + activations + logits_fwd + dequant,
+        "loss_backward": static + activations + logits_bwd,
+        "head_backward": static + activations + T * V * (4 + act_b) + head_grad,
+        "body_backward": static + per_layer_saved + (L * T * H * act_b if t.gradient_checkpointing else activations)
+                          + grads - emb_grad + dequant,
+        "embedding_backward": static + grads + emb_grad + T * H * act_b,
+        "optimizer_step": static + grads + opt_tmp,
+    }
+    peak_phase = max(phases, key=phases.get)
+    peak = int(phases[peak_phase])
+    bd = _breakdown(peak_phase, frozen, weights_trainable, grads, 0 if paged else states, activations,
+                    per_layer_saved, logits_fwd, logits_bwd, T * V * (4 + act_b), head_grad, emb_grad, dequant,
+                    opt_tmp, T * H * act_b, L * T * H * act_b, t.gradient_checkpointing)
+    bd = {k: int(v) for k, v in bd.items()}
+    drift = peak - sum(bd.values())
+    bd["transient"] += drift  # rounding only: keep the sum exact
+    overhead = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * peak) if device.startswith("cuda") else 0
+    est = Estimate(tensors_peak_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, breakdown=bd,
+                   phases={k: int(v) for k, v in phases.items()}, peak_phase=peak_phase,
+                   paged_optimizer_states_bytes=int(states) if paged else 0, device=device,
+                   trainable_params=int(trainable_params))
+    if capacity_bytes:
+        est.capacity_bytes = int(capacity_bytes)
+        est.fit = fit_verdict(est.total_bytes, capacity_bytes)
+        if advise and est.fit != "fits":
+            est.advice = advisor(plan, shape, device, capacity_bytes)
+    return est
+
+
+def _breakdown(phase, frozen, wtrain, grads, states, activations, per_layer, lf, lb, lh, head_grad, emb_grad,
+               dequant, opt_tmp, thd, checkpoints, gc) -> dict[str, float]:
+    bd = dict.fromkeys(CATEGORIES, 0.0)
+    bd.update(weights_frozen=frozen, weights_trainable=wtrain, optimizer_states=states)
+    if phase == "forward_loss":
+        bd.update(activations=activations, logits_loss=lf, transient=dequant)
+    elif phase == "loss_backward":
+        bd.update(activations=activations, logits_loss=lb)
+    elif phase == "head_backward":
+        bd.update(activations=activations, logits_loss=lh, gradients=head_grad)
+    elif phase == "body_backward":
+        bd.update(activations=per_layer + (checkpoints if gc else activations), gradients=grads - emb_grad,
+                  transient=dequant)
+    elif phase == "embedding_backward":
+        bd.update(gradients=grads, transient=emb_grad, activations=thd)
+    else:
+        bd.update(gradients=grads, transient=opt_tmp)
+    return bd
+
+
+def _lora_targets(target_modules, shape: ModelShape) -> set[str]:
+    names = set(shape.linear_shapes())
+    if isinstance(target_modules, list):
+        return names & set(target_modules)
+    if target_modules == "attention":
+        return {"q_proj", "k_proj", "v_proj", "o_proj"}
+    return names  # attention+mlp and all-linear cover the whole block of a Llama-style model
+
+
+def _layer_activation_factor(shape: ModelShape, a, act_b: int, targets: set[str]) -> float:
+    """Bytes kept per token by one decoder layer for its backward (SDPA attention)."""
+    H, I = shape.hidden, shape.intermediate
+    q = shape.heads * shape.head_dim
+    kv = shape.kv_heads * shape.head_dim
+    # norm in/out (fp32 variance path), q/k/v (+rope copies), attention output, o_proj in,
+    # residuals, MLP: gate, up, act(gate), product.
+    elems = 2 * H + 2 * (q + 2 * kv) + q + q + 2 * H + 4 * I
+    fp32_norms = 2 * 2 * H * 4
+    lora_inputs = sum(shape.linear_shapes()[n][0] for n in targets) * act_b if a.dropout > 0 else 0
+    lora_mid = len(targets) * a.r * 4
+    return elems * act_b + fp32_norms + lora_inputs + lora_mid + shape.heads * 4
+
+
+def fit_verdict(total: int, capacity: int) -> str:
+    if total > capacity:
+        return "no"
+    return "tight" if total > 0.9 * capacity else "fits"
+
+
+ADVICE_STEPS = [
+    ({"training.gradient_checkpointing": True}, "recompute activations in backward (about 30% slower)"),
+    ({"training.optimizer": "adamw_8bit"}, "8-bit optimizer states"),
+    ({"training.optimizer": "paged_adamw_8bit"}, "8-bit optimizer states paged to CPU memory when the GPU is full"),
+    ({"model.quantization": "4bit"}, "store the frozen base weights in 4-bit NF4 (QLoRA)"),
+    ({"embeddings.mode": "tokens"}, "train only selected token rows instead of whole matrices"),
+]
+
+
+def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]:
+    """Changes that make the plan fit, each re-estimated, best (lowest total) first."""
+    from .plan import with_overrides
+    candidates: list[tuple[dict, str]] = []
+    for change, why in ADVICE_STEPS:
+        if all(plan.get(k) == v for k, v in change.items()):
+            continue
+        if "embeddings.mode" in change and not (plan.embeddings.train_embeddings or plan.embeddings.train_lm_head):
+            continue
+        if "embeddings.mode" in change and not (plan.embeddings.token_ids or plan.embeddings.new_tokens):
+            continue
+        if change.get("training.optimizer") == "paged_adamw_8bit" and not device.startswith("cuda"):
+            continue
+        candidates.append((change, why))
+    S, B = plan.data.max_seq_len, plan.training.batch_size
+    for seq in (S // 2, S // 4):
+        if seq >= 128:
+            candidates.append(({"data.max_seq_len": seq}, f"shorter sequences ({seq} tokens)"))
+    if B > 1:
+        candidates.append(({"training.batch_size": max(1, B // 2), "training.grad_accum": plan.training.grad_accum * 2},
+                           "half the batch, twice the accumulation (same effective batch)"))
+    if plan.adapter.r > 8:
+        candidates.append(({"adapter.r": plan.adapter.r // 2}, f"LoRA rank {plan.adapter.r // 2}"))
+    out, combined = [], {}
+    for change, why in candidates:
+        try:
+            p2 = with_overrides(plan, [f"{k}={_yaml(v)}" for k, v in change.items()])
+        except PlanError:
+            continue
+        est = estimate(p2, shape, device, advise=False)
+        out.append(Advice(set=change, total_bytes=est.total_bytes, why=why))
+    # A combination of the cheap-to-accept steps, when no single one fits.
+    if out and not any(x.total_bytes <= capacity for x in out):
+        for adv in sorted(out, key=lambda x: x.total_bytes):
+            combined.update(adv.set)
+            try:
+                p2 = with_overrides(plan, [f"{k}={_yaml(v)}" for k, v in combined.items()])
+            except PlanError:
+                continue
+            total = estimate(p2, shape, device, advise=False).total_bytes
+            if total <= capacity:
+                out.append(Advice(set=dict(combined), total_bytes=total, why="these changes together"))
+                break
+    return sorted(out, key=lambda x: (x.total_bytes > capacity, x.total_bytes))
+
+
+def _yaml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def plan_estimate(plan, device: str = "cuda", capacity_bytes: int | None = None) -> Estimate:
+    """Read the model's config for ``plan`` and estimate (no weights loaded)."""
+    shape = ModelShape.from_config(read_model_config(plan.model.name_or_path))
+    if plan.embeddings.new_tokens:
+        pass  # estimate() accounts for a possibly larger vocabulary
+    return estimate(plan, shape, device, capacity_bytes)
+
+
+def gib(n: float) -> float:
+    return n / GiB
+
+
+def parse_size(text: str) -> int:
+    """'12GiB', '12 GB', '12g', '12000MiB' or plain bytes -> bytes (GB taken as GiB, like GPU specs)."""
+    s = text.strip().lower().replace(" ", "")
+    units = {"tib": 1024 ** 4, "tb": 1024 ** 4, "t": 1024 ** 4, "gib": GiB, "gb": GiB, "g": GiB,
+             "mib": 1024 ** 2, "mb": 1024 ** 2, "m": 1024 ** 2, "b": 1, "": 1}
+    for unit in sorted(units, key=len, reverse=True):
+        if s.endswith(unit):
+            number = s[: len(s) - len(unit)] if unit else s
+            try:
+                value = float(number)
+            except ValueError:
+                break
+            if value <= 0 or not math.isfinite(value):
+                break
+            return int(value * units[unit])
+    raise PlanError(f"--gpu-memory {text!r}: expected a size such as 12GiB, 8GB or 24000MiB.")
+
+
+def with_shape(shape: ModelShape, **changes) -> ModelShape:
+    return replace(shape, **changes)
