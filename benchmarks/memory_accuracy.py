@@ -57,8 +57,9 @@ def grid() -> list[dict]:
     for model in ("untied64", "tied64"):
         for mode in ("full", "tokens", "lora"):
             for seq in (128, 512):
+                rows_ = {"embeddings.token_ids": [5, 17, 42, 100, 200]} if mode == "tokens" else {}
                 add(model, **{"data.max_seq_len": seq, "embeddings.train_embeddings": True,
-                              "embeddings.train_lm_head": True, "embeddings.mode": mode})
+                              "embeddings.train_lm_head": True, "embeddings.mode": mode, **rows_})
     # One matrix at a time, untied.
     for which in ("embeddings.train_embeddings", "embeddings.train_lm_head"):
         for mode in ("full", "lora"):

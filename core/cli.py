@@ -64,8 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    for name, text in (("estimate", "predict the memory a plan needs"),
-                       ("export", "export a finished run (adapter, merged model, GGUF)"),
+    es = sub.add_parser("estimate", help="predict the memory a plan needs, and whether it fits", formatter_class=fmt,
+                        description="Predict the peak memory of a plan before any weights load: a breakdown by "
+                                    "category (GiB), whether it fits the GPU (or this computer's RAM with "
+                                    "--device cpu), and changes that make it fit. Reads only the model's config.",
+                        epilog="categories: weights_frozen, weights_trainable, gradients, optimizer_states, "
+                               "activations, logits_loss, transient (they sum to tensors_peak_bytes); the CUDA "
+                               "overhead and paged optimizer states are reported apart.")
+    es.add_argument("plan", nargs="?", help="the plan YAML file (or --demo)")
+    es.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a plan key (repeatable), as for train")
+    es.add_argument("--demo", action="store_true", help="estimate the built-in demo plan")
+    es.add_argument("--device", choices=("cuda", "cpu"),
+                    help="where the run will train (default: cuda when a GPU is present, else cpu)")
+    es.add_argument("--gpu-memory", metavar="SIZE",
+                    help="capacity to check against, e.g. 12GiB (default: the detected GPU's total memory, "
+                         "or this computer's RAM for cpu)")
+    es.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    es.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    for name, text in (("export", "export a finished run (adapter, merged model, GGUF)"),
                        ("inspect", "inspect a model's tokens and embeddings")):
         s = sub.add_parser(name, help=f"{text} (not in this version yet)",
                            description=f"{text[0].upper()}{text[1:]}. Not available in this version of Headtune yet.")
@@ -156,6 +174,60 @@ def _usage(msg: str) -> _UsageError:
     return _UsageError(msg)
 
 
+def _cmd_estimate(args) -> int:
+    import json
+
+    from . import memory
+    from .demo import demo_plan
+    from .plan import load_plan
+
+    if args.demo:
+        plan = demo_plan(args.overrides)
+    elif args.plan:
+        plan = load_plan(args.plan, args.overrides)
+    else:
+        raise _usage("give a plan file or --demo.")
+    device = args.device
+    if device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.gpu_memory:
+        capacity, where = memory.parse_size(args.gpu_memory), f"{args.gpu_memory} given"
+    else:
+        capacity, where = memory.detect_capacity(device)
+    est, shape = memory.plan_estimate(plan, device, capacity)
+    if args.json:
+        print(json.dumps(est.to_dict(), indent=2))
+        return EXIT_OK
+    g = memory.gib
+    print(f"Memory estimate for {plan.model.name_or_path} on {device}: {shape.total_params / 1e9:.2f} B parameters, "
+          f"vocabulary {shape.vocab:,}, {'tied' if shape.tied else 'untied'} embeddings; "
+          f"{est.trainable_params:,} trainable.")
+    print(f"  {'category':<22}{'GiB':>8}")
+    for name in memory.CATEGORIES:
+        print(f"  {name:<22}{g(est.breakdown[name]):8.2f}")
+    print(f"  {'tensors at the peak':<22}{g(est.tensors_peak_bytes):8.2f}   (phase: {est.peak_phase})")
+    if est.overhead_bytes:
+        print(f"  {'CUDA overhead':<22}{g(est.overhead_bytes):8.2f}   (context, workspaces, allocator slack)")
+    print(f"  {'total':<22}{g(est.total_bytes):8.2f}")
+    if est.paged_optimizer_states_bytes:
+        print(f"  {'paged optimizer states':<22}{g(est.paged_optimizer_states_bytes):8.2f}   (pageable to CPU "
+              "memory, outside the total)")
+    if capacity:
+        verdict = {"fits": "fits", "tight": "fits, but tightly (within 10%)", "no": "does NOT fit"}[est.fit]
+        print(f"Capacity {g(capacity):.2f} GiB ({where}): {verdict}.")
+        for i, adv in enumerate(est.advice[:6], 1):
+            change = ", ".join(f"{k}={v}" for k, v in adv.set.items())
+            mark = "fits" if adv.total_bytes <= capacity else "still too big"
+            print(f"  {i}. {change}: {g(adv.total_bytes):.2f} GiB ({mark}) - {adv.why}")
+    sizes = [f"{size} GiB {memory.fit_verdict(est.total_bytes, size * memory.GiB)}" for size in memory.COMMON_GPUS_GIB]
+    ram, ram_where = memory.detect_capacity("cpu")
+    cpu_total = memory.estimate(plan, shape, "cpu", advise=False).total_bytes
+    print("Common GPUs: " + ", ".join(sizes) + f"; CPU training in {ram_where}: "
+          f"{memory.fit_verdict(cpu_total, ram)}.")
+    return EXIT_OK
+
+
 def _cmd_gui(args) -> int:
     try:
         from headtune.gui.app import main as gui_main  # imported only here: core stays Qt-free
@@ -199,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "gui":
             return _cmd_gui(args)
+        if args.command == "estimate":
+            return _cmd_estimate(args)
         print(f"headtune {args.command}: not available in this version of Headtune yet.", file=sys.stderr)
         return EXIT_FAILED
     except HeadtuneError as exc:

@@ -29,6 +29,7 @@ dequantised weights, optimizer-step temporaries, dense embedding gradients being
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -120,8 +121,11 @@ def read_model_config(name_or_path: str) -> dict[str, Any]:
     if name_or_path == DEMO_MODEL_ID and not _hub_cached(name_or_path) and demo_gguf_path() is not None:
         return _gguf_config(demo_gguf_path())
     try:
-        from huggingface_hub import hf_hub_download
-        return json.loads(Path(hf_hub_download(name_or_path, "config.json")).read_text(encoding="utf-8"))
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        if not isinstance(cached, str):  # not cached: download config.json alone
+            cached = hf_hub_download(name_or_path, "config.json")
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
     except Exception as exc:
         from .models import _hub_error
         raise (_hub_error(exc, name_or_path, False) or ModelError(
@@ -129,10 +133,20 @@ def read_model_config(name_or_path: str) -> dict[str, Any]:
 
 
 def _gguf_config(path: Path) -> dict[str, Any]:
-    """The config transformers would build from a GGUF header (reads metadata only)."""
-    from .models import gguf_to_folder  # noqa: F401  (same module family; keeps imports lazy)
+    """The config transformers builds from a GGUF header: from the cached conversion when there
+    is one, else parsed once per process (about 15 s for SmolLM2: the tokenizer is read too)."""
+    from .models import gguf_cache_folder
+    cached = gguf_cache_folder(path) / "config.json"
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    stat = path.stat()
+    return dict(_parse_gguf_config(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_gguf_config(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+    parsed = load_gguf_checkpoint(path, return_tensors=False)
     cfg = dict(parsed["config"])
     if "tie_word_embeddings" not in cfg:
         # GGUF stores no output matrix when the model ties it to the embedding.
@@ -359,8 +373,7 @@ ADVICE_STEPS = [
 
 
 def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]:
-    """Changes that make the plan fit, each re-estimated, best (lowest total) first."""
-    from .plan import with_overrides
+    """Changes that make the plan fit, each re-estimated; those that fit first, lowest total first."""
     candidates: list[tuple[dict, str]] = []
     for change, why in ADVICE_STEPS:
         if all(plan.get(k) == v for k, v in change.items()):
@@ -383,39 +396,50 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
         candidates.append(({"adapter.r": plan.adapter.r // 2}, f"LoRA rank {plan.adapter.r // 2}"))
     out, combined = [], {}
     for change, why in candidates:
-        try:
-            p2 = with_overrides(plan, [f"{k}={_yaml(v)}" for k, v in change.items()])
-        except PlanError:
-            continue
-        est = estimate(p2, shape, device, advise=False)
+        est = estimate(_changed(plan, change), shape, device, advise=False)
         out.append(Advice(set=change, total_bytes=est.total_bytes, why=why))
-    # A combination of the cheap-to-accept steps, when no single one fits.
+    # A combination of the changes, best first, when no single one fits.
     if out and not any(x.total_bytes <= capacity for x in out):
         for adv in sorted(out, key=lambda x: x.total_bytes):
+            if "training.optimizer" in adv.set and "training.optimizer" in combined:
+                continue  # one optimizer at a time
             combined.update(adv.set)
-            try:
-                p2 = with_overrides(plan, [f"{k}={_yaml(v)}" for k, v in combined.items()])
-            except PlanError:
-                continue
-            total = estimate(p2, shape, device, advise=False).total_bytes
+            total = estimate(_changed(plan, combined), shape, device, advise=False).total_bytes
             if total <= capacity:
                 out.append(Advice(set=dict(combined), total_bytes=total, why="these changes together"))
                 break
     return sorted(out, key=lambda x: (x.total_bytes > capacity, x.total_bytes))
 
 
-def _yaml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
+def _changed(plan, change: dict[str, Any]):
+    """A copy of ``plan`` with dotted keys set (values the advisor knows to be valid)."""
+    sections = {}
+    for key, value in change.items():
+        section, leaf = key.split(".")
+        sections.setdefault(section, {})[leaf] = value
+    return replace(plan, **{s: replace(getattr(plan, s), **kv) for s, kv in sections.items()})
 
 
-def plan_estimate(plan, device: str = "cuda", capacity_bytes: int | None = None) -> Estimate:
+def plan_estimate(plan, device: str = "cuda", capacity_bytes: int | None = None) -> tuple[Estimate, ModelShape]:
     """Read the model's config for ``plan`` and estimate (no weights loaded)."""
     shape = ModelShape.from_config(read_model_config(plan.model.name_or_path))
-    if plan.embeddings.new_tokens:
-        pass  # estimate() accounts for a possibly larger vocabulary
-    return estimate(plan, shape, device, capacity_bytes)
+    return estimate(plan, shape, device, capacity_bytes), shape
+
+
+def detect_capacity(device: str) -> tuple[int | None, str]:
+    """(bytes, description) of the target's memory: the GPU's total, or this computer's RAM."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                return int(total), f"{torch.cuda.get_device_name()} ({total / GiB:.1f} GiB)"
+        except Exception:
+            pass
+        return None, "no CUDA GPU detected"
+    import psutil
+    total = psutil.virtual_memory().total
+    return int(total), f"this computer's RAM ({total / GiB:.1f} GiB)"
 
 
 def gib(n: float) -> float:

@@ -96,6 +96,14 @@ def resolve_source(name_or_path: str, convert_gguf: bool = True) -> ModelSource:
     return ModelSource("hub", value, value)
 
 
+def gguf_cache_folder(gguf: Path) -> Path:
+    """Where the de-quantized copy of ``gguf`` is (or will be) cached."""
+    gguf = gguf.resolve()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{gguf.stem}-{key}"
+
+
 def gguf_to_folder(gguf: Path) -> str:
     """De-quantize a GGUF once into a cached safetensors folder (atomic) and return it.
 
@@ -103,9 +111,7 @@ def gguf_to_folder(gguf: Path) -> str:
     built from the same config without its ``quantization_config``.
     """
     gguf = gguf.resolve()
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    target = gguf_cache_folder(gguf)
     if (target / "config.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
