@@ -86,10 +86,18 @@ def grid() -> list[dict]:
     add("tied64", **{"data.max_seq_len": 128, "training.batch_size": 2, "model.dtype": "bfloat16",
                      "embeddings.train_lm_head": True, "embeddings.mode": "full"})
     add("untied64", **{"data.max_seq_len": 256, "adapter.r": 64})
+    # A wider model, where the matrices outweigh the logits: the optimizer and embedding phases.
+    full_both = {"embeddings.train_embeddings": True, "embeddings.train_lm_head": True, "embeddings.mode": "full"}
+    add("untied512", **{"data.max_seq_len": 64})
+    add("untied512", **{"data.max_seq_len": 64, **full_both})
+    add("untied512", **{"data.max_seq_len": 64, "training.optimizer": "adamw_8bit", **full_both})
+    add("tied512", **{"data.max_seq_len": 64, **full_both})
+    add("untied512", **{"data.max_seq_len": 64, "model.quantization": "4bit", "model.dtype": "bfloat16", **full_both})
     return rows
 
 
-MODELS = {"untied64": (64, False), "tied64": (64, True), "untied128": (128, False)}
+MODELS = {"untied64": (64, False), "tied64": (64, True), "untied128": (128, False), "untied512": (512, False),
+          "tied512": (512, True)}
 
 
 def peers(shape, plan) -> tuple[int, int]:
@@ -110,6 +118,7 @@ def peers(shape, plan) -> tuple[int, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the first 8 rows")
+    ap.add_argument("--model", help="only rows on this model (e.g. untied512)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     args = ap.parse_args()
 
@@ -126,6 +135,8 @@ def main() -> int:
     data = write_jsonl(work / "d.jsonl", [{"instruction": "Repeat the words.", "output": " ".join(WORDS * 40)}] * 24)
     folders = {}
     rows = grid()[:8] if args.quick else grid()
+    if args.model:
+        rows = [r for r in rows if r["model"] == args.model]
     header = f"{'#':>2} {'model':9} {'plan (changes from LoRA r4, fp32, GC on, batch 1)':78} {'measured':>9} " \
              f"{'estimate':>9} {'ratio':>6} {'accel':>7} {'unsloth':>7}"
     print(header)

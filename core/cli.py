@@ -196,8 +196,13 @@ def _cmd_estimate(args) -> int:
     else:
         capacity, where = memory.detect_capacity(device)
     est, shape = memory.plan_estimate(plan, device, capacity)
+    gpus = {f"{size}GiB": memory.fit_verdict(est.total_bytes, size * memory.GiB) for size in memory.COMMON_GPUS_GIB}
+    ram, ram_where = memory.detect_capacity("cpu")
+    cpu_total = memory.estimate(plan, shape, "cpu", advise=False).total_bytes
     if args.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(json.dumps({**est.to_dict(), "common_gpus": gpus,
+                          "cpu_training": {"total_bytes": cpu_total, "ram_bytes": ram,
+                                           "fit": memory.fit_verdict(cpu_total, ram)}}, indent=2))
         return EXIT_OK
     g = memory.gib
     print(f"Memory estimate for {plan.model.name_or_path} on {device}: {shape.total_params / 1e9:.2f} B parameters, "
@@ -220,9 +225,7 @@ def _cmd_estimate(args) -> int:
             change = ", ".join(f"{k}={v}" for k, v in adv.set.items())
             mark = "fits" if adv.total_bytes <= capacity else "still too big"
             print(f"  {i}. {change}: {g(adv.total_bytes):.2f} GiB ({mark}) - {adv.why}")
-    sizes = [f"{size} GiB {memory.fit_verdict(est.total_bytes, size * memory.GiB)}" for size in memory.COMMON_GPUS_GIB]
-    ram, ram_where = memory.detect_capacity("cpu")
-    cpu_total = memory.estimate(plan, shape, "cpu", advise=False).total_bytes
+    sizes = [f"{size.replace('GiB', ' GiB')} {verdict}" for size, verdict in gpus.items()]
     print("Common GPUs: " + ", ".join(sizes) + f"; CPU training in {ram_where}: "
           f"{memory.fit_verdict(cpu_total, ram)}.")
     return EXIT_OK

@@ -108,6 +108,19 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text)
 
 
+def release_bnb_overrides() -> None:
+    """Empty bitsandbytes' process-wide override registry.
+
+    The stock Trainer registers every ``nn.Embedding`` there and never removes it, which keeps
+    whole models alive after their run and lets later runs match stale parameter ids: a leak in a
+    long-lived process such as the window (found by the memory benchmark).
+    """
+    import sys
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
+        bnb.optim.GlobalOptimManager.get_instance().initialize()
+
+
 def _free_bytes(path: Path) -> int:
     probe = path
     while not probe.exists():
@@ -171,6 +184,7 @@ class TrainingJob:
             if self._file_sink is not None:
                 self._file_sink.close()
                 self._file_sink = None
+            release_bnb_overrides()
 
     @property
     def is_main_process(self) -> bool:

@@ -276,6 +276,13 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     logits_fwd = T * V * (act_b + 4 + (act_b if lora_mats and train_head else 0))
     logits_bwd = T * V * 12
 
+    # Trainable token rows on the head: each forward builds the merged full matrix, which the
+    # head's matmul keeps for its backward.
+    tokens_on_head = (e.mode == "tokens" and (train_head or (tied and train_emb))) or \
+        (bool(e.new_tokens) and not (train_emb or train_head))
+    merged_head = matrix * dense_b if tokens_on_head else 0
+    logits_fwd += merged_head
+    logits_bwd += merged_head
     # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
     head_grad = matrix * dense_b if (full_mats and (train_head or (tied and train_emb))) else 0
     emb_grad = matrix * dense_b if (full_mats and train_emb) else 0
@@ -287,7 +294,7 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     phases = {
         "forward_loss": static + activations + logits_fwd + dequant,
         "loss_backward": static + activations + logits_bwd,
-        "head_backward": static + activations + T * V * (4 + act_b) + head_grad,
+        "head_backward": static + activations + T * V * (4 + act_b) + head_grad + merged_head,
         "body_backward": static + per_layer_saved + (L * T * H * act_b if t.gradient_checkpointing else activations)
                           + grads - emb_grad + dequant,
         "embedding_backward": static + grads + emb_grad + T * H * act_b,

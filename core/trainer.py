@@ -14,6 +14,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from . import events as ev
+from .job import release_bnb_overrides
 
 
 class HeadtuneTrainer(Trainer):
@@ -46,6 +47,7 @@ class HeadtuneTrainer(Trainer):
                     group["lr"] = self.embedding_lr
                 param_groups.append(group)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        release_bnb_overrides()  # stale entries of an earlier run in this process (ids get reused)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         if "bitsandbytes" in str(optimizer_cls) and optimizer_kwargs.get("optim_bits") == 8:
             # Same as the stock Trainer: 32-bit states for nn.Embedding weights under 8-bit Adam.

@@ -147,13 +147,15 @@ def test_stop_before_training_writes_nothing(tmp_path, tiny_untied, alpaca_file)
 def test_eight_bit_optimizer_on_embeddings(tmp_path, tiny_untied, alpaca_file):
     import bitsandbytes as bnb
     plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "adamw_8bit", "max_steps": 2},
-                     embeddings={"train_lm_head": True, "mode": "full"})
+                     embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"})
     job = TrainingJob(plan)
     assert isinstance(job.run(), ev.Finished)
     opt = job.trainer.optimizer.optimizer
     assert isinstance(opt, bnb.optim.optimizer.Optimizer8bit) and opt.args.optim_bits == 8
     head = next(p for n, p in job.model.named_parameters() if "lm_head.modules_to_save" in n)
     assert opt.state[head]["state1"].dtype == torch.uint8  # 8-bit Adam states for the trained head
+    emb = next(p for n, p in job.model.named_parameters() if "embed_tokens.modules_to_save" in n)
+    assert opt.state[emb]["state1"].dtype == torch.float32  # the Trainer's 32-bit rule for nn.Embedding
 
 
 def test_paged_optimizer_needs_gpu(tmp_path, tiny_untied, alpaca_file):
@@ -174,3 +176,13 @@ def test_torn_event_line_is_skipped(tmp_path):
         fh.write('{"type": "step", "st')
     events = list(ev.read_events(path))
     assert len(events) == 1 and events[0].loss == 1.0
+
+
+def test_eight_bit_runs_do_not_pin_models(tmp_path, tiny_untied, alpaca_file):
+    """bitsandbytes' global override registry is emptied after a run (it held whole models)."""
+    import bitsandbytes as bnb
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "adamw_8bit", "max_steps": 1},
+                     embeddings={"train_embeddings": True, "mode": "full"})
+    TrainingJob(plan).run()
+    manager = bnb.optim.GlobalOptimManager.get_instance()
+    assert manager.module_weight_config_triple == [] and manager.pid2config == {}

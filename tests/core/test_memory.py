@@ -132,6 +132,8 @@ def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
                  "--set", "embeddings.train_embeddings=true"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["capacity_bytes"] == 12 * GiB and d["fit"] == "fits" and sum(d["breakdown"].values()) == d["tensors_peak_bytes"]
+    assert d["common_gpus"] == {"8GiB": "fits", "12GiB": "fits", "16GiB": "fits", "24GiB": "fits"}
+    assert d["cpu_training"]["fit"] == "fits" and d["cpu_training"]["ram_bytes"] > GiB
     assert main(["estimate", str(plan_file), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "logits_loss" in out and "GiB" in out and "Common GPUs: 8 GiB fits" in out
