@@ -190,3 +190,18 @@ def embedding_parameter_names(model, setup: EmbeddingSetup) -> set[str]:
         if p.requires_grad and any(f".{leaf}." in f".{name}" for leaf in leaves):
             out.add(name)
     return out
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts, each storage counted once.
+
+    PEFT ties a tied model's head adapter to the embedding's by sharing storage between two
+    Parameter objects (transposed), so counting Parameter objects would count those values twice.
+    """
+    seen: dict[tuple[int, int], tuple[int, bool]] = {}
+    for p in model.parameters():
+        key = (p.untyped_storage().data_ptr(), p.storage_offset()) if p.device.type != "meta" else (id(p), 0)
+        numel, trainable = seen.get(key, (0, False))
+        seen[key] = (max(numel, p.numel()), trainable or p.requires_grad)
+    trainable = sum(n for n, t in seen.values() if t)
+    return trainable, sum(n for n, _ in seen.values())

@@ -240,8 +240,7 @@ class TrainingJob:
         model.config.use_cache = False
         model = adapters.build_peft_model(model, plan, setup)
         self.model = model
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        trainable, total = adapters.count_parameters(model)
         self._check_disk(model)
         if self.stop_requested:
             stopped = ev.Stopped(step=0, adapter_path="")

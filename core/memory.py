@@ -200,8 +200,8 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     m, e, t, a, d = plan.model, plan.embeddings, plan.training, plan.adapter, plan.data
     dt = DTYPE_BYTES[m.dtype]
     kbit = m.quantization != "none"
-    V, H, L = shape.vocab, shape.hidden, shape.layers
-    V = V + max(0, len(e.new_tokens) - 0)  # new tokens may grow the vocabulary (upper bound)
+    H, L = shape.hidden, shape.layers
+    V = shape.vocab + len(e.new_tokens)  # upper bound: new tokens may need new rows
     B, S = t.batch_size, d.max_seq_len
     T = B * S
     matrix = V * H
@@ -258,10 +258,17 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         return 2 * numel + 2 * (numel / 256) * 4
 
     states = adam_bytes(trainable_fp32, 4, False)
-    if full_mats:
+    if e.mode == "full":
+        # The embedding copy is an nn.Embedding (32-bit states under bitsandbytes); the head a Linear.
         states += adam_bytes(matrix, dense_b, True) if train_emb else 0
-        states += adam_bytes(matrix, dense_b, False) if train_head and full_mats == (2 if train_emb else 1) else 0
+        states += adam_bytes(matrix, dense_b, False) if train_head else 0
     grads = trainable_fp32 * 4 + full_copy_params * dense_b
+    if e.mode == "lora" and tied and train_emb:
+        # PEFT ties the head's LoRA to the embedding's through a second Parameter on the same
+        # storage: one copy of the values, but two gradients and two sets of optimizer states.
+        shared = a.r * (V + H)
+        grads += shared * 4
+        states += adam_bytes(shared, 4, False)
 
     # Activations.
     act_b = dt  # computation dtype (bf16 autocast or the model's dtype)
@@ -285,10 +292,13 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     logits_bwd += merged_head
     # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
     head_grad = matrix * dense_b if (full_mats and (train_head or (tied and train_emb))) else 0
-    emb_grad = matrix * dense_b if (full_mats and train_emb) else 0
+    # The embedding copy's gradient appears only at the very end of backward (untied: it becomes
+    # .grad as is; tied: it is a second dense matrix while it is added into the head's .grad).
+    emb_grad_pending = matrix * dense_b if (full_mats and train_emb and not tied) else 0
+    emb_grad = matrix * dense_b if (full_mats and train_emb and tied) else 0
     dequant = (max(i * o for i, o in shape.linear_shapes().values()) * act_b) if m.quantization == "4bit" else 0
-    largest = max([matrix * dense_b] if full_mats else [0]) or (trainable_fp32 * 4 / max(1, L))
-    opt_tmp = largest if device == "cpu" else largest * 2
+    # Fused AdamW updates in place; bitsandbytes needs only per-block scale buffers.
+    opt_tmp = 2 * (trainable_params / 256) * 4 if eight else 0
 
     static = frozen + weights_trainable + (0 if paged else states)
     phases = {
@@ -296,14 +306,15 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         "loss_backward": static + activations + logits_bwd,
         "head_backward": static + activations + T * V * (4 + act_b) + head_grad + merged_head,
         "body_backward": static + per_layer_saved + (L * T * H * act_b if t.gradient_checkpointing else activations)
-                          + grads - emb_grad + dequant,
+                          + grads - emb_grad_pending + dequant,
         "embedding_backward": static + grads + emb_grad + T * H * act_b,
         "optimizer_step": static + grads + opt_tmp,
     }
     peak_phase = max(phases, key=phases.get)
     peak = int(phases[peak_phase])
     bd = _breakdown(peak_phase, frozen, weights_trainable, grads, 0 if paged else states, activations,
-                    per_layer_saved, logits_fwd, logits_bwd, T * V * (4 + act_b), head_grad, emb_grad, dequant,
+                    per_layer_saved, logits_fwd, logits_bwd, T * V * (4 + act_b), head_grad, emb_grad_pending,
+                    emb_grad, dequant,
                     opt_tmp, T * H * act_b, L * T * H * act_b, t.gradient_checkpointing)
     bd = {k: int(v) for k, v in bd.items()}
     drift = peak - sum(bd.values())
@@ -321,8 +332,8 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     return est
 
 
-def _breakdown(phase, frozen, wtrain, grads, states, activations, per_layer, lf, lb, lh, head_grad, emb_grad,
-               dequant, opt_tmp, thd, checkpoints, gc) -> dict[str, float]:
+def _breakdown(phase, frozen, wtrain, grads, states, activations, per_layer, lf, lb, lh, head_grad,
+               emb_grad_pending, emb_grad, dequant, opt_tmp, thd, checkpoints, gc) -> dict[str, float]:
     bd = dict.fromkeys(CATEGORIES, 0.0)
     bd.update(weights_frozen=frozen, weights_trainable=wtrain, optimizer_states=states)
     if phase == "forward_loss":
@@ -332,7 +343,7 @@ def _breakdown(phase, frozen, wtrain, grads, states, activations, per_layer, lf,
     elif phase == "head_backward":
         bd.update(activations=activations, logits_loss=lh, gradients=head_grad)
     elif phase == "body_backward":
-        bd.update(activations=per_layer + (checkpoints if gc else activations), gradients=grads - emb_grad,
+        bd.update(activations=per_layer + (checkpoints if gc else activations), gradients=grads - emb_grad_pending,
                   transient=dequant)
     elif phase == "embedding_backward":
         bd.update(gradients=grads, transient=emb_grad, activations=thd)
@@ -470,6 +481,3 @@ def parse_size(text: str) -> int:
             return int(value * units[unit])
     raise PlanError(f"--gpu-memory {text!r}: expected a size such as 12GiB, 8GB or 24000MiB.")
 
-
-def with_shape(shape: ModelShape, **changes) -> ModelShape:
-    return replace(shape, **changes)

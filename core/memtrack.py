@@ -122,5 +122,6 @@ def measure_peak(plan, steps: int = 3) -> dict:
         job.around_training = lambda: tracker
         job.run()
         result.update(device="cpu", peak_bytes=tracker.peak)
-    result["trainable_params"] = sum(p.numel() for p in job.model.parameters() if p.requires_grad)
+    from .adapters import count_parameters
+    result["trainable_params"] = count_parameters(job.model)[0]
     return result

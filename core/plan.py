@@ -449,8 +449,6 @@ def validate(plan: Plan) -> None:
             raise PlanError(f"{key}: {value} needs bitsandbytes, which {problem}. Install it "
                             f"(pip install bitsandbytes) or set {key} to "
                             f"{'none' if key == 'model.quantization' else 'adamw'}.", key)
-    if m.quantization == "4bit" and m.dtype == "float32":
-        pass  # allowed: compute in fp32 on top of NF4 storage
     need(plan.schema_version == SCHEMA_VERSION, "schema_version", f"must be {SCHEMA_VERSION}.")
 
 

@@ -140,3 +140,25 @@ def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
     assert main(["estimate", str(plan_file), "--set", "training.batch_size=0"]) == 2
     assert "training.batch_size: must be at least 1" in capsys.readouterr().err
     assert main(["estimate", str(plan_file), "--gpu-memory", "huge"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["full", "tokens", "lora"])
+@pytest.mark.parametrize("which", ["tied", "untied"])
+def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_untied, mode, which):
+    """The estimate's count of trainable parameters equals the real PEFT model's, in every mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from headtune.core.adapters import build_peft_model, count_parameters, resolve_embeddings
+    from headtune.core.memory import read_model_config
+    from headtune.core.plan import plan_from_dict
+
+    folder = tiny_tied if which == "tied" else tiny_untied
+    rows = {"token_ids": [5, 6, 7]} if mode == "tokens" else {}
+    p = plan_from_dict({"model": {"name_or_path": str(folder), "dtype": "float32"}, "data": {"path": "d.jsonl"},
+                        "embeddings": {"train_embeddings": True, "train_lm_head": True, "mode": mode, **rows}})
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    peft_model = build_peft_model(model, p, resolve_embeddings(model, p.embeddings, []))
+    real = count_parameters(peft_model)[0]
+    est = estimate(p, ModelShape.from_config(read_model_config(str(folder))), "cpu")
+    assert est.trainable_params == real
