@@ -223,7 +223,7 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     train_emb = e.train_embeddings or (tied and e.train_lm_head)
     train_head = e.train_lm_head and not tied
     full_mats = lora_mats = 0
-    token_rows = len(set(e.token_ids) | set(range(len(e.new_tokens))))
+    token_rows = len(set(e.token_ids)) + len(e.new_tokens)  # new ids are unknown here: an upper bound
     token_mats = 0
     for on in (train_emb, train_head):
         if not on:
@@ -279,8 +279,10 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         activations = L * per_layer_saved
     activations += T * H * 4 * 2  # final norm input/output and the hidden state fed to the head
 
-    # Loss region: log-softmax output + nll gradient + log-softmax gradient, all fp32.
-    logits_fwd = T * V * (act_b + 4 + (act_b if lora_mats and train_head else 0))
+    # Loss region: log-softmax output + nll gradient + log-softmax gradient, all fp32. LoRA on the
+    # head adds its own batch x seq x vocab output in forward.
+    lora_on_head = e.mode == "lora" and (train_head or (tied and train_emb))
+    logits_fwd = T * V * (act_b + 4 + (act_b if lora_on_head else 0))
     logits_bwd = T * V * 12
 
     # Trainable token rows on the head: each forward builds the merged full matrix, which the
@@ -288,8 +290,6 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     tokens_on_head = (e.mode == "tokens" and (train_head or (tied and train_emb))) or \
         (bool(e.new_tokens) and not (train_emb or train_head))
     merged_head = matrix * dense_b if tokens_on_head else 0
-    logits_fwd += merged_head
-    logits_bwd += merged_head
     # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
     head_grad = matrix * dense_b if (full_mats and (train_head or (tied and train_emb))) else 0
     # The embedding copy's gradient appears only at the very end of backward (untied: it becomes
@@ -302,8 +302,8 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
 
     static = frozen + weights_trainable + (0 if paged else states)
     phases = {
-        "forward_loss": static + activations + logits_fwd + dequant,
-        "loss_backward": static + activations + logits_bwd,
+        "forward_loss": static + activations + logits_fwd + merged_head + dequant,
+        "loss_backward": static + activations + logits_bwd + merged_head,
         "head_backward": static + activations + T * V * (4 + act_b) + head_grad + merged_head,
         "body_backward": static + per_layer_saved + (L * T * H * act_b if t.gradient_checkpointing else activations)
                           + grads - emb_grad_pending + dequant,
@@ -314,8 +314,8 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     peak = int(phases[peak_phase])
     bd = _breakdown(peak_phase, frozen, weights_trainable, grads, 0 if paged else states, activations,
                     per_layer_saved, logits_fwd, logits_bwd, T * V * (4 + act_b), head_grad, emb_grad_pending,
-                    emb_grad, dequant,
-                    opt_tmp, T * H * act_b, L * T * H * act_b, t.gradient_checkpointing)
+                    emb_grad, dequant, merged_head, opt_tmp, T * H * act_b, L * T * H * act_b,
+                    t.gradient_checkpointing)
     bd = {k: int(v) for k, v in bd.items()}
     drift = peak - sum(bd.values())
     bd["transient"] += drift  # rounding only: keep the sum exact
@@ -333,15 +333,15 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
 
 
 def _breakdown(phase, frozen, wtrain, grads, states, activations, per_layer, lf, lb, lh, head_grad,
-               emb_grad_pending, emb_grad, dequant, opt_tmp, thd, checkpoints, gc) -> dict[str, float]:
+               emb_grad_pending, emb_grad, dequant, merged, opt_tmp, thd, checkpoints, gc) -> dict[str, float]:
     bd = dict.fromkeys(CATEGORIES, 0.0)
     bd.update(weights_frozen=frozen, weights_trainable=wtrain, optimizer_states=states)
     if phase == "forward_loss":
-        bd.update(activations=activations, logits_loss=lf, transient=dequant)
+        bd.update(activations=activations, logits_loss=lf, transient=dequant + merged)
     elif phase == "loss_backward":
-        bd.update(activations=activations, logits_loss=lb)
+        bd.update(activations=activations, logits_loss=lb, transient=merged)
     elif phase == "head_backward":
-        bd.update(activations=activations, logits_loss=lh, gradients=head_grad)
+        bd.update(activations=activations, logits_loss=lh, gradients=head_grad, transient=merged)
     elif phase == "body_backward":
         bd.update(activations=per_layer + (checkpoints if gc else activations), gradients=grads - emb_grad_pending,
                   transient=dequant)
