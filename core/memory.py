@@ -293,9 +293,10 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
     head_grad = matrix * dense_b if (full_mats and (train_head or (tied and train_emb))) else 0
     # The embedding copy's gradient appears only at the very end of backward (untied: it becomes
-    # .grad as is; tied: it is a second dense matrix while it is added into the head's .grad).
+    # .grad as is; tied: autograd adds it to the head's .grad out of place, so the new gradient
+    # and the sum are two more dense matrices for a moment — measured, hidden-512 rows).
     emb_grad_pending = matrix * dense_b if (full_mats and train_emb and not tied) else 0
-    emb_grad = matrix * dense_b if (full_mats and train_emb and tied) else 0
+    emb_grad = 2 * matrix * dense_b if (full_mats and train_emb and tied) else 0
     dequant = (max(i * o for i, o in shape.linear_shapes().values()) * act_b) if m.quantization == "4bit" else 0
     # Fused AdamW updates in place; bitsandbytes needs only per-block scale buffers.
     opt_tmp = 2 * (trainable_params / 256) * 4 if eight else 0
