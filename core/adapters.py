@@ -179,6 +179,9 @@ def _block_linear(model, setup: EmbeddingSetup) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name != setup.head_name and ".layers." in name:
             names.add(name.rsplit(".", 1)[-1])
+    if not names:
+        raise PlanError("adapter.target_modules: the linear layers of this architecture could not be found "
+                        "by name; list them explicitly (e.g. [c_attn, c_proj]).", "adapter.target_modules")
     return sorted(names)
 
 

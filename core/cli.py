@@ -126,6 +126,8 @@ def _cmd_train(args) -> int:
     from .plan import load_plan
     from .demo import demo_plan
 
+    if args.plan and args.demo:
+        raise _usage("give either a plan file or --demo, not both.")
     if args.resume:
         if args.plan or args.demo:
             raise _usage("--resume takes the run folder only; the plan is the one saved in it.")
@@ -154,7 +156,9 @@ def _cmd_train(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     from . import events as ev
-    if isinstance(result, ev.Stopped):
+    if isinstance(result, ev.Stopped) and not result.adapter_path:
+        print("Stopped before training started; nothing was written.")
+    elif isinstance(result, ev.Stopped):
         print(f"Stopped at step {result.step}. Adapter: {result.adapter_path or '(none)'}. Resume with "
               f"`headtune train --resume {plan.output.dir}`.")
     else:
@@ -217,6 +221,8 @@ def _cmd_estimate(args) -> int:
     if est.paged_optimizer_states_bytes:
         print(f"  {'paged optimizer states':<22}{g(est.paged_optimizer_states_bytes):8.2f}   (pageable to CPU "
               "memory, outside the total)")
+    if not capacity:
+        print(f"No capacity to check against: {where}. Give one with --gpu-memory.")
     if capacity:
         verdict = {"fits": "fits", "tight": "fits, but tightly (within 10%)", "no": "does NOT fit"}[est.fit]
         print(f"Capacity {g(capacity):.2f} GiB ({where}): {verdict}.")

@@ -100,6 +100,8 @@ def read_rows(path_or_id: str) -> tuple[list[Row], str]:
             reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
                       ".parquet": _read_parquet, ".txt": _read_txt}[suffix]
             return reader(path)
+        except PermissionError:
+            raise DataError(f"{path} cannot be read: permission denied.") from None
         except UnicodeDecodeError as exc:
             raise DataError(f"{path} is not a UTF-8 text file (byte {exc.start} cannot be decoded), so it "
                             f"cannot be a {suffix} file.") from None
@@ -144,6 +146,13 @@ def _read_json(path: Path) -> tuple[list[Row], str]:
 
 
 def _read_csv(path: Path) -> tuple[list[Row], str]:
+    try:
+        return _read_csv_rows(path)
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a valid CSV file ({exc}).") from None
+
+
+def _read_csv_rows(path: Path) -> tuple[list[Row], str]:
     with path.open(encoding="utf-8", newline="") as fh:
         sample = fh.read(4096)
         fh.seek(0)
@@ -312,23 +321,30 @@ def resolve_template(tokenizer, choice: str) -> tuple[str, str]:
     if not path.is_file():
         raise DataError(f"data.chat_template: {choice!r} is not 'model', a built-in template "
                         f"({', '.join(BUILTIN_TEMPLATES)}) or an existing Jinja file.")
-    return path.read_text(encoding="utf-8"), str(path)
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data.chat_template: the file {path} cannot be read ({exc}).") from None
 
 
-def _render(tokenizer, messages, template: str, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+def _render(tokenizer, messages, template: str, generation_prompt: bool, where: str = "") -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except Exception as exc:  # Jinja errors raised by the template itself ("roles must alternate", ...)
+        raise DataError(f"{where}: the chat template refused this conversation ({exc}). Fix the row, or "
+                        "choose another data.chat_template (e.g. chatml).") from None
 
 
 def assistant_spans(tokenizer, messages, template: str, where: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
-    full = _render(tokenizer, messages, template, False)
+    full = _render(tokenizer, messages, template, False, where)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], template, True) if i else ""
-        after = _render(tokenizer, messages[: i + 1], template, False)
+        before = _render(tokenizer, messages[:i], template, True, where) if i else ""
+        after = _render(tokenizer, messages[: i + 1], template, False, where)
         if not (full.startswith(after) and after.startswith(before)):
             continue  # a template that rewrites earlier turns: only the turns we can locate train
         spans.append((len(before), len(after)))
@@ -386,6 +402,9 @@ def prepare(spec, tokenizer, seed: int) -> PreparedData:
     """Everything the trainer needs from ``plan.data``: tokenised, masked, split (and packed)."""
     examples, fmt = load_examples(spec.path, spec.format)
     template, template_source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
+    if fmt != "text" and not getattr(tokenizer, "is_fast", False):
+        raise DataError("This model's tokenizer has no fast (Rust) version, which Headtune needs to tell the "
+                        "assistant's tokens from the prompt's. Use a model whose repository has tokenizer.json.")
     name = Path(spec.path).name
     features, truncated, skipped = [], 0, 0
     for ex in examples:

@@ -198,7 +198,9 @@ class TrainingJob:
                 raise PlanError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a "
                                 "new run instead.", "output.dir")
             return ckpt
-        if self.is_main_process and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if self.is_main_process and run_dir.exists() and not run_dir.is_dir():
+            raise PlanError(f"output.dir: {run_dir} is a file; the run needs a folder.", "output.dir")
+        if self.is_main_process and run_dir.exists() and any(run_dir.iterdir()):
             raise PlanError(f"output.dir: {run_dir} already exists and is not empty. Choose a new folder, or "
                             f"continue that run with `headtune train --resume {run_dir}`.", "output.dir")
         return None
@@ -271,7 +273,7 @@ class TrainingJob:
         adapter_dir = self.run_dir / "adapter"
         if self.is_main_process:
             self._save_adapter(model, tokenizer)
-        if self.stop_requested:
+        if self.stop_requested and self.step < trainer.state.max_steps:
             last = latest_checkpoint(self.run_dir)
             event: ev.Event = ev.Stopped(step=self.step, adapter_path=str(adapter_dir), checkpoint_path=last)
         else:
@@ -373,6 +375,7 @@ class TrainingJob:
         tokenizer.save_pretrained(tmp)
         if final.exists():
             old = self.run_dir / "adapter.old"
+            shutil.rmtree(old, ignore_errors=True)  # left over from a crash mid-swap
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)

@@ -107,19 +107,19 @@ class ModelShape:
 
 def read_model_config(name_or_path: str) -> dict[str, Any]:
     """config.json of a local folder, a cached hub model, or a GGUF file's header (no weights)."""
-    from .models import DEMO_MODEL_ID, _hub_cached, demo_gguf_path
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        cfg = path / "config.json"
-        if not cfg.is_file():
-            raise ModelError(f"The folder {path} has no config.json.")
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    if name_or_path.lower().endswith(".gguf"):
-        if not path.is_file():
-            raise ModelError(f"The model file {path} does not exist.")
-        return _gguf_config(path)
-    if name_or_path == DEMO_MODEL_ID and not _hub_cached(name_or_path) and demo_gguf_path() is not None:
-        return _gguf_config(demo_gguf_path())
+    from .models import resolve_source
+    source = resolve_source(name_or_path, convert_gguf=False)  # clear errors for bad paths
+    if source.kind == "folder":
+        cfg = Path(source.folder) / "config.json"
+        try:
+            return json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"The model's {cfg} cannot be read as JSON ({exc}).") from None
+    if source.kind == "gguf":
+        try:
+            return _gguf_config(Path(source.folder))
+        except Exception as exc:
+            raise ModelError(f"The GGUF file {source.folder} has no readable header ({exc}).") from None
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
         cached = try_to_load_from_cache(name_or_path, "config.json")
@@ -201,7 +201,8 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     dt = DTYPE_BYTES[m.dtype]
     kbit = m.quantization != "none"
     H, L = shape.hidden, shape.layers
-    V = shape.vocab + len(e.new_tokens)  # upper bound: new tokens may need new rows
+    # New tokens either land on spare rows or add a few rows (N x hidden): negligible here.
+    V = shape.vocab
     B, S = t.batch_size, d.max_seq_len
     T = B * S
     matrix = V * H
@@ -219,31 +220,28 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         frozen = blk * dt
     frozen += shape.norm_params * dense_b + matrix * dense_b * (1 if tied else 2)
 
-    # What trains in the embedding and head (mirrors adapters.resolve_embeddings).
+    # What trains in each matrix, decided as adapters.resolve_embeddings decides it: a tied
+    # matrix is trained once, from the embedding side; new tokens' rows train in every matrix,
+    # through token rows where the matrix is not trained otherwise.
     train_emb = e.train_embeddings or (tied and e.train_lm_head)
     train_head = e.train_lm_head and not tied
-    full_mats = lora_mats = 0
-    token_rows = len(set(e.token_ids)) + len(e.new_tokens)  # new ids are unknown here: an upper bound
-    token_mats = 0
-    for on in (train_emb, train_head):
-        if not on:
-            continue
-        if e.mode == "full":
-            full_mats += 1
-        elif e.mode == "lora":
-            lora_mats += 1
-        else:
-            token_mats += 1
-    if e.new_tokens and not (train_emb or train_head):
-        token_mats = 1 if tied else 2
+    mech = {"emb": e.mode if train_emb else None, "head": e.mode if train_head else None}
+    if e.new_tokens:
+        for name in ("emb",) if tied else ("emb", "head"):
+            mech[name] = mech[name] or "new_rows"
+    rows_of = {"tokens": len(set(e.token_ids)) + len(e.new_tokens), "new_rows": len(e.new_tokens)}
+    full_mats = sum(1 for v in mech.values() if v == "full")
+    lora_mats = sum(1 for v in mech.values() if v == "lora")
+    token_rows_total = sum(rows_of.get(v, 0) for v in mech.values())
 
     # LoRA parameters (fp32) on the block's linear layers.
     targets = _lora_targets(a.target_modules, shape)
     lora = L * sum(a.r * (i + o) for name, (i, o) in shape.linear_shapes().items() if name in targets)
     lora += lora_mats * a.r * (V + H)
-    trainable_fp32 = lora + token_mats * token_rows * H
+    trainable_fp32 = lora + token_rows_total * H  # token-row deltas are fp32
     full_copy_params = full_mats * matrix
-    weights_trainable = trainable_fp32 * 4 + full_copy_params * dense_b + token_mats * token_rows * H * dense_b
+    # (token rows also keep a copy of the original rows in the base dtype)
+    weights_trainable = trainable_fp32 * 4 + full_copy_params * dense_b + token_rows_total * H * dense_b
     trainable_params = trainable_fp32 + full_copy_params
 
     # Optimizer states.
@@ -258,12 +256,11 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         return 2 * numel + 2 * (numel / 256) * 4
 
     states = adam_bytes(trainable_fp32, 4, False)
-    if e.mode == "full":
-        # The embedding copy is an nn.Embedding (32-bit states under bitsandbytes); the head a Linear.
-        states += adam_bytes(matrix, dense_b, True) if train_emb else 0
-        states += adam_bytes(matrix, dense_b, False) if train_head else 0
+    # The embedding copy is an nn.Embedding (32-bit states under bitsandbytes); the head a Linear.
+    states += adam_bytes(matrix, dense_b, True) if mech["emb"] == "full" else 0
+    states += adam_bytes(matrix, dense_b, False) if mech["head"] == "full" else 0
     grads = trainable_fp32 * 4 + full_copy_params * dense_b
-    if e.mode == "lora" and tied and train_emb:
+    if tied and mech["emb"] == "lora":
         # PEFT ties the head's LoRA to the embedding's through a second Parameter on the same
         # storage: one copy of the values, but two gradients and two sets of optimizer states.
         shared = a.r * (V + H)
@@ -281,22 +278,22 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
 
     # Loss region: log-softmax output + nll gradient + log-softmax gradient, all fp32. LoRA on the
     # head adds its own batch x seq x vocab output in forward.
-    lora_on_head = e.mode == "lora" and (train_head or (tied and train_emb))
+    lora_on_head = mech["head"] == "lora" or (tied and mech["emb"] == "lora")
     logits_fwd = T * V * (act_b + 4 + (act_b if lora_on_head else 0))
     logits_bwd = T * V * 12
 
     # Trainable token rows on the head: each forward builds the merged full matrix, which the
     # head's matmul keeps for its backward.
-    tokens_on_head = (e.mode == "tokens" and (train_head or (tied and train_emb))) or \
-        (bool(e.new_tokens) and not (train_emb or train_head))
+    rows_mechs = ("tokens", "new_rows")
+    tokens_on_head = mech["head"] in rows_mechs or (tied and mech["emb"] in rows_mechs)
     merged_head = matrix * dense_b if tokens_on_head else 0
     # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
-    head_grad = matrix * dense_b if (full_mats and (train_head or (tied and train_emb))) else 0
+    head_grad = matrix * dense_b if (mech["head"] == "full" or (tied and mech["emb"] == "full")) else 0
     # The embedding copy's gradient appears only at the very end of backward (untied: it becomes
     # .grad as is; tied: autograd adds it to the head's .grad out of place, so the new gradient
     # and the sum are two more dense matrices for a moment — measured, hidden-512 rows).
-    emb_grad_pending = matrix * dense_b if (full_mats and train_emb and not tied) else 0
-    emb_grad = 2 * matrix * dense_b if (full_mats and train_emb and tied) else 0
+    emb_grad_pending = matrix * dense_b if (mech["emb"] == "full" and not tied) else 0
+    emb_grad = 2 * matrix * dense_b if (mech["emb"] == "full" and tied) else 0
     dequant = (max(i * o for i, o in shape.linear_shapes().values()) * act_b) if m.quantization == "4bit" else 0
     # Fused AdamW updates in place; bitsandbytes needs only per-block scale buffers.
     opt_tmp = 2 * (trainable_params / 256) * 4 if eight else 0

@@ -131,7 +131,11 @@ def gguf_to_folder(gguf: Path) -> str:
             del config.quantization_config
         config.name_or_path = str(gguf)
         model = AutoModelForCausalLM.from_config(config, dtype="float32")
-        model.load_state_dict(loaded.state_dict(), strict=False)
+        result = model.load_state_dict(loaded.state_dict(), strict=False)
+        missing = [k for k in result.missing_keys if not (config.tie_word_embeddings and k.startswith("lm_head"))]
+        if missing or result.unexpected_keys:
+            raise ModelError(f"The GGUF file {gguf} did not convert cleanly (missing: {missing[:3]}, unexpected: "
+                             f"{result.unexpected_keys[:3]}); use a model folder instead.")
         model.tie_weights()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

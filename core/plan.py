@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -250,13 +251,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise PlanError(f"{key}: {value!r} is not a finite number.", key)
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -290,6 +296,8 @@ MIGRATIONS: dict[int, typing.Callable[[dict], dict]] = {}
 
 
 def migrate(data: dict) -> dict:
+    if not isinstance(data, dict):
+        raise PlanError("The plan must be a mapping of sections (model:, data:, ...).")
     version = data.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or version < 1:
         raise PlanError(f"schema_version: {version!r} is not a plan format version.", "schema_version")
@@ -306,7 +314,7 @@ def migrate(data: dict) -> dict:
 
 def plan_from_dict(data: dict, base_dir: str | os.PathLike | None = None) -> Plan:
     """Build and validate a plan; relative paths resolve against ``base_dir``."""
-    data = migrate(copy.deepcopy(data or {}))
+    data = migrate(copy.deepcopy(data if data is not None else {}))
     plan = _build(Plan, data, "")
     if base_dir is not None:
         resolve_paths(plan, Path(base_dir))
@@ -327,13 +335,25 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Pl
         raise PlanError(f"The plan file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
     except UnicodeDecodeError:
         raise PlanError(f"The plan file {path} is not a text (UTF-8) file.") from None
-    data = apply_overrides(data, overrides or [])
+    if not isinstance(data, dict):
+        raise PlanError(f"The plan file {path} must hold a mapping of sections (model:, data:, ...), "
+                        f"not a {type(data).__name__}.")
+    data = apply_overrides(data, overrides or [], base_dir=Path.cwd())
     return plan_from_dict(data, base_dir=path.parent)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a plan mapping."""
-    data = copy.deepcopy(data) if isinstance(data, dict) else {}
+PATH_KEYS = ("model.name_or_path", "data.path", "data.chat_template", "output.dir")
+
+
+def apply_overrides(data: dict, overrides: list[str], base_dir: Path | None = None) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a plan mapping.
+
+    Relative paths typed on the command line mean the current folder, not the plan's: with
+    ``base_dir`` they are made absolute against it here.
+    """
+    if not isinstance(data, dict):
+        raise PlanError("The plan must be a mapping of sections (model:, data:, ...).")
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise PlanError(f"--set {item!r}: expected key=value, e.g. training.max_steps=20.")
@@ -351,6 +371,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
+        if base_dir is not None and key in PATH_KEYS and isinstance(value, str):
+            value = _resolve(value, base_dir, always=key == "output.dir")
         node[leaf] = value
     return data
 
@@ -365,6 +387,18 @@ def _looks_local(value: str) -> bool:
         (".gguf", ".jsonl", ".json", ".csv", ".parquet", ".txt", ".jinja", ".j2"))
 
 
+def _resolve(value: str, base: Path, always: bool = False) -> str:
+    if not value or (value in ("model",) + BUILTIN_TEMPLATE_NAMES and not always):
+        return value
+    expanded = os.path.expanduser(value)
+    if os.path.isabs(expanded):
+        return expanded
+    candidate = base / expanded
+    if always or candidate.exists() or _looks_local(value):
+        return str(candidate.resolve())
+    return value
+
+
 def resolve_paths(plan: Plan, base: Path) -> None:
     """Make relative local paths absolute against ``base`` (the plan file's folder).
 
@@ -372,15 +406,7 @@ def resolve_paths(plan: Plan, base: Path) -> None:
     else (``org/name``) is left alone as a hub id.
     """
     def fix(value: str, always: bool = False) -> str:
-        if not value:
-            return value
-        expanded = os.path.expanduser(value)
-        if os.path.isabs(expanded):
-            return expanded
-        candidate = base / expanded
-        if always or candidate.exists() or _looks_local(value):
-            return str(candidate.resolve())
-        return value
+        return _resolve(value, base, always)
 
     plan.model.name_or_path = fix(plan.model.name_or_path)
     plan.data.path = fix(plan.data.path)

@@ -148,3 +148,15 @@ def test_collator_pads_and_masks():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_template_refusal_is_a_data_error_with_the_line(tmp_path, tok):
+    strict = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}" \
+             "{% endif %}{{ m['content'] }}{% endfor %}"
+    (tmp_path / "t.jinja").write_text(strict)
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                        {"role": "assistant", "content": "b"}]}
+    path = write(tmp_path / "d.jsonl", json.dumps(row) + "\n")
+    spec = DataSpec(path=str(path), chat_template=str(tmp_path / "t.jinja"), max_seq_len=64, val_fraction=0.0)
+    with pytest.raises(DataError, match="d.jsonl, line 1: the chat template refused this conversation"):
+        data.prepare(spec, tok, seed=0)

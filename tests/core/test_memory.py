@@ -142,9 +142,11 @@ def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
     assert main(["estimate", str(plan_file), "--gpu-memory", "huge"]) == 2
 
 
+@pytest.mark.parametrize("extra", [{"train_lm_head": True}, {"new_tokens": ["<a>", "<b>"]},
+                                   {"train_lm_head": False, "new_tokens": ["<a>"]}])
 @pytest.mark.parametrize("mode", ["full", "tokens", "lora"])
 @pytest.mark.parametrize("which", ["tied", "untied"])
-def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_untied, mode, which):
+def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_untied, mode, which, extra):
     """The estimate's count of trainable parameters equals the real PEFT model's, in every mode."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -153,12 +155,18 @@ def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_u
     from headtune.core.memory import read_model_config
     from headtune.core.plan import plan_from_dict
 
+    from transformers import AutoTokenizer
+
+    from headtune.core.adapters import add_new_tokens, init_new_rows
     folder = tiny_tied if which == "tied" else tiny_untied
     rows = {"token_ids": [5, 6, 7]} if mode == "tokens" else {}
     p = plan_from_dict({"model": {"name_or_path": str(folder), "dtype": "float32"}, "data": {"path": "d.jsonl"},
-                        "embeddings": {"train_embeddings": True, "train_lm_head": True, "mode": mode, **rows}})
+                        "embeddings": {"train_embeddings": True, "mode": mode, **rows, **extra}})
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    peft_model = build_peft_model(model, p, resolve_embeddings(model, p.embeddings, []))
+    tok = AutoTokenizer.from_pretrained(folder)
+    new_ids, before = add_new_tokens(tok, p.embeddings.new_tokens)
+    init_new_rows(model, len(tok), new_ids, before)
+    peft_model = build_peft_model(model, p, resolve_embeddings(model, p.embeddings, new_ids))
     real = count_parameters(peft_model)[0]
     est = estimate(p, ModelShape.from_config(read_model_config(str(folder))), "cpu")
     assert est.trainable_params == real

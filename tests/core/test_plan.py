@@ -128,3 +128,28 @@ def test_defaults_are_sensible():
     p = Plan()
     assert p.model.quantization == "none" and p.training.gradient_checkpointing
     assert dataclasses.fields(p.embeddings)[0].metadata["help"]
+
+
+def test_command_line_paths_mean_the_current_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "plans"
+    folder.mkdir()
+    (folder / "plan.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": "org/m"}, "data": {"path": "x.jsonl"}}))
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "mine.jsonl").write_text("{}\n")
+    monkeypatch.chdir(here)
+    plan = load_plan(folder / "plan.yaml", ["data.path=mine.jsonl", "output.dir=runs/x"])
+    assert plan.data.path == str(here / "mine.jsonl") and plan.output.dir == str(here / "runs" / "x")
+    assert load_plan(folder / "plan.yaml").data.path == str(folder / "x.jsonl")
+
+
+def test_plan_must_be_a_mapping_and_numbers_finite(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- model\n- data\n")
+    with pytest.raises(PlanError, match="must hold a mapping of sections"):
+        load_plan(bad)
+    with pytest.raises(PlanError, match="must be a mapping"):
+        plan_from_dict(["x"])
+    for value in (".inf", "nan"):
+        with pytest.raises(PlanError, match="training.epochs: .* is not a finite number"):
+            plan_from_dict(apply_overrides(minimal(tmp_path), [f"training.epochs={value}"]))
