@@ -186,8 +186,9 @@ def main() -> int:
                  "ran 3 real optimizer steps on a 2-layer Llama-style model with the real 128,256-token vocabulary "
                  "(hidden size 64, 128 or 512; tied and untied), LoRA r4 on all linear layers, float32, gradient "
                  "checkpointing on and batch 1 unless the row says otherwise. *measured*: the peak of live tensor "
-                 "bytes seen by `headtune.core.memtrack.LiveTensorTracker`; *estimate*: `headtune estimate`'s "
-                 "`tensors_peak_bytes` for `--device cpu`. Peer rules for the same rows, as multiples of the "
+                 "bytes (on CPU: `headtune.core.memtrack.LiveTensorTracker`; on CUDA: "
+                 "`torch.cuda.max_memory_allocated`), here on " + device + "; *estimate*: `headtune estimate`'s "
+                 "`tensors_peak_bytes` for the same device. Peer rules for the same rows, as multiples of the "
                  "measured peak: *weights×4* (accelerate `estimate-memory`'s training figure) and the "
                  "*Unsloth badge* (params × 0.9 + 1.4 GB).\n\n")
         out = ["| # | model | plan | measured MiB | estimate MiB | ratio | weights×4 | Unsloth badge | peak phase |",
