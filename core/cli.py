@@ -123,21 +123,13 @@ def _print_event(event, quiet: bool) -> None:
 
 def _cmd_train(args) -> int:
     from .job import TrainingJob, resume_plan
-    from .plan import load_plan
-    from .demo import demo_plan
 
-    if args.plan and args.demo:
-        raise _usage("give either a plan file or --demo, not both.")
     if args.resume:
         if args.plan or args.demo:
             raise _usage("--resume takes the run folder only; the plan is the one saved in it.")
         plan = resume_plan(args.resume, args.overrides)
-    elif args.demo:
-        plan = demo_plan(args.overrides)
-    elif args.plan:
-        plan = load_plan(args.plan, args.overrides)
     else:
-        raise _usage("give a plan file, --demo, or --resume RUN_DIR.")
+        plan = _plan_from_args(args, "give a plan file, --demo, or --resume RUN_DIR.")
 
     job = TrainingJob(plan, sinks=[lambda e: _print_event(e, args.quiet)], resume=bool(args.resume))
     presses = []
@@ -177,19 +169,25 @@ def _usage(msg: str) -> _UsageError:
     return _UsageError(msg)
 
 
+def _plan_from_args(args, missing: str):
+    """The plan named by ``PLAN`` or ``--demo`` (exactly one), with ``--set`` overrides."""
+    from .demo import demo_plan
+    from .plan import load_plan
+    if args.plan and args.demo:
+        raise _usage("give either a plan file or --demo, not both.")
+    if args.demo:
+        return demo_plan(args.overrides)
+    if args.plan:
+        return load_plan(args.plan, args.overrides)
+    raise _usage(missing)
+
+
 def _cmd_estimate(args) -> int:
     import json
 
     from . import memory
-    from .demo import demo_plan
-    from .plan import load_plan
 
-    if args.demo:
-        plan = demo_plan(args.overrides)
-    elif args.plan:
-        plan = load_plan(args.plan, args.overrides)
-    else:
-        raise _usage("give a plan file or --demo.")
+    plan = _plan_from_args(args, "give a plan file or --demo.")
     device = args.device
     if device is None:
         import torch
