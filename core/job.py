@@ -229,8 +229,10 @@ class TrainingJob:
         self.log(f"Reading and tokenising {plan.data.path}")
         self.data = data.prepare(plan.data, tokenizer, plan.training.seed)
         st = self.data.stats
+        share = st.trained_tokens / max(1, st.trained_tokens + st.masked_tokens)
         self.log(f"{st.rows} rows ({st.format}): {st.train_examples} train, {st.val_examples} validation, "
-                 f"{st.truncated} truncated to {plan.data.max_seq_len} tokens")
+                 f"{st.truncated} truncated to {plan.data.max_seq_len} tokens, {st.skipped_no_labels} skipped "
+                 f"(nothing to train left); {share:.0%} of tokens trained, the rest masked")
 
         # Seed before the adapter is initialised, so a plan's seed reproduces the whole run.
         from transformers import set_seed

@@ -34,10 +34,6 @@ class ModelSource:
     folder: str  # local folder (for gguf: the cached conversion) or hub id
     original: str  # what the plan said
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "hub"
-
 
 def cache_root() -> Path:
     """Headtune's cache folder (``HEADTUNE_CACHE`` overrides ``~/.cache/headtune``)."""

@@ -39,6 +39,7 @@ def test_events_and_run_folder(tmp_path, tiny_untied, alpaca_file):
     # The sink saw the same events as the file (plus nothing lost), and they read back typed.
     assert [e.to_dict() for e in seen if e.type != "log"] == [x for x in lines if x["type"] != "log"]
     assert [type(e).__name__ for e in ev.read_events(run / "events.jsonl")][-1] == "Finished"
+    assert any("% of tokens trained, the rest masked" in getattr(e, "message", "") for e in seen)
 
 
 def test_existing_run_folder_is_refused_and_untouched(tmp_path, tiny_untied, alpaca_file):
