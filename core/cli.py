@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="headtune", formatter_class=fmt,
-        description="Fine-tune open LLMs with LoRA/QLoRA, including the token embeddings and the LM head.",
+        description="Fine-tune open LLMs with LoRA/QLoRA, including the token embeddings and the LM head. "
+                    "Without a command, the window opens on the built-in demo plan.",
         epilog="Run `headtune COMMAND --help` for the options of a command.")
     p.add_argument("--version", action="store_true", help="print the versions of Headtune and its libraries")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -242,7 +243,7 @@ def _cmd_gui(args) -> int:
     return gui_main([args.plan] if args.plan else [])
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import logging
     import warnings
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -266,12 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in versions().items():
             print(f"{k} {v}")
         return EXIT_OK
-    if args.command is None:
-        # The window issue makes this open the window on the demo plan.
-        parser.print_help()
-        return EXIT_OK
-    if not debug:
-        _quiet_libraries()
+    if args.command is None:  # plain `headtune`: the window, on the demo plan
+        args.command, args.plan = "gui", None
+    if not debug and args.command != "gui":  # the window quiets them when training starts (faster start)
+        quiet_libraries()
     try:
         if args.command == "train":
             return _cmd_train(args)

@@ -160,3 +160,39 @@ def read_events(path: str | os.PathLike) -> Iterator[Event]:
                 continue
             if data.get("type") in EVENT_TYPES:
                 yield event_from_dict(data)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run folder's events say about it (for the window's runs list)."""
+
+    path: str
+    state: str            # finished, stopped, failed, or incomplete (running, or killed)
+    step: int
+    total_steps: int
+    last_loss: float | None
+    eval_loss: float | None
+    started: float | None
+    message: str = ""
+
+
+def summarize_run(run_dir: str | os.PathLike) -> RunSummary | None:
+    """Summary of ``run_dir``'s ``events.jsonl``; None when it is not a run folder."""
+    path = Path(run_dir) / "events.jsonl"
+    if not path.is_file():
+        return None
+    state, step, total, loss, eval_loss, started, message = "incomplete", 0, 0, None, None, None, ""
+    for e in read_events(path):
+        if isinstance(e, Started):
+            started = started or e.time
+            total, state = e.total_steps, "incomplete"  # a resumed run starts over
+        elif isinstance(e, Step):
+            step, loss = e.step, e.loss
+        elif isinstance(e, Eval):
+            eval_loss = e.eval_loss
+        elif isinstance(e, (Finished, Stopped)):
+            state, step = e.type, e.step
+        elif isinstance(e, Failed):
+            state, message = "failed", e.message
+    return RunSummary(path=str(run_dir), state=state, step=step, total_steps=total, last_loss=loss,
+                      eval_loss=eval_loss, started=started, message=message)

@@ -43,6 +43,11 @@ def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to resume from (cheap: no transformers import)."""
+    return any(p.is_dir() for p in checkpoints_dir(run_dir).glob("checkpoint-*"))
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
     folder = checkpoints_dir(run_dir)

@@ -312,18 +312,24 @@ def migrate(data: dict) -> dict:
     return data
 
 
-def plan_from_dict(data: dict, base_dir: str | os.PathLike | None = None) -> Plan:
-    """Build and validate a plan; relative paths resolve against ``base_dir``."""
+def plan_from_dict(data: dict, base_dir: str | os.PathLike | None = None, check: bool = True) -> Plan:
+    """Build and validate a plan; relative paths resolve against ``base_dir``.
+
+    ``check=False`` skips the checks across fields (types are still enforced): the window
+    estimates memory for a plan that is still being written, e.g. before a dataset is chosen.
+    """
     data = migrate(copy.deepcopy(data if data is not None else {}))
     plan = _build(Plan, data, "")
     if base_dir is not None:
         resolve_paths(plan, Path(base_dir))
-    validate(plan)
+    if check:
+        validate(plan)
     return plan
 
 
-def load_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Plan:
-    """Read a YAML plan file, apply ``key=value`` overrides, validate."""
+def load_plan(path: str | os.PathLike, overrides: list[str] | None = None, check: bool = True) -> Plan:
+    """Read a YAML plan file, apply ``key=value`` overrides, validate (``check=False``: types only,
+    so the window can reopen a plan that is still being written)."""
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"The plan file {path} does not exist.")
@@ -339,7 +345,7 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Pl
         raise PlanError(f"The plan file {path} must hold a mapping of sections (model:, data:, ...), "
                         f"not a {type(data).__name__}.")
     data = apply_overrides(data, overrides or [], base_dir=Path.cwd())
-    return plan_from_dict(data, base_dir=path.parent)
+    return plan_from_dict(data, base_dir=path.parent, check=check)
 
 
 PATH_KEYS = ("model.name_or_path", "data.path", "data.chat_template", "output.dir")

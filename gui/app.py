@@ -1,19 +1,93 @@
-"""Entry point of the window (``headtune-gui`` and ``headtune gui``).
+"""Entry point of the window (``headtune``, ``headtune gui [PLAN]`` and ``headtune-gui``).
 
-The window itself is built by its own issue; until then this entry point says so plainly
-instead of failing, and points at the command line, which can already train.
+Only Qt and the light parts of core are imported before the window is shown; torch and
+transformers load later, off the UI thread, when something needs them. Uncaught exceptions
+(on any thread) reach the user as a dialog instead of killing the window, and faulthandler
+prints a native crash's stack to stderr.
 """
 
 from __future__ import annotations
 
+import argparse
+import faulthandler
+import os
 import sys
+import threading
+import time
+import traceback
+
+_T0 = time.perf_counter()
+
+
+def _install_hooks(window_getter) -> None:
+    from PySide6.QtCore import QTimer
+
+    def show(text: str) -> None:
+        window = window_getter()
+        if window is not None:
+            window.show_error("Unexpected error", text + "\n\nPlease report this with the details printed "
+                                                         "in the terminal.")
+
+    def excepthook(exc_type, exc, tb):
+        traceback.print_exception(exc_type, exc, tb)
+        show(f"{exc_type.__name__}: {exc}")
+
+    def thread_hook(args):
+        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        QTimer.singleShot(0, lambda: show(f"{args.exc_type.__name__}: {args.exc_value}"))
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    if sys.stderr is not None:
+        try:
+            faulthandler.enable()
+        except (RuntimeError, ValueError, OSError):  # no real stderr (frozen windowed app)
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("The Headtune window is not part of this version yet. Train from the command line: "
-          "`headtune train --demo` or `headtune train PLAN.yaml` (see `headtune train --help`).",
-          file=sys.stderr)
-    return 1
+    parser = argparse.ArgumentParser(prog="headtune gui", description="Open the Headtune window.")
+    parser.add_argument("plan", nargs="?", help="A plan file to open (default: the built-in demo plan).")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from PySide6.QtWidgets import QApplication
+
+    from headtune.core.errors import HeadtuneError
+
+    from .main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Headtune")
+    app.setOrganizationName("Headtune")
+    app.setDesktopFileName("io.github.headtune.Headtune")
+    window = MainWindow()
+    _install_hooks(lambda: window)
+    problem = None
+    try:
+        if args.plan:
+            window.open_plan(args.plan)
+        else:
+            from headtune.core.demo import demo_plan
+            window.set_plan(demo_plan())
+    except HeadtuneError as exc:
+        problem = str(exc)
+    window.show()
+    if problem:
+        window.show_error("Cannot load the plan", problem)
+    if os.environ.get("HEADTUNE_EXIT_AFTER_SHOWN"):
+        # Startup benchmark: report when the first frame is on screen, then quit.
+        from PySide6.QtCore import QTimer
+
+        def shown():
+            print(f"HEADTUNE_SHOWN {time.perf_counter() - _T0:.3f}", flush=True)
+            window._confirm_discard = lambda: True
+            window.close()
+            app.quit()
+        QTimer.singleShot(0, shown)
+    code = app.exec()
+    window.shutdown()
+    return code
 
 
 if __name__ == "__main__":
