@@ -121,8 +121,6 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Ready")
         self._build_menus()
 
-        self._refresh_timer = QTimer(self, singleShot=True, interval=0)
-        self._refresh_timer.timeout.connect(self._refresh_plan_state)
         self._model_timer = QTimer(self, singleShot=True, interval=300)
         self._model_timer.timeout.connect(self._load_model_info)
         self._data_timer = QTimer(self, singleShot=True, interval=300)
@@ -255,7 +253,7 @@ class MainWindow(QMainWindow):
         if key in ("embeddings.token_ids", "embeddings.new_tokens"):
             self._show_token_rows()
         self._update_title()
-        self._refresh_timer.start()
+        self._refresh_plan_state()  # well under a millisecond: no need to defer
 
     def _plan(self, check: bool) -> Plan:
         return plan_from_dict(self.values(), check=check)
@@ -707,6 +705,6 @@ class MainWindow(QMainWindow):
     def shutdown(self) -> None:
         """Start nothing new and wait for the background threads (so none outlives the window)."""
         self._closed = True
-        for timer in (self._model_timer, self._data_timer, self._refresh_timer):
+        for timer in (self._model_timer, self._data_timer):
             timer.stop()
         self.threads.wait_all()

@@ -29,6 +29,12 @@ VERDICTS = {"fits": ("Fits", "#1e8449"), "tight": ("Tight: under 10% to spare", 
 RAM_TARGET = "ram"
 
 
+def fmt_gib(n: float) -> str:
+    """Bytes as GiB with enough digits to be non-zero for tiny test models."""
+    g = n / GiB
+    return f"{g:.1f}" if g >= 10 else f"{g:.2f}" if g >= 0.1 or g == 0 else f"{g:.4f}"
+
+
 def segments_of(est) -> list[tuple[str, int]]:
     """(category, bytes) in drawing order, zero-sized ones left out; CUDA overhead last."""
     out = [(c, int(est.breakdown.get(c, 0))) for c in CATEGORIES if est.breakdown.get(c, 0) > 0]
@@ -53,9 +59,9 @@ class MemoryBar(QWidget):
     def set_data(self, segments: list[tuple[str, int]], capacity: int | None) -> None:
         self.segments, self.capacity = segments, capacity
         total = sum(b for _, b in segments)
-        parts = ", ".join(f"{CATEGORY_LABELS[c]} {b / GiB:.2f} GiB" for c, b in segments)
+        parts = ", ".join(f"{CATEGORY_LABELS[c]} {fmt_gib(b)} GiB" for c, b in segments)
         self.setToolTip(parts)
-        self.setAccessibleDescription(f"Estimated {total / GiB:.2f} GiB: {parts}")
+        self.setAccessibleDescription(f"Estimated {fmt_gib(total)} GiB: {parts}")
         self.update()
 
     def paintEvent(self, _event) -> None:
@@ -171,12 +177,12 @@ class MemoryPanel(QWidget):
         _, capacity, where = self.target()
         total = est.total_bytes
         self.estimate_label.setText(
-            f"Estimated peak: <b>{total / GiB:.2f} GiB</b> of {capacity / GiB:.1f} GiB ({where})"
+            f"Estimated peak: <b>{fmt_gib(total)} GiB</b> of {capacity / GiB:.1f} GiB ({where})"
             + (f" <span style='color:gray'>{note}</span>" if note else ""))
         segs = segments_of(est)
         self.bar.set_data(segs, capacity)
         self.legend.setText("&nbsp;&nbsp; ".join(
-            f"<span style='color:{CATEGORY_COLORS[c]}'>■</span> {CATEGORY_LABELS[c]} {b / GiB:.2f}"
+            f"<span style='color:{CATEGORY_COLORS[c]}'>■</span> {CATEGORY_LABELS[c]} {fmt_gib(b)}"
             for c, b in segs) + " GiB"
             + (f"&nbsp;&nbsp; (+ {est.paged_optimizer_states_bytes / GiB:.2f} GiB paged optimizer states in "
                "CPU memory)" if est.paged_optimizer_states_bytes else ""))
@@ -196,7 +202,7 @@ class MemoryPanel(QWidget):
             h.setContentsMargins(0, 0, 0, 0)
             change = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in adv.set.items())
             ok = "fits" if adv.total_bytes <= capacity else "still too big"
-            label = QLabel(f"{adv.why} ({change}): {adv.total_bytes / GiB:.2f} GiB, {ok}")
+            label = QLabel(f"{adv.why} ({change}): {fmt_gib(adv.total_bytes)} GiB, {ok}")
             label.setWordWrap(True)
             button = QPushButton("Apply")
             button.setObjectName(f"applyAdvice{i}")

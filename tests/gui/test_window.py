@@ -1,0 +1,335 @@
+"""The window, driven offscreen with pytest-qt: every panel, a real run, stop, errors, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton
+
+from headtune.core.job import has_checkpoint
+from headtune.core.plan import load_plan, plan_from_dict
+from headtune.gui.main_window import MainWindow, fresh_run_dir
+
+from helpers import ALPACA_ROWS, plan_dict, write_jsonl
+
+NO = QMessageBox.StandardButton
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    """A window on a plan; at teardown no dialog blocks and no thread is left running."""
+    windows = []
+
+    def make(plan_data: dict | None = None, **kw) -> MainWindow:
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        plan = plan_from_dict(plan_data, check=False) if plan_data is not None else None
+        w = MainWindow(plan, settings=settings, **kw)
+        w.ask = lambda *a: NO.Discard  # teardown closes without questions
+        qtbot.addWidget(w)
+        w.show()
+        windows.append(w)
+        return w
+
+    yield make
+    for w in windows:
+        w.shutdown()
+        assert not w.threads.running(), "a QThread outlived its test"
+
+
+def loaded(w: MainWindow) -> bool:
+    return w.data_panel.preview is not None and w._summary is not None and not w.threads.running()
+
+
+def estimate_gib(w: MainWindow) -> float:
+    label = w.findChild(QLabel, "vramEstimateLabel")
+    match = re.search(r"([0-9]+(?:\.[0-9]+)?)</b>\s*GiB|([0-9]+(?:\.[0-9]+)?) GiB", label.text())
+    assert match, label.text()
+    return float(match.group(1) or match.group(2))
+
+
+def test_loading_a_model_and_dataset_fills_the_panels(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: loaded(w), timeout=60_000)
+    info = w.model_panel.info
+    assert info["vocab"].text() == "512 tokens" and info["layers"].text() == "2"
+    assert info["architecture"].text() == "LlamaForCausalLM" and "untied" in info["tied"].text()
+    assert w.training_panel.tied_note.isHidden()
+    table = w.data_panel.table
+    assert table.rowCount() == 20 and [table.horizontalHeaderItem(i).text() for i in range(3)] == \
+        ["instruction", "input", "output"]
+    assert table.item(0, 0).text() == ALPACA_ROWS[0]["instruction"]
+    # The rendered example marks the reply as trained and the prompt as masked.
+    segments = w.data_panel.preview.segments
+    trained = "".join(t for t, k in segments if k == "trained")
+    masked = "".join(t for t, k in segments if k == "masked")
+    assert ALPACA_ROWS[0]["output"] in trained and ALPACA_ROWS[0]["instruction"] in masked
+    assert ALPACA_ROWS[0]["output"] in w.data_panel.example.toPlainText()
+    assert "alpaca" in w.data_panel.summary.text() and "40 rows" in w.data_panel.summary.text()
+    # Histogram and truncation share follow the max-length spin box without re-reading the data.
+    lengths = w.data_panel.preview.lengths
+    assert len(lengths) == 40 and w.data_panel.max_line.value() == 64
+    spin = w.findChild(type(w.fields["data.max_seq_len"]), "maxSeqLenSpin")
+    spin.setValue(min(lengths) + 1)
+    cut = sum(n > min(lengths) + 1 for n in lengths)
+    assert w.data_panel.max_line.value() == min(lengths) + 1
+    assert w.data_panel.truncation.text().startswith(f"{cut} of 40 examples")
+    assert w.values()["data"]["max_seq_len"] == min(lengths) + 1
+    assert estimate_gib(w) > 0
+    assert w.findChild(QPushButton, "startButton").isEnabled()
+
+
+def test_required_object_names_and_readable_combos(make_window):
+    w = make_window()
+    for name, kind in (("modelPathEdit", None), ("datasetPathEdit", None), ("trainEmbeddingsCheck", QCheckBox),
+                       ("trainLmHeadCheck", QCheckBox), ("embeddingsModeCombo", QComboBox),
+                       ("quantizationCombo", QComboBox), ("maxSeqLenSpin", None), ("batchSizeSpin", None),
+                       ("vramEstimateLabel", QLabel), ("vramBar", None), ("startButton", QPushButton),
+                       ("stopButton", QPushButton), ("lossPlot", None), ("memoryPlot", None),
+                       ("exportButton", QPushButton)):
+        found = w.findChild(kind or object, name)
+        assert found is not None, name
+        assert found.accessibleName(), name
+    import pyqtgraph as pg
+    assert isinstance(w.findChild(pg.PlotWidget, "lossPlot"), pg.PlotWidget)
+    assert isinstance(w.findChild(pg.PlotWidget, "memoryPlot"), pg.PlotWidget)
+    q = w.findChild(QComboBox, "quantizationCombo")
+    assert [q.itemData(i) for i in range(q.count())] == ["none", "8bit", "4bit"]
+    assert q.itemText(2) == "4-bit NF4 (QLoRA)"
+    mode = w.findChild(QComboBox, "embeddingsModeCombo")
+    assert mode.toolTip().startswith("How to train them")  # the plan's help text
+    assert not w.findChild(QPushButton, "exportButton").isEnabled()
+    # No model yet: the plan problem is shown inline and Start is off.
+    assert "model.name_or_path" in w.training_panel.plan_error.text()
+    assert not w.findChild(QPushButton, "startButton").isEnabled()
+
+
+def test_ticking_train_embeddings_raises_the_estimate(make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    before = estimate_gib(w)
+    w.plan_tabs.setCurrentWidget(w.training_panel)
+    box = w.findChild(QCheckBox, "trainEmbeddingsCheck")
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton)
+    assert box.isChecked() and w.values()["embeddings"]["train_embeddings"] is True
+    qtbot.waitUntil(lambda: estimate_gib(w) > before, timeout=5_000)  # recomputed on the next event-loop turn
+    after = estimate_gib(w)
+    # The breakdown bar shows the new trainable weights.
+    assert dict(w.memory_panel.bar.segments)["weights_trainable"] > 0
+    assert w.last_estimate.total_bytes / 1024 ** 3 == pytest.approx(after, abs=0.01)
+
+
+def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_tied, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_tied, alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    w.plan_tabs.setCurrentWidget(w.training_panel)
+    assert w.training_panel.tied_note.isVisible() and "one matrix" in w.training_panel.tied_note.text()
+    qtbot.mouseClick(w.findChild(QCheckBox, "trainLmHeadCheck"), Qt.MouseButton.LeftButton)
+    assert w.findChild(QCheckBox, "trainEmbeddingsCheck").isChecked()
+    qtbot.mouseClick(w.findChild(QCheckBox, "trainEmbeddingsCheck"), Qt.MouseButton.LeftButton)
+    assert not w.findChild(QCheckBox, "trainLmHeadCheck").isChecked()
+
+
+def test_advice_applies_with_one_click(make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path):
+    data = plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8})
+    w = make_window(data, detect=False)
+    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    total = w.last_estimate.total_bytes
+    # Pretend this computer has a little less RAM than the plan needs.
+    w.memory_panel.set_targets(None, int(total * 0.8), preferred="ram")
+    w._update_estimate()
+    assert "Does not fit" in w.memory_panel.verdict.text()
+    apply = w.findChild(QPushButton, "applyAdvice0")
+    assert apply is not None
+    change = w.last_estimate.advice[0].set
+    qtbot.mouseClick(apply, Qt.MouseButton.LeftButton)
+    for key, value in change.items():
+        section, leaf = key.split(".")
+        assert w.values()[section][leaf] == value
+    qtbot.waitUntil(lambda: w.last_estimate.total_bytes < total, timeout=5_000)
+    assert "Fits" in w.memory_panel.verdict.text() or "Tight" in w.memory_panel.verdict.text()
+
+
+def test_find_tokens_by_text_and_train_their_rows(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: w._tokenizer is not None, timeout=60_000)
+    w.plan_tabs.setCurrentWidget(w.training_panel)
+    qtbot.keyClicks(w.training_panel.token_search, "<|im_end|>")
+    results = w.training_panel.token_results
+    assert results.count() >= 1
+    item = results.item(0)
+    assert "<|im_end|>" in item.text()
+    results.itemDoubleClicked.emit(item)
+    assert w.values()["embeddings"]["token_ids"] == [w._tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert "'<|im_end|>'" in w.training_panel.token_rows.text()
+    # Rows listed but neither box ticked: the plan says what to do, Start is off.
+    assert "train_embeddings" in w.training_panel.plan_error.text()
+    assert not w.findChild(QPushButton, "startButton").isEnabled()
+    w.fields.fields["embeddings.mode"].set("tokens")
+    qtbot.mouseClick(w.findChild(QCheckBox, "trainEmbeddingsCheck"), Qt.MouseButton.LeftButton)
+    w._on_fields_changed("embeddings.mode")
+    assert w.training_panel.plan_error.isHidden()
+
+
+def _run_window(make_window, qtbot, data: dict) -> MainWindow:
+    w = make_window(data)
+    qtbot.waitUntil(lambda: w._summary is not None and not w.threads.running(), timeout=60_000)
+    qtbot.mouseClick(w.findChild(QPushButton, "startButton"), Qt.MouseButton.LeftButton)
+    assert w.running and w.findChild(QPushButton, "stopButton").isEnabled()
+    return w
+
+
+def test_start_plots_loss_and_finishes(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
+    out = tmp_path / "run"
+    w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out,
+                                                  training={"max_steps": 4, "eval_every": 2}))
+    qtbot.waitUntil(lambda: not w.running, timeout=180_000)
+    assert w.run_panel.state_label.text().startswith("Finished at step 4"), w.run_panel.log_view.toPlainText()
+    w.run_panel._redraw_if_dirty()
+    xs, ys = w.run_panel.loss_raw.getData()
+    assert list(xs) == [1, 2, 3, 4] and all(y > 0 for y in ys)
+    ex, _ = w.run_panel.loss_eval.getData()
+    assert list(ex) == [0, 2, 4]
+    assert len(w.run_panel.mem_rss.getData()[0]) >= 1
+    assert w.run_panel.estimate_line.isVisible()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert w.run_panel.progress.value() == 4
+    # The runs list shows it, and its plots reopen from events.jsonl.
+    names = [w.run_panel.runs_list.item(i).text() for i in range(w.run_panel.runs_list.count())]
+    assert any(n.startswith("run  ·  finished at step 4/4") for n in names), names
+    w.run_panel.reset()
+    assert w.run_panel.load_run(str(out)) > 5
+    w.run_panel._redraw_if_dirty()
+    assert list(w.run_panel.loss_raw.getData()[0]) == [1, 2, 3, 4]
+    # Start again: the used output folder is not overwritten; the new run goes next to it.
+    assert w.findChild(QPushButton, "startButton").isEnabled()
+    qtbot.mouseClick(w.findChild(QPushButton, "startButton"), Qt.MouseButton.LeftButton)
+    assert w.values()["output"]["dir"] == f"{out}-2"
+    qtbot.waitUntil(lambda: not w.running, timeout=180_000)
+    assert (Path(f"{out}-2") / "adapter").is_dir()
+
+
+def test_stop_mid_run_saves_a_checkpoint_and_resume_continues(make_window, qtbot, tiny_untied, alpaca_file,
+                                                              tmp_path):
+    out = tmp_path / "run"
+    w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out, training={"max_steps": 400}))
+    qtbot.waitUntil(lambda: len(w.run_panel.curves.steps) >= 2, timeout=120_000)
+    qtbot.mouseClick(w.findChild(QPushButton, "stopButton"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    label = w.run_panel.state_label.text()
+    assert label.startswith("Stopped at step"), w.run_panel.log_view.toPlainText()
+    step = int(label.split()[-1])
+    assert 2 <= step < 400 and has_checkpoint(out)
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["type"] == "stopped" and events[-1]["checkpoint_path"]
+    resume = w.findChild(QPushButton, "resumeButton")
+    assert resume.isEnabled()
+    qtbot.mouseClick(resume, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(w.run_panel.curves.steps) >= 1, timeout=120_000)
+    assert w.run_panel.curves.steps[0] == step + 1  # continued from the checkpoint
+    w.stop_run()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert w.run_panel.state_label.text().startswith("Stopped at step")
+
+
+def test_bad_dataset_shows_an_error_and_the_window_stays_usable(make_window, qtbot, tiny_untied, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ALPACA_ROWS[:5], raw_lines=['{"instruction": "x", "output": '])
+    w = make_window(plan_dict(tiny_untied, bad, tmp_path / "run"))
+    qtbot.waitUntil(lambda: not w.data_panel.error.isHidden() and not w.threads.running(), timeout=60_000)
+    assert "line 6" in w.data_panel.error.text()
+    qtbot.mouseClick(w.findChild(QPushButton, "startButton"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    box = w.findChild(QMessageBox, "errorDialog")
+    assert box is not None and box.isVisible()
+    assert "bad.jsonl, line 6" in box.text()
+    assert w.run_panel.state_label.text() == "Failed"
+    assert not (tmp_path / "run").exists()  # a refused run writes nothing
+    box.accept()
+    # Fix the data in the window: the preview recovers and Start is available again.
+    good = write_jsonl(tmp_path / "good.jsonl", ALPACA_ROWS)
+    w.findChild(type(w.fields["data.path"]), "datasetPathEdit").setText(str(good))
+    qtbot.waitUntil(lambda: w.data_panel.preview is not None and not w.threads.running(), timeout=60_000)
+    assert w.data_panel.error.isHidden()
+    assert w.findChild(QPushButton, "startButton").isEnabled()
+
+
+def test_missing_model_is_shown_inline(make_window, qtbot, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tmp_path / "nowhere", alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: not w.model_panel.error.isHidden() and not w.threads.running(), timeout=60_000)
+    assert "does not exist" in w.model_panel.error.text()
+    assert "choose a model" in w.findChild(QLabel, "vramEstimateLabel").text() or \
+        "waiting" in w.findChild(QLabel, "vramEstimateLabel").text()
+
+
+def test_save_and_open_plan_round_trip(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
+    w.findChild(type(w.fields["training.batch_size"]), "batchSizeSpin").setValue(3)
+    assert w.dirty and w.windowTitle().startswith("untitled plan *")
+    path = tmp_path / "saved.yaml"
+    assert w.save_plan_as(str(path))
+    assert not w.dirty
+    plan = load_plan(path)  # the CLI reads what the window saved
+    assert plan.training.batch_size == 3 and plan.model.name_or_path == str(tiny_untied)
+    w2 = make_window()
+    assert w2.open_plan(str(path))
+    assert w2.values()["training"]["batch_size"] == 3 and not w2.dirty
+    assert w2.windowTitle().startswith("saved.yaml")
+    # A broken plan file is refused with a message; nothing in the window changes.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("training: [1, 2\n")
+    assert not w2.open_plan(str(broken))
+    assert "not valid YAML" in w2.findChild(QMessageBox, "errorDialog").text()
+    assert w2.values()["training"]["batch_size"] == 3
+
+
+def test_unsaved_changes_are_not_lost_silently(make_window, tiny_untied, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
+    w.fields.fields["training.batch_size"].set(5)
+    asked = []
+    w.ask = lambda *a: asked.append(a[0]) or NO.Cancel
+    assert not w.close() and w.isVisible() and asked == ["Unsaved plan"]
+    w.ask = lambda *a: NO.Discard
+    assert w.close()
+
+
+def test_closing_during_a_run_stops_and_saves(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
+    out = tmp_path / "run"
+    w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out, training={"max_steps": 400}))
+    qtbot.waitUntil(lambda: len(w.run_panel.curves.steps) >= 1, timeout=120_000)
+    w.ask = lambda *a: NO.Yes
+    assert not w.close()  # refused for now: the run stops first
+    qtbot.waitUntil(lambda: not w.isVisible(), timeout=120_000)
+    assert has_checkpoint(out) and (out / "adapter").is_dir()
+
+
+def test_settings_remember_recent_models(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    assert w.settings.value("recent/models", [], list)[0] == str(tiny_untied)
+    w.shutdown()
+    w2 = make_window()
+    actions = w2.model_panel.path_row.recent.menu().actions()
+    assert [a.text() for a in actions][0] == str(tiny_untied)
+
+
+def test_fresh_run_dir(tmp_path):
+    assert fresh_run_dir(str(tmp_path / "a")) == str(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    assert fresh_run_dir(str(tmp_path / "a")) == str(tmp_path / "a")  # empty is fine
+    (tmp_path / "a" / "x").write_text("")
+    (tmp_path / "a-2").mkdir()
+    assert fresh_run_dir(str(tmp_path / "a")) == str(tmp_path / "a-3")
+
+
+def test_headtune_without_arguments_opens_the_window_on_the_demo(tmp_path):
+    env = dict(os.environ, HEADTUNE_EXIT_AFTER_SHOWN="1", QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "headtune.core.cli"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEADTUNE_SHOWN" in proc.stdout
