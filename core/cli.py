@@ -8,9 +8,11 @@ Heavy libraries are imported inside the sub-commands, so ``--help`` is instant.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the built-in demo plan (SmolLM2-135M-Instruct on the bundled dataset) into "
                         "./runs/demo-DATE-TIME")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
+    t.add_argument("--events-json", action="store_true",
+                   help="for programs driving a run (the window does): print every event as one JSON line on "
+                        "stdout and nothing else there; a line 'stop' on stdin, or stdin closing, stops the "
+                        "run after the current step with a checkpoint")
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     es = sub.add_parser("estimate", help="predict the memory a plan needs, and whether it fits", formatter_class=fmt,
@@ -122,6 +128,18 @@ def _print_event(event, quiet: bool) -> None:
         print(event.message, file=sys.stderr, flush=True)
 
 
+def _print_json(event) -> None:
+    print(json.dumps(event.to_dict(), allow_nan=True), flush=True)
+
+
+def _stop_on_stdin(job) -> None:
+    """--events-json: a 'stop' line on stdin, or stdin closing (the driving program is gone), stops."""
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            break
+    job.request_stop()
+
+
 def _cmd_train(args) -> int:
     from .job import TrainingJob, resume_plan
 
@@ -132,6 +150,11 @@ def _cmd_train(args) -> int:
     else:
         plan = _plan_from_args(args, "give a plan file, --demo, or --resume RUN_DIR.")
 
+    if args.events_json:
+        job = TrainingJob(plan, sinks=[_print_json], resume=bool(args.resume))
+        threading.Thread(target=_stop_on_stdin, args=(job,), daemon=True).start()
+        job.run()
+        return EXIT_OK
     job = TrainingJob(plan, sinks=[lambda e: _print_event(e, args.quiet)], resume=bool(args.resume))
     presses = []
 
@@ -284,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"headtune: {exc}", file=sys.stderr)
+        if getattr(args, "events_json", False) and not getattr(exc, "reported", False):
+            from . import events as ev
+            _print_json(ev.Failed(message=str(exc), error_type=type(exc).__name__))
         return exc.exit_code
     except KeyboardInterrupt:
         print("headtune: aborted.", file=sys.stderr)

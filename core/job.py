@@ -175,6 +175,7 @@ class TrainingJob:
             return self._run()
         except HeadtuneError as exc:
             self.emit(ev.Failed(message=str(exc), step=self.step or None, error_type=type(exc).__name__))
+            exc.reported = True  # the Failed event is out; callers need not report it again
             raise
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -184,6 +185,7 @@ class TrainingJob:
             else:
                 err = RunError(f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}")
             self.emit(ev.Failed(message=str(err), step=self.step or None, error_type=type(err).__name__))
+            err.reported = True
             raise err from exc
         finally:
             if self._file_sink is not None:

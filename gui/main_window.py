@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QS
 
 from headtune.core import events as ev
 from headtune.core.errors import HeadtuneError, PlanError
-from headtune.core.plan import Plan, load_plan, plan_from_dict
+from headtune.core.plan import Plan, load_plan, plan_from_dict, resolve_paths
 
 from .fields import PlanFields
 from .memory_panel import MemoryPanel
@@ -151,9 +151,27 @@ class MainWindow(QMainWindow):
             self.fields.set_values(self._base)
             self._mark_saved()
             self._refresh_plan_state()
-        if detect:
-            # After the first paint: importing torch competes with the UI thread for the GIL.
-            QTimer.singleShot(300, lambda: self._run_task("hardware", detect_hardware, self._on_hardware_detected))
+        self._detect = detect
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self.plots_built:
+            # The plots (pyqtgraph) are built just after the first paint, so the window shows sooner.
+            QTimer.singleShot(30, self.build_plots)
+
+    @Slot()
+    def build_plots(self) -> None:
+        if self.plots_built:
+            return
+        self.run_panel.build_plots()
+        self.data_panel.build_plots()
+        if self._detect:
+            # Only now: importing torch off the UI thread still competes with it for the GIL.
+            self._run_task("hardware", detect_hardware, self._on_hardware_detected)
+
+    @property
+    def plots_built(self) -> bool:
+        return self.run_panel.plots_built and self.data_panel.plots_built
 
     # -- menus ---------------------------------------------------------------------------
     def _build_menus(self) -> None:
@@ -535,7 +553,7 @@ class MainWindow(QMainWindow):
         rp.start_button.setEnabled(not running and valid)
         rp.start_button.setToolTip("Start a new run with this plan." if valid else
                                    f"Fix the plan first: {self._plan_problem}")
-        rp.stop_button.setEnabled(running and not self._worker.job.stop_requested)
+        rp.stop_button.setEnabled(running and not self._worker.stop_requested)
         target = rp.selected_run() or self._last_run_dir
         rp.resume_button.setEnabled(not running and bool(target) and has_checkpoint(target))
         self.start_action.setEnabled(rp.start_button.isEnabled())
@@ -554,6 +572,7 @@ class MainWindow(QMainWindow):
             self.fields.fields["output.dir"].set(fresh)
             plan.output.dir = fresh
             self.run_panel.log(f"The output folder was in use; this run goes to {fresh}")
+        resolve_paths(plan, Path.cwd())  # the child process gets absolute paths
         self._launch(plan, resume=False)
 
     def resume_run(self) -> None:
@@ -589,7 +608,7 @@ class MainWindow(QMainWindow):
         worker.finished.connect(self._on_worker_finished)
         self._worker = worker
         self.run_panel.state_label.setText("Loading…")
-        self.run_panel.tabs.setCurrentWidget(self.run_panel.loss_plot)
+        self.run_panel.tabs.setCurrentWidget(self.run_panel.loss_tab)
         self.threads.start(worker)
         self._update_buttons()
 
@@ -659,7 +678,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("A run is going; its plots stay on screen until it ends.", 5000)
             return
         n = self.run_panel.load_run(path)
-        self.run_panel.tabs.setCurrentWidget(self.run_panel.loss_plot)
+        self.run_panel.tabs.setCurrentWidget(self.run_panel.loss_tab)
         self.statusBar().showMessage(f"Showing {Path(path).name} ({n} events)", 5000)
 
     # -- settings and closing ------------------------------------------------------------
@@ -699,6 +718,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._save_settings()
+        self.hide()  # background lookups may need a moment to finish; do not look frozen meanwhile
         self.shutdown()
         event.accept()
 

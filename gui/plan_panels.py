@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import html
 
-import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                                QListWidgetItem, QPushButton, QScrollArea, QTableWidget, QTableWidgetItem,
@@ -183,20 +181,12 @@ class DataPanel(QWidget):
         self.example.setAccessibleName("Rendered example with trained and masked tokens")
         self.example.setMinimumHeight(140)
         lay.addWidget(self.example)
-        self.histogram = pg.PlotWidget(background="w")
-        self.histogram.setObjectName("lengthHistogram")
-        self.histogram.setAccessibleName("Token length histogram")
-        self.histogram.setLabel("bottom", "tokens per example")
-        self.histogram.setLabel("left", "examples")
-        self.histogram.setMinimumHeight(170)
-        self.histogram.setMouseEnabled(x=False, y=False)
-        self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush="#5dade2", pen="#2874a6")
-        self.histogram.addItem(self.bars)
-        self.max_line = pg.InfiniteLine(angle=90, movable=False,
-                                        pen=pg.mkPen("#c0392b", width=2, style=Qt.PenStyle.DashLine),
-                                        label="max {value:.0f}", labelOpts={"position": 0.9, "color": "#c0392b"})
-        self.histogram.addItem(self.max_line)
-        lay.addWidget(self.histogram)
+        self.histogram_host = QWidget()
+        self.histogram_host.setMinimumHeight(170)
+        QVBoxLayout(self.histogram_host).setContentsMargins(0, 0, 0, 0)
+        self.plots_built = False
+        self._max_seq_len = 0
+        lay.addWidget(self.histogram_host)
         self.truncation = QLabel()
         self.truncation.setObjectName("truncationLabel")
         lay.addWidget(self.truncation)
@@ -204,6 +194,27 @@ class DataPanel(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(_scroll(inner))
         self.preview = None
+
+    def build_plots(self) -> None:
+        """Create the length histogram (pyqtgraph is imported after the window is shown)."""
+        if self.plots_built:
+            return
+        import pyqtgraph as pg
+        self.histogram = pg.PlotWidget(background="w")
+        self.histogram.setObjectName("lengthHistogram")
+        self.histogram.setAccessibleName("Token length histogram")
+        self.histogram.setLabel("bottom", "tokens per example")
+        self.histogram.setLabel("left", "examples")
+        self.histogram.setMouseEnabled(x=False, y=False)
+        self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush="#5dade2", pen="#2874a6")
+        self.histogram.addItem(self.bars)
+        self.max_line = pg.InfiniteLine(angle=90, movable=False,
+                                        pen=pg.mkPen("#c0392b", width=2, style=Qt.PenStyle.DashLine),
+                                        label="max {value:.0f}", labelOpts={"position": 0.9, "color": "#c0392b"})
+        self.histogram.addItem(self.max_line)
+        self.histogram_host.layout().addWidget(self.histogram)
+        self.plots_built = True
+        self.update_max_len(self._max_seq_len)
 
     def show_loading(self, text: str) -> None:
         set_error(self.error, None)
@@ -217,7 +228,8 @@ class DataPanel(QWidget):
         self.table.setRowCount(0)
         self.table.setColumnCount(0)
         self.example.clear()
-        self.bars.setOpts(x0=[], x1=[], height=[])
+        if self.plots_built:
+            self.bars.setOpts(x0=[], x1=[], height=[])
         self.truncation.clear()
 
     def show_preview(self, p) -> None:
@@ -246,15 +258,19 @@ class DataPanel(QWidget):
     def update_max_len(self, max_seq_len: int) -> None:
         """Redraw the histogram and the truncation share for a new maximum length (no re-tokenising)."""
         p = self.preview
-        self.max_line.setValue(max_seq_len)
+        self._max_seq_len = max_seq_len
+        if self.plots_built:
+            self.max_line.setValue(max_seq_len)
         if p is None or not p.lengths:
             return
+        import numpy as np
         lengths = np.asarray(p.lengths)
         hi = max(int(lengths.max()), max_seq_len)
-        counts, edges = np.histogram(lengths, bins=min(40, max(5, len(set(p.lengths)))), range=(0, hi + 1))
-        self.bars.setOpts(x0=edges[:-1], x1=edges[1:], height=counts)
-        self.histogram.setXRange(0, hi * 1.05, padding=0)
-        self.histogram.setYRange(0, counts.max() * 1.1, padding=0)
+        if self.plots_built:
+            counts, edges = np.histogram(lengths, bins=min(40, max(5, len(set(p.lengths)))), range=(0, hi + 1))
+            self.bars.setOpts(x0=edges[:-1], x1=edges[1:], height=counts)
+            self.histogram.setXRange(0, hi * 1.05, padding=0)
+            self.histogram.setYRange(0, counts.max() * 1.1, padding=0)
         cut = int((lengths > max_seq_len).sum())
         share = cut / len(lengths)
         self.truncation.setText(f"{cut:,} of {len(lengths):,} examples ({share:.1%}) are longer than {max_seq_len:,} "

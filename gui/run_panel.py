@@ -3,7 +3,10 @@ learning rate and memory, a log, and the list of past runs (their plots reopen f
 ``events.jsonl``).
 
 Events arrive as signals from the training worker; the panel only records them. Curves are
-redrawn by a timer at most five times a second, so a fast run never floods the event loop.
+redrawn by a timer once a second, only the plot on screen, so a run never floods the event loop
+(benchmarks/window.py measures what that costs a CPU training run).
+The plots themselves (pyqtgraph, about 0.8 s to import) are built by ``build_plots`` right after
+the window is first shown, so the window appears without waiting for them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
                                QPushButton, QTabWidget, QVBoxLayout, QWidget)
@@ -23,11 +25,11 @@ from headtune.core.memory import GiB
 SMOOTHING = 0.9  # weight of the exponential moving average drawn over the raw loss
 
 
-def _plot(name: str, accessible: str, left: str, bottom: str) -> pg.PlotWidget:
+def _plot(name: str, accessible: str, left: str, bottom: str):
+    import pyqtgraph as pg
     w = pg.PlotWidget(background="w")
     w.setObjectName(name)
     w.setAccessibleName(accessible)
-    w.showGrid(x=True, y=True, alpha=0.25)
     w.setLabel("left", left)
     w.setLabel("bottom", bottom)
     w.addLegend(offset=(-10, 10))
@@ -49,6 +51,14 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def _host() -> QWidget:
+    """A tab page that receives its plot once the plots are built."""
+    w = QWidget()
+    lay = QVBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    return w
 
 
 class RunCurves:
@@ -134,23 +144,9 @@ class RunPanel(QWidget):
 
         self.tabs = QTabWidget()
         self.tabs.setObjectName("runTabs")
-        self.loss_plot = _plot("lossPlot", "Loss plot", "loss", "step")
-        self.loss_raw = self.loss_plot.plot([], [], pen=pg.mkPen("#9ecae1", width=1), name="train loss")
-        self.loss_smooth = self.loss_plot.plot([], [], pen=pg.mkPen("#08519c", width=2), name="smoothed")
-        self.loss_eval = self.loss_plot.plot([], [], pen=pg.mkPen("#e6550d", width=2), symbol="o", symbolSize=7,
-                                             symbolBrush="#e6550d", name="eval loss")
-        self.lr_plot = _plot("lrPlot", "Learning rate plot", "learning rate", "step")
-        self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen("#31a354", width=2), name="learning rate")
-        self.memory_plot = _plot("memoryPlot", "Memory plot", "GiB", "seconds")
-        self.mem_rss = self.memory_plot.plot([], [], pen=pg.mkPen("#756bb1", width=2), name="process RSS")
-        self.mem_alloc = self.memory_plot.plot([], [], pen=pg.mkPen("#e6550d", width=2), name="CUDA allocated")
-        self.mem_reserved = self.memory_plot.plot([], [], pen=pg.mkPen("#fdae6b", width=2), name="CUDA reserved")
-        self.estimate_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#c0392b", width=1.5,
-                                                                                 style=Qt.PenStyle.DashLine),
-                                             label="estimate {value:.2f} GiB",
-                                             labelOpts={"position": 0.1, "color": "#c0392b"})
-        self.estimate_line.setVisible(False)
-        self.memory_plot.addItem(self.estimate_line)
+        self.loss_tab, self.lr_tab, self.memory_tab = _host(), _host(), _host()
+        self.plots_built = False
+        self._estimate_gib: float | None = None
         self.log_view = QPlainTextEdit()
         self.log_view.setObjectName("logView")
         self.log_view.setAccessibleName("Run log")
@@ -176,19 +172,22 @@ class RunPanel(QWidget):
         row.addWidget(refresh)
         row.addStretch(1)
         rl.addLayout(row)
-        self.tabs.addTab(self.loss_plot, "Loss")
-        self.tabs.addTab(self.lr_plot, "Learning rate")
-        self.tabs.addTab(self.memory_plot, "Memory")
+        self.tabs.addTab(self.loss_tab, "Loss")
+        self.tabs.addTab(self.lr_tab, "Learning rate")
+        self.tabs.addTab(self.memory_tab, "Memory")
         self.tabs.addTab(self.log_view, "Log")
         self.tabs.addTab(runs, "Runs")
         lay.addWidget(self.tabs, 1)
+        self.tabs.currentChanged.connect(self._on_tabs_current_changed)
 
         self.curves = RunCurves()
         self._dirty = False
         self._runs_folder: Path | None = None
         self._first_step: tuple[float, int] | None = None
         self._redraw_timer = QTimer(self)
-        self._redraw_timer.setInterval(200)
+        # Once a second, and only the plot on screen: repainting a plot costs ~10 ms of UI-thread
+        # Python, which competes for the GIL (and the cores) with a CPU training run.
+        self._redraw_timer.setInterval(1000)
         self._redraw_timer.timeout.connect(self._redraw_if_dirty)
         self._redraw_timer.start()
 
@@ -198,6 +197,35 @@ class RunPanel(QWidget):
         b.setAccessibleName(accessible)
         b.setToolTip(tip)
         return b
+
+    def build_plots(self) -> None:
+        """Create the pyqtgraph plots (once) and draw whatever has been recorded so far."""
+        if self.plots_built:
+            return
+        import pyqtgraph as pg
+        self.loss_plot = _plot("lossPlot", "Loss plot", "loss", "step")
+        self.loss_raw = self.loss_plot.plot([], [], pen=pg.mkPen("#9ecae1", width=1), name="train loss")
+        self.loss_smooth = self.loss_plot.plot([], [], pen=pg.mkPen("#08519c", width=2), name="smoothed")
+        self.loss_eval = self.loss_plot.plot([], [], pen=pg.mkPen("#e6550d", width=2), symbol="o", symbolSize=7,
+                                             symbolBrush="#e6550d", name="eval loss")
+        self.lr_plot = _plot("lrPlot", "Learning rate plot", "learning rate", "step")
+        self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen("#31a354", width=2), name="learning rate")
+        self.memory_plot = _plot("memoryPlot", "Memory plot", "GiB", "seconds")
+        self.mem_rss = self.memory_plot.plot([], [], pen=pg.mkPen("#756bb1", width=2), name="process RSS")
+        self.mem_alloc = self.memory_plot.plot([], [], pen=pg.mkPen("#e6550d", width=2), name="CUDA allocated")
+        self.mem_reserved = self.memory_plot.plot([], [], pen=pg.mkPen("#fdae6b", width=2), name="CUDA reserved")
+        self.estimate_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#c0392b", width=1.5,
+                                                                                 style=Qt.PenStyle.DashLine),
+                                             label="estimate {value:.2f} GiB",
+                                             labelOpts={"position": 0.1, "color": "#c0392b"})
+        self.memory_plot.addItem(self.estimate_line)
+        for host, plot in ((self.loss_tab, self.loss_plot), (self.lr_tab, self.lr_plot),
+                           (self.memory_tab, self.memory_plot)):
+            host.layout().addWidget(plot)
+        self.plots_built = True
+        self._show_estimate_line()
+        self._dirty = True
+        self._redraw_if_dirty()
 
     # -- a run's events ------------------------------------------------------------------
     def reset(self, title: str = "") -> None:
@@ -210,9 +238,14 @@ class RunPanel(QWidget):
         self._redraw_if_dirty()
 
     def set_estimate(self, total_bytes: int | None) -> None:
-        self.estimate_line.setVisible(total_bytes is not None)
-        if total_bytes is not None:
-            self.estimate_line.setValue(total_bytes / GiB)
+        self._estimate_gib = None if total_bytes is None else total_bytes / GiB
+        self._show_estimate_line()
+
+    def _show_estimate_line(self) -> None:
+        if self.plots_built:
+            self.estimate_line.setVisible(self._estimate_gib is not None)
+            if self._estimate_gib is not None:
+                self.estimate_line.setValue(self._estimate_gib)
 
     def add_event(self, e: ev.Event) -> None:
         if self.curves.add(e):
@@ -240,19 +273,29 @@ class RunPanel(QWidget):
     def log(self, text: str) -> None:
         self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
 
+    def _on_tabs_current_changed(self, _index: int) -> None:
+        self._dirty = True
+        self._redraw_if_dirty()
+
     def _redraw_if_dirty(self) -> None:
-        if not self._dirty:
+        if not self._dirty or not self.plots_built:
             return
         self._dirty = False
         c = self.curves
-        self.loss_raw.setData(c.steps, c.loss)
-        self.loss_smooth.setData(c.steps, smooth(c.loss))
-        self.loss_eval.setData(c.eval_steps, c.eval_loss)
-        self.lr_curve.setData(c.steps, c.lr)
-        self.mem_rss.setData(c.mem_t, c.rss)
-        cuda = c.has_cuda
-        self.mem_alloc.setData(c.mem_t if cuda else [], c.allocated if cuda else [])
-        self.mem_reserved.setData(c.mem_t if cuda else [], c.reserved if cuda else [])
+        page = self.tabs.currentWidget()
+        if page is self.loss_tab:
+            self.loss_raw.setData(c.steps, c.loss)
+            self.loss_smooth.setData(c.steps, smooth(c.loss))
+            self.loss_eval.setData(c.eval_steps, c.eval_loss)
+        elif page is self.lr_tab:
+            self.lr_curve.setData(c.steps, c.lr)
+        elif page is self.memory_tab:
+            self.mem_rss.setData(c.mem_t, c.rss)
+            cuda = c.has_cuda
+            self.mem_alloc.setData(c.mem_t if cuda else [], c.allocated if cuda else [])
+            self.mem_reserved.setData(c.mem_t if cuda else [], c.reserved if cuda else [])
+        else:
+            self._dirty = True  # a plot is not on screen: draw it when it is
 
     def load_run(self, run_dir: str) -> int:
         """Show a past run's plots from its events file; returns how many events were read."""

@@ -1,8 +1,8 @@
 """Work off the UI thread: worker objects moved to QThreads (the brief's pattern).
 
 ``TaskWorker`` runs one function (reading a model's config, loading a tokenizer, previewing a
-dataset) and reports its result or its user-facing error. ``TrainingWorker`` runs a
-``TrainingJob`` and re-emits its typed events as Qt signals. ``Threads`` owns the threads: it
+dataset) and reports its result or its user-facing error. ``TrainingWorker`` runs a training
+job (in a child process, see its docstring) and re-emits its typed events as Qt signals. ``Threads`` owns the threads: it
 wires ``started -> run``, ``finished -> quit`` and ``deleteLater``, keeps Python references
 alive until the thread has ended, and can wait for all of them (so no QThread outlives the
 window). Stopping a run is the job's flag, set directly from the UI thread; never a queued slot
@@ -11,7 +11,15 @@ on the busy thread.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
 import traceback
+from collections import deque
+from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
@@ -52,8 +60,25 @@ class TaskWorker(QObject):
             self.finished.emit()
 
 
+def train_command(args: list[str]) -> list[str]:
+    """The ``headtune`` command line for this installation (a frozen app is its own interpreter)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "headtune.core.cli", *args]
+
+
 class TrainingWorker(QObject):
-    """Runs one training job in its thread and re-emits each event as a signal."""
+    """Runs one training job and re-emits each of its events as a signal.
+
+    The worker lives on its own QThread (the window never blocks on it), and the job itself runs
+    in a child process, ``headtune train --events-json``, whose event lines the worker reads.
+    Measured reasons (benchmarks/window.py): training in a thread of the window's process ran
+    15-25% slower than ``headtune train`` on the CPU and its imports stalled the UI for most of
+    a second, as both threads fight over the GIL. A child process also keeps the window alive
+    if training crashes or is killed for memory, and returns all its memory when it ends.
+    Stopping writes ``stop`` to the child's stdin; the child stops after the current step with a
+    checkpoint, and also stops if the window goes away (stdin closes).
+    """
 
     run_started = Signal(object)       # ev.Started
     logged = Signal(object)            # ev.Log
@@ -68,36 +93,97 @@ class TrainingWorker(QObject):
 
     def __init__(self, plan, resume: bool = False):
         super().__init__()
-        from headtune.core.job import TrainingJob  # torch is imported only when the job runs
-        self.job = TrainingJob(plan, sinks=[self._on_job_event], resume=resume)
+        self.plan = plan
+        self.resume = resume
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
         self._signals = {ev.Started: self.run_started, ev.Log: self.logged, ev.Step: self.step_logged,
                          ev.Eval: self.evaluated, ev.Memory: self.memory_sampled,
                          ev.Checkpoint: self.checkpoint_saved, ev.Finished: self.run_finished,
                          ev.Stopped: self.run_stopped, ev.Failed: self.failed}
-        self._failed_sent = False
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     def request_stop(self) -> None:
-        """Safe from the UI thread: the job checks the flag between steps, saves and stops."""
-        self.job.request_stop()
+        """Safe from the UI thread: the run stops after the current step and saves."""
+        self._stop.set()
+        self._send_stop()
 
-    def _on_job_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Failed):
-            self._failed_sent = True
-        self._signals[type(event)].emit(event)
+    def _send_stop(self) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None or proc.stdin is None:
+                return
+            try:
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # it is ending anyway
+
+    def _command(self, plan_file: str | None) -> list[str]:
+        if self.resume:
+            return train_command(["train", "--events-json", "--resume", self.plan.output.dir])
+        return train_command(["train", "--events-json", plan_file])
 
     @Slot()
     def run(self) -> None:
+        plan_file = None
         try:
-            from headtune.core.cli import quiet_libraries
-            quiet_libraries()  # here, not at startup: it imports transformers
-            self.job.run()
+            if not self.resume:
+                fd, plan_file = tempfile.mkstemp(prefix="headtune-plan-", suffix=".yaml")
+                os.close(fd)
+                self.plan.save(plan_file)
+            self._supervise(self._command(plan_file))
         except Exception as exc:
-            # The job emits Failed for everything it catches; this covers what happens around it.
-            if not self._failed_sent:
-                traceback.print_exc()
-                self.failed.emit(ev.Failed(message=user_message(exc), error_type=type(exc).__name__))
+            traceback.print_exc()
+            self.failed.emit(ev.Failed(message=f"The training process could not run: {user_message(exc)}",
+                                       error_type=type(exc).__name__))
         finally:
+            if plan_file:
+                Path(plan_file).unlink(missing_ok=True)
             self.finished.emit()
+
+    def _supervise(self, cmd: list[str]) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", TOKENIZERS_PARALLELISM="false")
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+        with self._lock:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                                          bufsize=1, env=env, creationflags=flags)
+        proc = self._proc
+        if self._stop.is_set():
+            self._send_stop()
+        tail: deque[str] = deque(maxlen=30)
+        reader = threading.Thread(target=self._read_stderr, args=(proc, tail), daemon=True)
+        reader.start()
+        ended = False
+        for line in proc.stdout:
+            try:
+                event = ev.event_from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                if line.strip():  # a library printing to stdout: keep it in the log
+                    self.logged.emit(ev.Log(message=line.rstrip()))
+                continue
+            ended = ended or isinstance(event, (ev.Finished, ev.Stopped, ev.Failed))
+            self._signals[type(event)].emit(event)
+        code = proc.wait()
+        reader.join(timeout=5)
+        if not ended:
+            last = "\n".join(tail)
+            self.failed.emit(ev.Failed(
+                message=f"The training process ended unexpectedly (exit code {code})."
+                        + (f" Its last output:\n{last}" if last else "")
+                        + "\nThe last checkpoint, if any, is kept; Resume continues from it.",
+                error_type="ProcessError"))
+
+    @staticmethod
+    def _read_stderr(proc, tail: deque) -> None:
+        for line in proc.stderr:
+            if line.strip():
+                tail.append(line.rstrip())
 
 
 class Threads(QObject):

@@ -34,6 +34,7 @@ def make_window(qtbot, tmp_path):
         w.ask = lambda *a: NO.Discard  # teardown closes without questions
         qtbot.addWidget(w)
         w.show()
+        qtbot.waitUntil(lambda: w.plots_built, timeout=10_000)  # built just after the first paint
         windows.append(w)
         return w
 
@@ -196,7 +197,9 @@ def test_start_plots_loss_and_finishes(make_window, qtbot, tiny_untied, alpaca_f
     assert list(xs) == [1, 2, 3, 4] and all(y > 0 for y in ys)
     ex, _ = w.run_panel.loss_eval.getData()
     assert list(ex) == [0, 2, 4]
+    w.run_panel.tabs.setCurrentWidget(w.run_panel.memory_tab)  # hidden plots are drawn when shown
     assert len(w.run_panel.mem_rss.getData()[0]) >= 1
+    w.run_panel.tabs.setCurrentWidget(w.run_panel.loss_tab)
     assert w.run_panel.estimate_line.isVisible()
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert w.run_panel.progress.value() == 4
