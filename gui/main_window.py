@@ -235,6 +235,7 @@ class MainWindow(QMainWindow):
         self._mark_saved()
         self._summary = None
         self._model_timer.start()  # debounced: the window paints first, then the model is read
+        self.data_panel.update_max_len(self._base["data"]["max_seq_len"])
         self._refresh_plan_state()
         self._update_title()
 
@@ -350,7 +351,7 @@ class MainWindow(QMainWindow):
         self._tokenizer_for = None
         self.training_panel.show_tied(None)
         if not name:
-            self.model_panel.show_error("Choose a model: a hub id, a model folder or a .gguf file.")
+            self.model_panel.show_error("Choose a model: a hub id, a model folder or a .gguf file.", hint=True)
             self._latest.pop("model", None)
             self._update_estimate()
             return
@@ -396,7 +397,7 @@ class MainWindow(QMainWindow):
         d = self.values()["data"]
         if not d["path"].strip():
             self._latest.pop("data", None)
-            self.data_panel.show_error("Choose a dataset: a data file or a hub dataset id.")
+            self.data_panel.show_error("Choose a dataset: a data file or a hub dataset id.", hint=True)
             return
         if self._tokenizer is None:
             self.data_panel.show_loading("Waiting for the model's tokenizer…")
@@ -662,6 +663,7 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_worker_failed(self, e: ev.Failed) -> None:
         self.run_panel.state_label.setText("Failed")
+        self.run_panel.show_failed()
         self.run_panel.log(f"Failed: {e.message}")
         self.show_error("Training failed", e.message)
 

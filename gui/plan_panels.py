@@ -35,8 +35,13 @@ def _error_label(name: str) -> QLabel:
     return w
 
 
-def set_error(label: QLabel, text: str | None) -> None:
+HINT_STYLE = "color: #555;"
+
+
+def set_error(label: QLabel, text: str | None, hint: bool = False) -> None:
+    """Show ``text`` under a field in red (a problem) or grey (what to do next); hide when empty."""
     label.setText(text or "")
+    label.setStyleSheet(HINT_STYLE if hint else ERROR_STYLE)
     label.setVisible(bool(text))
 
 
@@ -133,8 +138,8 @@ class ModelPanel(QWidget):
         for k, v in values.items():
             self.info[k].setText(v)
 
-    def show_error(self, text: str) -> None:
-        set_error(self.error, text)
+    def show_error(self, text: str, hint: bool = False) -> None:
+        set_error(self.error, text, hint)
         for w in self.info.values():
             w.setText("–")
 
@@ -220,10 +225,10 @@ class DataPanel(QWidget):
         set_error(self.error, None)
         self.summary.setText(text)
 
-    def show_error(self, text: str) -> None:
+    def show_error(self, text: str, hint: bool = False) -> None:
         self.preview = None
-        set_error(self.error, text)
-        self.summary.setText("No preview: fix the problem above.")
+        set_error(self.error, text, hint)
+        self.summary.setText("" if hint else "No preview: fix the problem above.")
         self.table.clear()
         self.table.setRowCount(0)
         self.table.setColumnCount(0)

@@ -294,8 +294,14 @@ class RunPanel(QWidget):
             cuda = c.has_cuda
             self.mem_alloc.setData(c.mem_t if cuda else [], c.allocated if cuda else [])
             self.mem_reserved.setData(c.mem_t if cuda else [], c.reserved if cuda else [])
+            top = max(c.rss + c.reserved + [self._estimate_gib or 0.0], default=0.0)
+            if top > 0:  # from zero, so the scale does not exaggerate small changes
+                self.memory_plot.setYRange(0, top * 1.1, padding=0)
         else:
             self._dirty = True  # a plot is not on screen: draw it when it is
+
+    def show_failed(self) -> None:
+        self.progress.setFormat("Failed: see the message and the log")
 
     def load_run(self, run_dir: str) -> int:
         """Show a past run's plots from its events file; returns how many events were read."""

@@ -116,3 +116,44 @@ def test_console_script_installed():
     proc = subprocess.run([sys.executable, "-m", "headtune.core.cli", "--version"], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("headtune ")
+
+
+def _events_json(args, cwd, stdin_lines=(), stop_after_steps=None):
+    """Run ``headtune train --events-json``; returns (exit code, events, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "headtune.core.cli", "train", "--events-json", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd)
+    events, steps = [], 0
+    for line in proc.stdout:
+        events.append(json.loads(line))  # nothing but JSON on stdout
+        if events[-1]["type"] == "step":
+            steps += 1
+            if stop_after_steps is not None and steps == stop_after_steps:
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
+    proc.stdin.close()
+    return proc.wait(timeout=120), events, proc.stderr.read()
+
+
+def test_events_json_streams_every_event_and_stops_on_request(tmp_path, tiny_untied, alpaca_file):
+    plan = write_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 500})
+    code, events, err = _events_json([str(plan)], tmp_path, stop_after_steps=2)
+    assert code == 0, err
+    types = [e["type"] for e in events]
+    assert types[0] == "log" and "started" in types and types[-1] == "stopped", types
+    stopped = events[-1]
+    assert 2 <= stopped["step"] < 500 and stopped["checkpoint_path"]
+    # The stopped run resumes from the command line in the same mode.
+    code, events, err = _events_json(["--resume", str(tmp_path / "run"), "--set", "training.max_steps=6"],
+                                     tmp_path)
+    assert code == 0, err
+    assert [e["step"] for e in events if e["type"] == "step"][0] == stopped["step"] + 1
+    assert events[-1]["type"] == "finished" and events[-1]["step"] == 6
+
+
+def test_events_json_reports_bad_input_as_a_failed_event(tmp_path, tiny_untied, alpaca_file):
+    plan = write_plan(tmp_path, tiny_untied, alpaca_file, training={"batch_size": 0})
+    code, events, err = _events_json([str(plan)], tmp_path)
+    assert code == 2
+    assert [e["type"] for e in events] == ["failed"]
+    assert "training.batch_size" in events[0]["message"] and "Traceback" not in err
