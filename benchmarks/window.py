@@ -75,8 +75,9 @@ def cli_run(plan_file: Path) -> float:
     return sps
 
 
-def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[float, float, float]:
-    """(steps/s, longest stall over the whole run in ms, longest stall during steps in ms).
+def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[float, float, float, float]:
+    """(steps/s, longest stall over the whole run in ms, longest stall during steps in ms, the
+    window process's own CPU use during the run as a share of one core).
 
     The heartbeat (100 wake-ups a second of the UI thread) is the stall meter; it preempts the
     training threads, so throughput rounds run without it."""
@@ -101,10 +102,15 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
     if heartbeat:
         timer.start()
     loop = QEventLoop()
+    import psutil
+    me = psutil.Process()
+    cpu0, wall0 = me.cpu_times(), time.perf_counter()
     w.start_run()
     w._worker.finished.connect(loop.quit)
     loop.exec()  # the UI thread idles in the event loop, as in the app
     timer.stop()
+    cpu1, wall1 = me.cpu_times(), time.perf_counter()
+    own_cpu = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / (wall1 - wall0)
     app.processEvents()
     first_step = _first_step_time(run_dir)
     gaps_all = [b - a for a, b in zip(beats, beats[1:])] or [0.010]
@@ -118,7 +124,7 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
     sps = steps_per_s(run_dir)
     import shutil
     shutil.rmtree(run_dir)
-    return sps, (max(gaps_all) - 0.010) * 1000, (max(gaps_steps) - 0.010) * 1000
+    return sps, (max(gaps_all) - 0.010) * 1000, (max(gaps_steps) - 0.010) * 1000, own_cpu
 
 
 def _first_step_time(run_dir: Path) -> float:
@@ -150,14 +156,17 @@ def main() -> int:
         from headtune.core.plan import plan_from_dict
         plan_file = tmp / "plan.yaml"
         plan_from_dict(plan_data).save(plan_file)
-        cli, win, stall_all, stall_steps, beat_sps = [], [], [], [], []
+        cli, win, stall_all, stall_steps, beat_sps, own_cpu = [], [], [], [], [], []
         for i in range(reps):  # throughput: alternated, and the order flips each round
-            pair = [lambda: win.append(window_run(app, plan_data, tmp / f"win-{i}", heartbeat=False)[0]),
-                    lambda: cli.append(cli_run(plan_file))]
+            def in_window(i=i):
+                sps, _, _, cpu = window_run(app, plan_data, tmp / f"win-{i}", heartbeat=False)
+                win.append(sps)
+                own_cpu.append(cpu)
+            pair = [in_window, lambda: cli.append(cli_run(plan_file))]
             for run in (pair if i % 2 == 0 else pair[::-1]):
                 run()
         for i in range(stall_runs):  # responsiveness, with the heartbeat
-            sps, s_all, s_steps = window_run(app, plan_data, tmp / f"beat-{i}", heartbeat=True)
+            sps, s_all, s_steps, _ = window_run(app, plan_data, tmp / f"beat-{i}", heartbeat=True)
             stall_all.append(s_all)
             stall_steps.append(s_steps)
             beat_sps.append(sps)
@@ -178,6 +187,7 @@ def main() -> int:
     print(f"{'throughput ratio window / CLI (medians)':52} {ratio:12.3f} {'>= 0.97':>10}")
     print(f"{'  median of the per-round ratios':52} {statistics.median(rounds):12.3f}")
     print(f"  per round: {' '.join(f'{r:.3f}' for r in rounds)}")
+    print(f"{'window process CPU during a run (% of one core)':52} {100 * statistics.median(own_cpu):12.1f}")
     print(f"  CLI alone varies {min(cli):.3f} to {max(cli):.3f} steps/s between rounds on this machine")
     return 0
 

@@ -151,6 +151,9 @@ def _cmd_train(args) -> int:
         plan = _plan_from_args(args, "give a plan file, --demo, or --resume RUN_DIR.")
 
     if args.events_json:
+        # The driving program decides when to stop (stdin); a Ctrl+C meant for it (same terminal,
+        # same process group) must not kill the run without its checkpoint.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         job = TrainingJob(plan, sinks=[_print_json], resume=bool(args.resume))
         threading.Thread(target=_stop_on_stdin, args=(job,), daemon=True).start()
         job.run()

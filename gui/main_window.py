@@ -182,7 +182,7 @@ class MainWindow(QMainWindow):
                                      ("Save plan &as…", QKeySequence.StandardKey.SaveAs, self.save_plan_as)):
             action = QAction(text, self)
             action.setShortcut(shortcut)
-            action.triggered.connect(slot)
+            action.triggered.connect(lambda _checked=False, slot=slot: slot())  # not the checked flag as a path
             file_menu.addAction(action)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
@@ -213,6 +213,7 @@ class MainWindow(QMainWindow):
         """A non-blocking error dialog with the user-facing message; the window stays usable."""
         if self._error_box is not None:
             self._error_box.close()
+            self._error_box.deleteLater()
         box = QMessageBox(QMessageBox.Icon.Critical, title, text, QMessageBox.StandardButton.Ok, self)
         box.setObjectName("errorDialog")
         box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -407,7 +408,9 @@ class MainWindow(QMainWindow):
         except PlanError as exc:
             self.data_panel.show_error(str(exc))
             return
-        tokenizer = self._tokenizer
+        # A copy: a Rust tokenizer used from two threads at once can fail ("Already borrowed"),
+        # and the UI thread keeps using this one for token search.
+        tokenizer = copy.deepcopy(self._tokenizer)
         self.data_panel.show_loading(f"Reading {Path(spec.path).name}…")
         self._run_task("data", lambda: preview_data(spec, tokenizer), self._on_data_preview,
                        self.data_panel.show_error)

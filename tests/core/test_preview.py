@@ -15,8 +15,8 @@ from helpers import ALPACA_ROWS, write_jsonl
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return load_tokenizer(resolve_source(str(tokenizer_dir)))
+def tokenizer(tiny_untied):
+    return load_tokenizer(resolve_source(str(tiny_untied)))
 
 
 def test_model_summary_reads_the_config_only(tiny_untied, tiny_tied, tiny_llama3_vocab, tmp_path):
