@@ -63,18 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     app.setDesktopFileName("io.github.headtune.Headtune")
     window = MainWindow()
     _install_hooks(lambda: window)
-    problem = None
+    window.show()  # first, so a problem with the plan shows as a dialog over the window
     try:
         if args.plan:
-            window.open_plan(args.plan)
+            window.open_plan(args.plan)  # shows its own dialog on failure
         else:
             from headtune.core.demo import demo_plan
             window.set_plan(demo_plan())
     except HeadtuneError as exc:
-        problem = str(exc)
-    window.show()
-    if problem:
-        window.show_error("Cannot load the plan", problem)
+        window.show_error("Cannot load the demo plan", str(exc))
     if os.environ.get("HEADTUNE_EXIT_AFTER_SHOWN"):
         # Startup benchmark: report when the window is on screen and when its plots are, then quit.
         from PySide6.QtCore import QTimer

@@ -194,6 +194,7 @@ class DataPanel(QWidget):
         lay.addWidget(self.histogram_host)
         self.truncation = QLabel()
         self.truncation.setObjectName("truncationLabel")
+        self.truncation.setWordWrap(True)
         lay.addWidget(self.truncation)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)

@@ -330,9 +330,23 @@ def test_fresh_run_dir(tmp_path):
     assert fresh_run_dir(str(tmp_path / "a")) == str(tmp_path / "a-3")
 
 
-def test_headtune_without_arguments_opens_the_window_on_the_demo(tmp_path):
+def _open_window(args, tmp_path):
     env = dict(os.environ, HEADTUNE_EXIT_AFTER_SHOWN="1", QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "headtune.core.cli"], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
+    return subprocess.run([sys.executable, "-m", "headtune.core.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=180)
+
+
+def test_headtune_without_arguments_opens_the_window_on_the_demo(tmp_path):
+    proc = _open_window([], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "HEADTUNE_SHOWN" in proc.stdout
+    assert "HEADTUNE_SHOWN" in proc.stdout and "HEADTUNE_READY" in proc.stdout
+
+
+def test_headtune_gui_opens_a_plan_file(tmp_path, tiny_untied, alpaca_file):
+    plan = tmp_path / "p.yaml"
+    plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run")).save(plan)
+    proc = _open_window(["gui", str(plan)], tmp_path)
+    assert proc.returncode == 0 and "HEADTUNE_READY" in proc.stdout, proc.stderr
+    # A plan that is not there still opens the window, with the reason shown (and printed nowhere fatal).
+    proc = _open_window(["gui", str(tmp_path / "missing.yaml")], tmp_path)
+    assert proc.returncode == 0 and "HEADTUNE_READY" in proc.stdout, proc.stderr
