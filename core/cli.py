@@ -89,8 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     es.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    for name, text in (("export", "export a finished run (adapter, merged model, GGUF)"),
-                       ("inspect", "inspect a model's tokens and embeddings")):
+    ins = sub.add_parser("inspect", help="token health: untrained embedding/head rows, who uses them, template check",
+                         formatter_class=fmt,
+                         description="Find embedding (and untied LM-head) rows that look untrained: norms far below "
+                                     "a typical row, or rows identical to others. Lists them with ids and strings, "
+                                     "counts their use by the chat template and (with --data) the dataset, checks "
+                                     "that replies end with the end-of-turn token, and says what to do. Reads the "
+                                     "weights' two matrices directly; no model is built.")
+    ins.add_argument("model", help="hub id, model folder or .gguf file")
+    ins.add_argument("--data", metavar="DATASET", help="a dataset file or hub id to count token use and check labels")
+    ins.add_argument("--format", default="auto", help="the dataset's format (default: detect)")
+    ins.add_argument("--chat-template", default="model", help="model, chatml, llama3, or a Jinja file")
+    ins.add_argument("--max-seq-len", type=int, default=1024, help="for the truncation check (default 1024)")
+    ins.add_argument("--json", action="store_true", help="print one JSON object")
+    ins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    for name, text in (("export", "export a finished run (adapter, merged model, GGUF)"),):
         s = sub.add_parser(name, help=f"{text} (not in this version yet)",
                            description=f"{text[0].upper()}{text[1:]}. Not available in this version of Headtune yet.")
         s.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -209,6 +223,43 @@ def _plan_from_args(args, missing: str):
     raise _usage(missing)
 
 
+def _cmd_inspect(args) -> int:
+    from .health import inspect_model
+    from .plan import DataSpec, plan_from_dict
+    spec = None
+    if args.data:
+        # Validated like a plan's data section (format and template names, length range).
+        spec = plan_from_dict({"data": {"path": args.data, "format": args.format,
+                                        "chat_template": args.chat_template, "max_seq_len": args.max_seq_len}},
+                              check=False).data
+        if spec.max_seq_len < 16:
+            raise _usage("--max-seq-len must be at least 16.")
+    r = inspect_model(args.model, spec if isinstance(spec, DataSpec) else None)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return EXIT_OK
+    print(f"{r.model}: vocabulary {r.vocab:,}, embeddings and head {'tied' if r.tied else 'untied'}")
+    print(f"{len(r.flagged)} rows look untrained" + (":" if r.flagged else "."))
+    for row in r.flagged[:50]:
+        uses = []
+        if r.template_counts.get(row.id):
+            uses.append(f"template x{r.template_counts[row.id]}")
+        if r.data_counts.get(row.id):
+            uses.append(f"data x{r.data_counts[row.id]} ({r.data_trained_counts.get(row.id, 0)} trained)")
+        print(f"  {row.id:>7}  {row.token!r:28} {row.matrix:19} {'; '.join(row.reasons)}"
+              + (f"  [used: {', '.join(uses)}]" if uses else ""))
+    if len(r.flagged) > 50:
+        print(f"  … and {len(r.flagged) - 50} more (--json lists all)")
+    if r.template is not None:
+        t = r.template
+        share = t.trained_tokens / max(1, t.trained_tokens + t.masked_tokens)
+        print(f"Template check on {t.rows_checked} rows: end token {t.end_token!r}; {share:.0%} of tokens trained.")
+        for p in t.problems or ["no problems found"]:
+            print(f"  - {p}")
+    print(f"Verdict: {r.verdict}. {r.recommendation}")
+    return EXIT_OK
+
+
 def _cmd_estimate(args) -> int:
     import json
 
@@ -304,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_gui(args)
         if args.command == "estimate":
             return _cmd_estimate(args)
+        if args.command == "inspect":
+            return _cmd_inspect(args)
         print(f"headtune {args.command}: not available in this version of Headtune yet.", file=sys.stderr)
         return EXIT_FAILED
     except HeadtuneError as exc:

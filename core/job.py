@@ -247,6 +247,13 @@ class TrainingJob:
         self.log(f"Loading model on {self.device} ({plan.model.quantization}, {plan.model.dtype})")
         model = models.load_model(source, plan.model, self.device)
         adapters.init_new_rows(model, len(tokenizer), new_ids, original_len)
+        reset_rows: list[int] = []
+        if plan.embeddings.init_untrained == "mean":
+            from .health import init_untrained_mean
+            reset_rows = init_untrained_mean(model)
+            self.log(f"init_untrained: {len(reset_rows)} untrained-looking rows set to the mean of the others"
+                     + (f" ({', '.join(map(str, reset_rows[:20]))}{' …' if len(reset_rows) > 20 else ''})"
+                        if reset_rows else ""))
         setup = adapters.resolve_embeddings(model, plan.embeddings, new_ids)
         model.config.use_cache = False
         model = adapters.build_peft_model(model, plan, setup)
@@ -264,6 +271,10 @@ class TrainingJob:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:
                 plan.save(self.run_dir / "plan.yaml")
+                if plan.embeddings.init_untrained != "none":
+                    import json
+                    (self.run_dir / "init_untrained.json").write_text(json.dumps(
+                        {"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8")
             self._file_sink = ev.JsonlSink(self.run_dir / "events.jsonl")
 
         trainer = self.trainer = self._trainer(model, tokenizer, setup)

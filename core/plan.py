@@ -32,6 +32,7 @@ DType = Literal["bfloat16", "float16", "float32"]
 AttnImpl = Literal["sdpa", "eager", "flash_attention_2"]
 DataFormat = Literal["auto", "alpaca", "messages", "sharegpt", "text"]
 EmbeddingsMode = Literal["full", "tokens", "lora"]
+InitUntrained = Literal["none", "mean"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 
@@ -96,6 +97,9 @@ class EmbeddingsSpec:
     token_ids: list[int] = _f([], "Token ids whose rows are trained in tokens mode.")
     new_tokens: list[str] = _f([], "Token strings to add to the tokenizer; their rows start at the mean of "
                                    "the existing rows and are trained in every mode.")
+    init_untrained: InitUntrained = _f("none", "Before training, set embedding/head rows that look untrained "
+                                               "(see `headtune inspect`) to the mean of the other rows: mean, or "
+                                               "none to leave them.")
 
 
 @dataclass

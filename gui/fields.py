@@ -28,6 +28,7 @@ LABELS: dict[str, dict[str, str]] = {
                     "messages": "Messages (role/content)", "sharegpt": "ShareGPT (from/value)",
                     "text": "Raw text (all tokens trained)"},
     "embeddings.mode": {"full": "Full matrix", "tokens": "Selected token rows only", "lora": "LoRA on the matrix"},
+    "embeddings.init_untrained": {"none": "Leave as they are", "mean": "Set to the mean row before training"},
     "training.lr_scheduler": {"linear": "Linear decay", "cosine": "Cosine", "constant": "Constant",
                               "constant_with_warmup": "Constant after warm-up"},
     "training.optimizer": {"adamw": "AdamW (32-bit states)", "adamw_8bit": "AdamW 8-bit",

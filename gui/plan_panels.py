@@ -332,6 +332,8 @@ class TrainingPanel(QWidget):
                                                               object_name="tokenIdsEdit",
                                                               accessible="Token rows to train",
                                                               placeholder="token ids; find them by text below"))
+        form.addRow("Untrained-looking rows:", fields.combo("embeddings.init_untrained", "initUntrainedCombo",
+                                                            "Untrained-looking rows"))
         self.token_rows = QLabel()
         self.token_rows.setObjectName("tokenRowsLabel")
         self.token_rows.setWordWrap(True)

@@ -1,0 +1,284 @@
+"""Token health: embedding (and LM-head) rows that look untrained, and who uses those tokens.
+
+Base models ship rows that were never or barely trained (Llama 3's reserved and some special
+tokens among them): their norms sit far below a typical row, or many of them are identical
+(left at one init value). Chat fine-tuning then leans on exactly those tokens. This module finds
+them from the weights alone (read straight from safetensors, no model is built), counts how
+often the chat template and a dataset use them, and can reset them to the mean of the healthy
+rows before training (``embeddings.init_untrained: mean``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+# A row is "far below typical" when its L2 norm is under this share of the median row norm.
+NORM_RATIO = 0.1
+# Rows are "identical" when they agree to this share of a typical row norm (compared through a
+# few random projections, so a 128k x 4096 matrix is checked without pairwise distances).
+DUPLICATE_TOLERANCE = 1e-4
+PROJECTIONS = 8
+
+EMBEDDING_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
+HEAD_KEYS = ("lm_head.weight", "output.weight", "embed_out.weight")
+
+
+@dataclass
+class FlaggedRow:
+    id: int
+    token: str
+    matrix: str          # "embeddings" or "lm_head"
+    reasons: list[str]
+    norm: float
+
+
+def untrained_rows(weight, matrix: str = "embeddings") -> dict[int, list[str]]:
+    """Row ids of ``weight`` (vocab x hidden) that look untrained, with the reasons."""
+    import torch
+    w = weight.detach().float()
+    norms = w.norm(dim=1)
+    typical = float(norms.median())
+    flagged: dict[int, list[str]] = {}
+    if typical == 0.0:
+        return {i: ["the whole matrix is zero"] for i in range(w.shape[0])}
+    for i in torch.nonzero(norms < NORM_RATIO * typical).flatten().tolist():
+        flagged.setdefault(i, []).append(f"norm {float(norms[i]):.3g}, typical {typical:.3g}")
+    gen = torch.Generator().manual_seed(0)
+    proj = torch.randn(w.shape[1], PROJECTIONS, generator=gen) / w.shape[1] ** 0.5
+    keys = torch.round((w @ proj) / (typical * DUPLICATE_TOLERANCE)).to(torch.int64)
+    _, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
+    for i in torch.nonzero(counts[inverse] > 1).flatten().tolist():
+        n = int(counts[inverse[i]])
+        flagged.setdefault(i, []).append(f"identical to {n - 1} other row{'s' if n > 2 else ''}")
+    return flagged
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / n for n in names]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def read_matrices(folder: str | Path):
+    """(embedding matrix, LM head matrix or None when tied) read from a model folder's safetensors."""
+    from safetensors import safe_open
+    folder = Path(folder)
+    files = _safetensors_files(folder)
+    if not files:
+        raise ModelError(f"{folder} has no .safetensors weights; token health reads them directly.")
+    emb = head = None
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                if emb is None and key.endswith(EMBEDDING_KEYS):
+                    emb = st.get_tensor(key)
+                elif head is None and (key in HEAD_KEYS or key.endswith(tuple("." + k for k in HEAD_KEYS))):
+                    head = st.get_tensor(key)
+    if emb is None:
+        raise ModelError(f"No token embedding matrix found in {folder} (looked for {', '.join(EMBEDDING_KEYS)}).")
+    return emb, head
+
+
+@dataclass
+class TemplateReport:
+    end_token: str | None
+    end_token_in_eos: bool | None         # None when the model has no generation_config
+    eos_ids: list[int]
+    rows_checked: int = 0
+    responses_without_end: list[int] = field(default_factory=list)   # dataset lines
+    truncated: int = 0
+    trained_tokens: int = 0
+    masked_tokens: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HealthReport:
+    model: str
+    vocab: int
+    tied: bool
+    flagged: list[FlaggedRow]
+    template_counts: dict[int, int]       # flagged id -> uses in a rendered template sample
+    data_counts: dict[int, int]           # flagged id -> uses in the dataset (all tokens)
+    data_trained_counts: dict[int, int]   # flagged id -> uses among trained (label) tokens
+    verdict: str
+    recommendation: str
+    template: TemplateReport | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def used_ids(self) -> list[int]:
+        used = set(self.template_counts) | set(self.data_counts)
+        return sorted(i for i in used if self.template_counts.get(i) or self.data_counts.get(i))
+
+
+SAMPLE_CONVERSATION = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"},
+                       {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
+                       {"role": "assistant", "content": "Goodbye."}]
+
+
+def _template_end_token(tokenizer, template: str) -> str | None:
+    """The token the template puts right after an assistant reply (end of turn)."""
+    from .data import _render
+    text = _render(tokenizer, SAMPLE_CONVERSATION[:3], template, False)
+    i = text.rfind("Hello!")
+    if i < 0:
+        return None
+    ids = tokenizer(text[i + len("Hello!"):], add_special_tokens=False)["input_ids"]
+    if not ids:
+        return tokenizer.eos_token
+    return tokenizer.convert_ids_to_tokens(ids[0])
+
+
+def check_template(tokenizer, data_spec, generation_eos: list[int] | None, max_rows: int = 500) -> TemplateReport:
+    """Render a sample of rows and report replies without the end token, an end token missing
+    from generation_config's EOS ids, examples cut by max_seq_len and the trained share."""
+    from .data import IGNORE_INDEX, load_examples, resolve_template, tokenize_example
+    examples, fmt = load_examples(data_spec.path, data_spec.format)
+    template = "" if fmt == "text" else resolve_template(tokenizer, data_spec.chat_template)[0]
+    end = tokenizer.eos_token if fmt == "text" else _template_end_token(tokenizer, template)
+    end_id = tokenizer.convert_tokens_to_ids(end) if end else None
+    eos = list(generation_eos or [])
+    report = TemplateReport(end_token=end, end_token_in_eos=(end_id in eos) if generation_eos is not None else None,
+                            eos_ids=eos)
+    name = Path(data_spec.path).name
+    for ex in examples[:max_rows]:
+        f = tokenize_example(tokenizer, ex, template, data_spec.max_seq_len, f"{name}, line {ex.line}")
+        report.rows_checked += 1
+        report.truncated += f["truncated"]
+        trained = [t for t, lab in zip(f["input_ids"], f["labels"]) if lab != IGNORE_INDEX]
+        report.trained_tokens += len(trained)
+        report.masked_tokens += len(f["labels"]) - len(trained)
+        if end_id is not None and (not trained or end_id not in trained[-2:]) and not f["truncated"]:
+            report.responses_without_end.append(ex.line)
+    if end is None:
+        report.problems.append("The chat template puts no token after the assistant's reply: the model cannot "
+                               "learn to stop. Use a template with an end-of-turn token (e.g. chatml).")
+    if report.end_token_in_eos is False:
+        report.problems.append(f"The template's end token {end!r} (id {end_id}) is not among generation_config's "
+                               f"EOS ids {eos}: generation will not stop at the end of a turn.")
+    if report.responses_without_end:
+        report.problems.append(f"{len(report.responses_without_end)} of {report.rows_checked} replies are not "
+                               f"trained to end with {end!r} (first at line {report.responses_without_end[0]}).")
+    if report.truncated:
+        report.problems.append(f"{report.truncated} of {report.rows_checked} examples are cut by data.max_seq_len="
+                               f"{data_spec.max_seq_len}.")
+    return report
+
+
+def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
+    """The token-health report of a model (and, with ``data_spec``, of its use by a dataset)."""
+    from .data import IGNORE_INDEX, load_examples, resolve_template, tokenize_example
+    from .models import load_tokenizer, resolve_source
+    source = resolve_source(name_or_path)
+    tokenizer = load_tokenizer(source)
+    folder = Path(source.folder)
+    if source.kind == "hub":
+        folder = _hub_folder(name_or_path)
+    emb, head = read_matrices(folder)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    tied = bool(cfg.get("tie_word_embeddings", head is None)) or head is None
+    flagged: dict[int, FlaggedRow] = {}
+    for matrix, w in (("embeddings", emb), ("lm_head", None if tied else head)):
+        if w is None:
+            continue
+        for i, reasons in untrained_rows(w, matrix).items():
+            row = flagged.get(i)
+            norm = float(w[i].float().norm())
+            if row is None:
+                flagged[i] = FlaggedRow(id=i, token=_token(tokenizer, i), matrix=matrix, reasons=list(reasons),
+                                        norm=norm)
+            else:
+                row.matrix = "embeddings+lm_head"
+                row.reasons += [f"lm_head: {r}" for r in reasons]
+    ids = set(flagged)
+    template_counts: dict[int, int] = {}
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        rendered = tokenizer.apply_chat_template(SAMPLE_CONVERSATION, tokenize=False)
+        for t in tokenizer(rendered, add_special_tokens=False)["input_ids"]:
+            if t in ids:
+                template_counts[t] = template_counts.get(t, 0) + 1
+    data_counts: dict[int, int] = {}
+    trained_counts: dict[int, int] = {}
+    report_t = None
+    if data_spec is not None:
+        examples, fmt = load_examples(data_spec.path, data_spec.format)
+        tmpl = "" if fmt == "text" else resolve_template(tokenizer, data_spec.chat_template)[0]
+        for ex in examples:
+            f = tokenize_example(tokenizer, ex, tmpl, 10 ** 9)
+            for t, lab in zip(f["input_ids"], f["labels"]):
+                if t in ids:
+                    data_counts[t] = data_counts.get(t, 0) + 1
+                    if lab != IGNORE_INDEX:
+                        trained_counts[t] = trained_counts.get(t, 0) + 1
+        report_t = check_template(tokenizer, data_spec, _generation_eos(folder))
+    report = HealthReport(model=name_or_path, vocab=int(emb.shape[0]), tied=tied,
+                          flagged=sorted(flagged.values(), key=lambda r: r.id), template_counts=template_counts,
+                          data_counts=data_counts, data_trained_counts=trained_counts, verdict="", recommendation="",
+                          template=report_t)
+    report.verdict, report.recommendation = _verdict(report)
+    return report
+
+
+def _token(tokenizer, i: int) -> str:
+    return tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else "(no token: spare row)"
+
+
+def _hub_folder(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def _generation_eos(folder: Path) -> list[int] | None:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+def _verdict(r: HealthReport) -> tuple[str, str]:
+    used = r.used_ids
+    if not r.flagged:
+        return "healthy", "No untrained-looking rows: LoRA alone is fine for the vocabulary (train the embeddings " \
+                          "and head anyway when you add new tokens)."
+    if not used:
+        return "unused", (f"{len(r.flagged)} rows look untrained, but neither the chat template nor the data "
+                          "uses them: nothing to fix for this run.")
+    ids = ", ".join(str(i) for i in used[:20]) + (" …" if len(used) > 20 else "")
+    return "attention", (f"{len(used)} untrained-looking tokens are used by the template or the data ({ids}). "
+                         f"Train their rows: embeddings.mode: tokens with embeddings.token_ids: [{ids}] and "
+                         "train_embeddings/train_lm_head on, and/or set embeddings.init_untrained: mean so they "
+                         "start from the average row instead of near zero.")
+
+
+def init_untrained_mean(model) -> list[int]:
+    """Set every untrained-looking row (embedding, and head when untied) to the mean of the rows
+    not flagged. Returns the ids changed (the union over both matrices)."""
+    import torch
+    changed: set[int] = set()
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    seen = set()
+    with torch.no_grad():
+        for layer in layers:
+            if layer is None or id(layer.weight) in seen:
+                continue
+            seen.add(id(layer.weight))
+            w = layer.weight
+            ids = sorted(untrained_rows(w))
+            if not ids or len(ids) == w.shape[0]:
+                continue
+            keep = torch.ones(w.shape[0], dtype=torch.bool)
+            keep[ids] = False
+            w[ids] = w[keep].float().mean(dim=0, keepdim=True).to(w.dtype).expand(len(ids), -1)
+            changed.update(ids)
+    return sorted(changed)
