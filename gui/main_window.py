@@ -24,6 +24,7 @@ from headtune.core.errors import HeadtuneError, PlanError
 from headtune.core.plan import Plan, load_plan, plan_from_dict, resolve_paths
 
 from .fields import PlanFields
+from .health_panel import TokenHealthPanel
 from .memory_panel import MemoryPanel
 from .plan_panels import DataPanel, ModelPanel, TrainingPanel, set_error
 from .run_panel import RunPanel
@@ -103,6 +104,8 @@ class MainWindow(QMainWindow):
         self.plan_tabs.addTab(self.model_panel, "Model")
         self.plan_tabs.addTab(self.data_panel, "Data")
         self.plan_tabs.addTab(self.training_panel, "Training")
+        self.health_panel = TokenHealthPanel()
+        self.plan_tabs.addTab(self.health_panel, "Token health")
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -135,6 +138,9 @@ class MainWindow(QMainWindow):
         self.data_panel.path_row.recent_chosen.connect(lambda v: self._set_value("data.path", v))
         self.training_panel.token_search_changed.connect(self._on_token_search_changed)
         self.training_panel.output_browse_requested.connect(self._on_output_browse_requested)
+        self.health_panel.check_requested.connect(self._on_health_panel_check_requested)
+        self.health_panel.train_rows_requested.connect(self._on_health_panel_train_rows_requested)
+        self.health_panel.init_mean_requested.connect(self._on_health_panel_init_mean_requested)
         self.run_panel.start_button.clicked.connect(self.start_run)
         self.run_panel.stop_button.clicked.connect(self.stop_run)
         self.run_panel.resume_button.clicked.connect(self.resume_run)
@@ -444,6 +450,31 @@ class MainWindow(QMainWindow):
             parts += [str(i) for i in ids]
         parts += [f"new {t!r}" for t in e["new_tokens"]]
         self.training_panel.show_token_rows("Rows trained in tokens mode: " + ", ".join(parts))
+
+    # -- token health --------------------------------------------------------------------
+    def _on_health_panel_check_requested(self) -> None:
+        from headtune.core.health import inspect_model
+        try:
+            plan = self._plan(check=False)
+        except PlanError as exc:
+            self.health_panel.show_error(str(exc))
+            return
+        name = plan.model.name_or_path.strip()
+        if not name:
+            self.health_panel.show_error("Choose a model first (Model tab).")
+            return
+        spec = plan.data if plan.data.path.strip() else None
+        self.health_panel.show_running(name)
+        self._run_task("health", lambda: inspect_model(name, spec), self.health_panel.show_report,
+                       self.health_panel.show_error)
+
+    def _on_health_panel_train_rows_requested(self, ids: list) -> None:
+        change = {"embeddings.mode": "tokens", "embeddings.token_ids": sorted(ids),
+                  "embeddings.train_embeddings": True, "embeddings.train_lm_head": True}
+        self._on_memory_panel_advice_applied(change)
+
+    def _on_health_panel_init_mean_requested(self) -> None:
+        self._on_memory_panel_advice_applied({"embeddings.init_untrained": "mean"})
 
     # -- memory panel --------------------------------------------------------------------
     def _on_memory_panel_advice_applied(self, change: dict) -> None:

@@ -350,3 +350,32 @@ def test_headtune_gui_opens_a_plan_file(tmp_path, tiny_untied, alpaca_file):
     # A plan that is not there still opens the window, with the reason shown (and printed nowhere fatal).
     proc = _open_window(["gui", str(tmp_path / "missing.yaml")], tmp_path)
     assert proc.returncode == 0 and "HEADTUNE_READY" in proc.stdout, proc.stderr
+
+
+def test_token_health_panel_finds_untrained_rows_and_applies_fixes(make_window, qtbot, tiny_untied, alpaca_file,
+                                                                  tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    folder = tmp_path / "planted"
+    shutil.copytree(tiny_untied, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[[300, 301]] = 0.0
+    model.save_pretrained(folder)
+    w = make_window(plan_dict(folder, alpaca_file, tmp_path / "run"))
+    qtbot.waitUntil(lambda: loaded(w), timeout=60_000)
+    w.plan_tabs.setCurrentWidget(w.health_panel)
+    qtbot.mouseClick(w.findChild(QPushButton, "checkTokensButton"), Qt.MouseButton.LeftButton)
+    table = w.health_panel.table
+    qtbot.waitUntil(lambda: table.rowCount() > 0 and not w.threads.running(), timeout=60_000)
+    assert [table.item(i, 0).text() for i in range(table.rowCount())] == ["0", "300", "301"]
+    assert "on 40 rows: end token <code>&lt;|im_end|&gt;</code>" in w.health_panel.template.text()
+    qtbot.mouseClick(w.findChild(QPushButton, "applyTokensModeButton"), Qt.MouseButton.LeftButton)
+    e = w.values()["embeddings"]
+    assert e["mode"] == "tokens" and e["train_embeddings"] and e["train_lm_head"]
+    assert set(e["token_ids"]) <= {0, 300, 301} and e["token_ids"]
+    assert w.training_panel.plan_error.isHidden()
+    qtbot.mouseClick(w.findChild(QPushButton, "applyInitMeanButton"), Qt.MouseButton.LeftButton)
+    assert w.values()["embeddings"]["init_untrained"] == "mean"
