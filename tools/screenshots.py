@@ -2,8 +2,8 @@
 
     QT_QPA_PLATFORM=offscreen python tools/screenshots.py
 
-States: empty (a new plan), the demo plan loaded with its estimate, a short demo run with its
-plots, and an error (a malformed dataset line) with its dialog. Runs go to a temporary folder.
+States: empty (a new plan), the demo plan loaded with its estimate, its token-health check, a
+short demo run with its plots, and an error (a malformed dataset line) with its dialog. Runs go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def main() -> int:
     wait(app, lambda: w.data_panel.preview is not None and not w.threads.running())
     w.plan_tabs.setCurrentWidget(w.data_panel)
     save(w.grab(), "plan-loaded")
+    w.plan_tabs.setCurrentWidget(w.health_panel)
+    w._on_health_panel_check_requested()
+    wait(app, lambda: w.health_panel.table.rowCount() > 0 and not w.threads.running())
+    save(w.grab(), "token-health")
 
     w.plan_tabs.setCurrentWidget(w.training_panel)
     w.start_run()
