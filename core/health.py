@@ -36,7 +36,7 @@ class FlaggedRow:
     norm: float
 
 
-def untrained_rows(weight, matrix: str = "embeddings") -> dict[int, list[str]]:
+def untrained_rows(weight) -> dict[int, list[str]]:
     """Row ids of ``weight`` (vocab x hidden) that look untrained, with the reasons."""
     import torch
     w = weight.detach().float()
@@ -190,7 +190,7 @@ def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
     for matrix, w in (("embeddings", emb), ("lm_head", None if tied else head)):
         if w is None:
             continue
-        for i, reasons in untrained_rows(w, matrix).items():
+        for i, reasons in untrained_rows(w).items():
             row = flagged.get(i)
             norm = float(w[i].float().norm())
             if row is None:

@@ -38,18 +38,12 @@ PLAN_FILTER = "Headtune plans (*.yaml *.yml);;All files (*)"
 
 def detect_hardware():
     """(gpu (total bytes, name) or None, RAM bytes); also warms bitsandbytes' import check."""
-    import psutil
+    from headtune.core.memory import detect_capacity
     from headtune.core.plan import bitsandbytes_problem
-    gpu = None
-    try:
-        import torch
-        if torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            gpu = (int(total), f"{torch.cuda.get_device_name()} ({total / 1024 ** 3:.1f} GiB)")
-    except Exception:
-        gpu = None
+    gpu_bytes, gpu_name = detect_capacity("cuda")
+    ram_bytes, _ = detect_capacity("cpu")
     bitsandbytes_problem()
-    return gpu, int(psutil.virtual_memory().total)
+    return ((gpu_bytes, gpu_name) if gpu_bytes else None), ram_bytes
 
 
 def load_tokenizer_for(name_or_path: str, trust_remote_code: bool):
