@@ -21,8 +21,10 @@ def run_plan(run_dir: str | Path) -> Plan:
     return load_plan(run_dir / "plan.yaml")
 
 
-def load_trained(run_dir: str | Path, device: str = "cpu", quantization: str | None = None):
-    """(model, tokenizer, plan) for a run folder's ``adapter/``; ``quantization`` overrides the plan's."""
+def load_trained(run_dir: str | Path, device: str = "cpu", quantization: str | None = None,
+                 dtype: str | None = None):
+    """(model, tokenizer, plan) for a run folder's ``adapter/``; ``quantization`` and ``dtype``
+    override the plan's (export loads the base in 16-bit even when training ran in 4-bit)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -35,7 +37,8 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: str | N
     if not (adapter_dir / "adapter_config.json").is_file():
         raise BadInputError(f"{run_dir} has no saved adapter yet (adapter/ is missing); it is written when a "
                             "run finishes or is stopped.")
-    spec = plan.model if quantization is None else dataclasses.replace(plan.model, quantization=quantization)
+    spec = dataclasses.replace(plan.model, quantization=quantization or plan.model.quantization,
+                               dtype=dtype or plan.model.dtype)
     source = resolve_source(plan.model.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     base = load_model(source, spec, device)
@@ -43,6 +46,9 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: str | N
     original_len = len(load_tokenizer(source, plan.model.trust_remote_code))
     new_ids = [tokenizer.convert_tokens_to_ids(t) for t in plan.embeddings.new_tokens]
     init_new_rows(base, len(tokenizer), new_ids, original_len)
+    if plan.embeddings.init_untrained == "mean":  # as training did, before the adapter
+        from .health import init_untrained_mean
+        init_untrained_mean(base)
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()
     return model, tokenizer, plan
