@@ -1,0 +1,63 @@
+"""Try a run: the same prompt answered by the base model and by the fine-tuned one.
+
+One model is loaded: the run's adapter on its base. The base model's answer is generated with
+the adapter switched off (PEFT's ``disable_adapter``), so trying a run costs one model's memory.
+Generation is a plain token loop with a KV cache, so callers can stream tokens, interleave the
+two answers, and stop between tokens. Greedy by default: the comparison is the same every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+
+class ChatPair:
+    """A run's base and fine-tuned model, for side-by-side answers."""
+
+    def __init__(self, run_dir: str | Path, device: str | None = None):
+        import torch
+
+        from .export import check_run, end_of_turn_ids, training_template
+        from .trained import load_trained
+        run = check_run(run_dir)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer, self.plan = load_trained(run, device=self.device)
+        self.template = training_template(self.plan, self.tokenizer)
+        self.stop_ids = set(end_of_turn_ids(self.tokenizer, self.template))
+        self.run_dir = run
+
+    def prompt_ids(self, messages: list[dict]):
+        ids = self.tokenizer.apply_chat_template(messages, chat_template=self.template, add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True)["input_ids"]
+        return ids.to(self.device)
+
+    def stream(self, messages: list[dict], tuned: bool = True, max_new_tokens: int = 128,
+               temperature: float = 0.0, seed: int = 0) -> Iterator[str]:
+        """Yield the answer's text piece by piece (greedy when ``temperature`` is 0)."""
+        import torch
+        ids = self.prompt_ids(messages)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        past, new, shown = None, [], ""
+        for _ in range(max_new_tokens):
+            with torch.no_grad(), (contextlib.nullcontext() if tuned else self.model.disable_adapter()):
+                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[0, -1].float().cpu()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=gen))
+            else:
+                token = int(logits.argmax())
+            if token in self.stop_ids:
+                break
+            new.append(token)
+            text = self.tokenizer.decode(new, skip_special_tokens=False)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                yield text[len(shown):]
+                shown = text
+            ids = torch.tensor([[token]], device=self.device)
+
+    def answer(self, messages: list[dict], tuned: bool = True, **kw) -> str:
+        return "".join(self.stream(messages, tuned=tuned, **kw))
