@@ -39,11 +39,11 @@ class ChatPair:
         import torch
         ids = self.prompt_ids(messages)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        past, new, shown = None, [], ""
+        cache, new, shown = None, [], ""
         for _ in range(max_new_tokens):
             with torch.no_grad(), (contextlib.nullcontext() if tuned else self.model.disable_adapter()):
-                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                out = self.model(input_ids=ids, cache=cache, use_cache=True)
+            cache = out.cache
             logits = out.logits[0, -1].float().cpu()
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
@@ -58,6 +58,9 @@ class ChatPair:
                 yield text[len(shown):]
                 shown = text
             ids = torch.tensor([[token]], device=self.device)
+        text = self.tokenizer.decode(new, skip_special_tokens=False)
+        if len(text) > len(shown):
+            yield text[len(shown):]
 
     def answer(self, messages: list[dict], tuned: bool = True, **kw) -> str:
         return "".join(self.stream(messages, tuned=tuned, **kw))
