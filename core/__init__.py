@@ -5,3 +5,6 @@ runs from the GUI, from ``headtune train`` and under ``accelerate launch`` / ``t
 """
 
 __version__ = "0.1.0"
+
+# The desktop id (reverse DNS): .desktop file, AppStream metainfo, icon names, Qt's desktop file name.
+APP_ID = "io.github.headtune.Headtune"

@@ -45,6 +45,24 @@ def _install_hooks(window_getter) -> None:
             pass
 
 
+def app_icon():
+    """The app icon (SVG plus its PNG sizes) from ``headtune.resources``, for every window."""
+    from importlib import resources
+
+    from PySide6.QtCore import QSize
+    from PySide6.QtGui import QIcon
+
+    from headtune.core import APP_ID
+    folder = resources.files("headtune.resources").joinpath("icons")
+    icon = QIcon()
+    for item in sorted(folder.iterdir(), key=lambda p: p.name):
+        if item.name.startswith(APP_ID + "-") and item.name.endswith(".png"):
+            size = int(item.name[len(APP_ID) + 1:-4])
+            icon.addFile(str(item), QSize(size, size))
+    icon.addFile(str(folder.joinpath(APP_ID + ".svg")))
+    return icon
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="headtune gui", description="Open the Headtune window.")
     parser.add_argument("plan", nargs="?", help="A plan file to open (default: the built-in demo plan).")
@@ -60,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Headtune")
     app.setOrganizationName("Headtune")
-    app.setDesktopFileName("io.github.headtune.Headtune")
+    from headtune.core import APP_ID
+    app.setDesktopFileName(APP_ID)
+    app.setWindowIcon(app_icon())
     window = MainWindow()
     _install_hooks(lambda: window)
     window.show()  # first, so a problem with the plan shows as a dialog over the window
@@ -80,15 +100,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"HEADTUNE_SHOWN {time.perf_counter() - _T0:.3f}", flush=True)
             QTimer.singleShot(0, ready)
 
+        # HEADTUNE_EXIT_AFTER_SHOWN=estimate (the bundle's smoke test) also waits, up to 5 minutes,
+        # for the plan's memory estimate (the model's configuration is read off the UI thread).
+        want_estimate = os.environ["HEADTUNE_EXIT_AFTER_SHOWN"] == "estimate"
+
         def ready():
-            if not window.plots_built:
+            waiting = not window.plots_built or (want_estimate and window.last_estimate is None)
+            if waiting and time.perf_counter() - _T0 < 300:
                 QTimer.singleShot(5, ready)
                 return
             app.processEvents()
+            if want_estimate:
+                est = window.last_estimate
+                sizes = sorted(s.width() for s in app.windowIcon().availableSizes())
+                print(f"HEADTUNE_ICON {','.join(map(str, sizes))}", flush=True)
+                print("HEADTUNE_ESTIMATE " + (f"{est.total_bytes} {est.fit}" if est is not None else "none"),
+                      flush=True)
             print(f"HEADTUNE_READY {time.perf_counter() - _T0:.3f}", flush=True)
             window._confirm_discard = lambda: True
             window.close()
-            app.quit()
+            if want_estimate and window.last_estimate is None:
+                app.exit(1)  # the smoke test fails: no estimate within the time limit
+            else:
+                app.quit()
         QTimer.singleShot(0, shown)
     code = app.exec()
     window.shutdown()

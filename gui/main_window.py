@@ -86,6 +86,7 @@ class MainWindow(QMainWindow):
         self._close_when_done = False
         self._closed = False
         self._error_box: QMessageBox | None = None
+        self._doctor_dialog = None
         self.last_estimate = None
 
         self.model_panel = ModelPanel(self.fields)
@@ -198,9 +199,27 @@ class MainWindow(QMainWindow):
         run_menu.addAction(self.start_action)
         run_menu.addAction(self.stop_action)
         help_menu = self.menuBar().addMenu("&Help")
+        self.system_check_action = QAction("&System check…", self)
+        self.system_check_action.setObjectName("systemCheckAction")
+        self.system_check_action.triggered.connect(lambda _checked=False: self.show_system_check())
+        help_menu.addAction(self.system_check_action)
         about = QAction("&About Headtune", self)
         about.triggered.connect(self._about)
         help_menu.addAction(about)
+
+    def show_system_check(self):
+        """Help → System check: the ``headtune doctor`` report, run off the UI thread."""
+        from .doctor_dialog import DoctorDialog
+        output = self.values()["output"]["dir"] or "runs"
+        if self._doctor_dialog is None:
+            self._doctor_dialog = DoctorDialog(self.threads, output, self)
+        dialog = self._doctor_dialog
+        dialog.output_dir = output  # the run folder need not exist yet: its nearest parent's disk is measured
+        if not self._closed and not dialog.running:
+            dialog.start_check()
+        dialog.show()
+        dialog.raise_()
+        return dialog
 
     def _about(self) -> None:
         from headtune.core import __version__

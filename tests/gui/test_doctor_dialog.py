@@ -1,0 +1,95 @@
+"""Help → System check in the window: runs off the UI thread, shows the doctor's report, copies it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QMessageBox, QPlainTextEdit, QPushButton
+
+from headtune.core import doctor
+from headtune.core.errors import HeadtuneError
+from headtune.gui import doctor_dialog
+from headtune.gui.app import app_icon
+from headtune.gui.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings, detect=False)
+    w.ask = lambda *a: QMessageBox.StandardButton.Discard
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.shutdown()
+    assert not w.threads.running(), "a QThread outlived its test"
+
+
+def test_system_check_from_the_help_menu(window, qtbot, monkeypatch, tmp_path):
+    threads = []
+    real = doctor_dialog.run_system_check
+
+    def recording(output_dir):
+        threads.append(threading.get_ident())
+        return real(output_dir)
+
+    monkeypatch.setattr(doctor_dialog, "run_system_check", recording)
+    window._set_value("output.dir", str(tmp_path / "runs" / "first"))
+    help_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Help")
+    action = next(a for a in help_menu.actions() if a.objectName() == "systemCheckAction")
+    action.trigger()
+    dialog = window.findChild(doctor_dialog.DoctorDialog, "doctorDialog")
+    assert dialog is not None and dialog.isVisible()
+    copy = dialog.findChild(QPushButton, "copyDiagnosticsButton")
+    assert not copy.isEnabled() and "Checking" in dialog.summary.text()  # the UI thread is free meanwhile
+    with qtbot.waitSignal(dialog.checked, timeout=180_000) as blocker:
+        pass
+    report = blocker.args[0]
+    assert threads and threads[0] != threading.get_ident()  # ran on a worker thread, not the UI thread
+    text = dialog.findChild(QPlainTextEdit, "doctorReport").toPlainText()
+    assert text == report.to_text()
+    assert report.output_dir == str(tmp_path.resolve())  # the plan's output folder (its nearest existing parent)
+    assert "[ok] bitsandbytes 4-bit" in text and "[ok] bitsandbytes 8-bit" in text
+    if not torch.cuda.is_available():
+        assert "No GPU" in dialog.summary.text() and "No GPU" in text
+    assert copy.isEnabled()
+    QGuiApplication.clipboard().clear()
+    qtbot.mouseClick(copy, Qt.MouseButton.LeftButton)
+    assert QGuiApplication.clipboard().text() == report.to_text()
+    assert "copied" in dialog.summary.text()
+
+
+def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
+    def fail(output_dir):
+        raise HeadtuneError("The check broke: torch could not be imported.")
+
+    monkeypatch.setattr(doctor_dialog, "run_system_check", fail)
+    dialog = window.show_system_check()
+    with qtbot.waitSignal(dialog.check_failed, timeout=30_000):
+        pass
+    assert "could not finish" in dialog.summary.text()
+    assert dialog.text.toPlainText() == "The check broke: torch could not be imported."
+    assert dialog.copy_button.isEnabled() and dialog.again_button.isEnabled()
+    dialog.copy_diagnostics()
+    assert QGuiApplication.clipboard().text() == "The check broke: torch could not be imported."
+    # Check again runs it anew (here with a fake report, to keep this test quick).
+    fake = doctor.Report(versions={"headtune": "0"}, platform="x", torch_build="cpu", gpus=[], driver=None,
+                         cuda_driver=None, device="cpu", ram_total_bytes=1, ram_available_bytes=1, output_dir=".",
+                         disk_free_bytes=1, disk_total_bytes=1,
+                         checks=[doctor.Check("GPU", "warning", "No GPU: none here", "Install one.")])
+    monkeypatch.setattr(doctor_dialog, "run_system_check", lambda output_dir: fake)
+    with qtbot.waitSignal(dialog.checked, timeout=30_000):
+        qtbot.mouseClick(dialog.again_button, Qt.MouseButton.LeftButton)
+    assert dialog.text.toPlainText() == fake.to_text() and "Install one." in fake.to_text()
+
+
+def test_app_icon_has_every_size(qapp):
+    icon = app_icon()
+    assert not icon.isNull()
+    sizes = sorted(s.width() for s in icon.availableSizes())
+    assert sizes == [16, 24, 32, 48, 64, 128, 256, 512]
+    assert icon.pixmap(48, 48).width() == 48
