@@ -104,28 +104,57 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    for name, text in (("export", "export a finished run (adapter, merged model, GGUF)"),):
-        s = sub.add_parser(name, help=f"{text} (not in this version yet)",
-                           description=f"{text[0].upper()}{text[1:]}. Not available in this version of Headtune yet.")
-        s.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    doc = sub.add_parser("doctor", help="system check: GPU, drivers, bitsandbytes 4/8-bit, bf16, free RAM and disk",
+                         formatter_class=fmt,
+                         description="Check whether this computer can train: library versions, the GPU torch sees "
+                                     "(name, total and free memory, compute capability, driver and CUDA versions), "
+                                     "a real bitsandbytes 4-bit and 8-bit matmul and 8-bit optimizer step, bf16, "
+                                     "free RAM and free disk in the output folder. Each problem comes with a fix. "
+                                     "Exit code 1 when a check fails (a missing GPU is a warning, not a failure).")
+    doc.add_argument("--output", default="runs", metavar="DIR",
+                     help="the folder runs are written to, whose free disk is checked (default: ./runs)")
+    doc.add_argument("--json", action="store_true", help="print one JSON object")
+    doc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    ex = sub.add_parser("export", help="export a finished or stopped run (adapter, merged model, GGUF)",
+                        formatter_class=fmt,
+                        description="Export a run folder's result: the PEFT adapter, a merged model (the base in "
+                                    "16-bit with the adapter and trained embeddings/head merged in), or a GGUF file "
+                                    "for llama.cpp, Ollama and LM Studio (with an Ollama Modelfile). Every export "
+                                    "has a model card (README.md) with the loss curve. The export is written to a "
+                                    "temporary folder and renamed into place, so a failure leaves nothing behind.")
+    ex.add_argument("run", metavar="RUN_DIR", help="the run folder (the plan's output.dir)")
+    ex.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"))
+    ex.add_argument("--out", required=True, metavar="PATH", help="the folder to create")
+    ex.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="weights of the merged model (default bfloat16; float16 for --gguf-type f16)")
+    ex.add_argument("--gguf-type", choices=("f16", "q8_0"), default="q8_0", help="GGUF weights (default q8_0)")
+    ex.add_argument("--overwrite", action="store_true", help="replace PATH if it exists (only once the new "
+                                                             "export is complete)")
+    ex.add_argument("--progress-json", action="store_true",
+                    help="for programs driving an export (the window does): print progress and the result as "
+                         "JSON lines on stdout")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    ch = sub.add_parser("chat", help="chat with a run: the base model and the fine-tuned one side by side",
+                        formatter_class=fmt,
+                        description="Answer prompts with the run's base model and with the fine-tuned model, one "
+                                    "after the other, tokens streaming. Type a prompt and press Enter; an empty "
+                                    "line or Ctrl+D quits. Greedy decoding unless --temperature is given.")
+    ch.add_argument("run", metavar="RUN_DIR", help="the run folder")
+    ch.add_argument("--prompt", action="append", default=[], help="answer this prompt and exit (repeatable)")
+    ch.add_argument("--system", help="a system message for every prompt")
+    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ch.add_argument("--tuned-only", action="store_true", help="answer with the fine-tuned model only")
+    ch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
-    out = {"headtune": __version__, "python": platform.python_version()}
-    for dist in ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = "not installed"
-    try:
-        import torch
-        out["cuda"] = torch.version.cuda or "none (CPU build)"
-    except Exception:
-        pass
-    return out
+    """Headtune's, Python's and the libraries' versions; ``torch_cuda`` is torch's CUDA or 'cpu'."""
+    from .doctor import versions as _versions
+    return _versions()
 
 
 def _print_event(event, quiet: bool) -> None:
@@ -312,6 +341,70 @@ def _cmd_estimate(args) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args) -> int:
+    from .export import export_run, result_json
+
+    def progress(fraction: float, message: str) -> None:
+        if args.progress_json:
+            print(json.dumps({"progress": fraction, "message": message}), flush=True)
+        else:
+            print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+    result = export_run(args.run, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
+                        overwrite=args.overwrite, progress=progress)
+    if args.progress_json:
+        print(result_json(result), flush=True)
+        return EXIT_OK
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"Exported {result.format} to {result.path} in {result.seconds:.1f} s (peak RAM "
+          f"{result.peak_rss_bytes / 2**30:.2f} GiB): {', '.join(result.files)}")
+    return EXIT_OK
+
+
+def _cmd_chat(args) -> int:
+    from .chat import ChatPair
+    if args.max_new_tokens < 1:
+        raise _usage("--max-new-tokens must be at least 1.")
+    print("Loading the model and the adapter...", file=sys.stderr, flush=True)
+    pair = ChatPair(args.run)
+    sides = [(True, "fine-tuned")] if args.tuned_only else [(False, "base"), (True, "fine-tuned")]
+
+    def answer(prompt: str) -> None:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}]
+        for tuned, label in sides:
+            print(f"[{label}] ", end="", flush=True)
+            for piece in pair.stream(messages, tuned=tuned, max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature):
+                print(piece, end="", flush=True)
+            print(flush=True)
+
+    if args.prompt:
+        for prompt in args.prompt:
+            answer(prompt)
+        return EXIT_OK
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            break
+        if not prompt.strip():
+            break
+        answer(prompt)
+    return EXIT_OK
+
+
+def _cmd_doctor(args) -> int:
+    from .doctor import run_checks
+    report = run_checks(args.output)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.to_text())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _cmd_gui(args) -> int:
     try:
         from headtune.gui.app import main as gui_main  # imported only here: core stays Qt-free
@@ -341,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if args.version:
-        for k, v in versions().items():
-            print(f"{k} {v}")
+        from .doctor import version_lines
+        print("\n".join(version_lines()))
         return EXIT_OK
     if args.command is None:  # plain `headtune`: the window, on the demo plan
         args.command, args.plan = "gui", None
@@ -357,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_estimate(args)
         if args.command == "inspect":
             return _cmd_inspect(args)
+        if args.command == "doctor":
+            return _cmd_doctor(args)
+        if args.command == "export":
+            return _cmd_export(args)
+        if args.command == "chat":
+            return _cmd_chat(args)
         print(f"headtune {args.command}: not available in this version of Headtune yet.", file=sys.stderr)
         return EXIT_FAILED
     except HeadtuneError as exc:

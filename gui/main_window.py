@@ -23,6 +23,8 @@ from headtune.core import events as ev
 from headtune.core.errors import HeadtuneError, PlanError
 from headtune.core.plan import Plan, load_plan, plan_from_dict, resolve_paths
 
+from .chat_panel import ChatPanel
+from .export_dialog import ExportDialog
 from .fields import PlanFields
 from .health_panel import TokenHealthPanel
 from .memory_panel import MemoryPanel
@@ -101,6 +103,9 @@ class MainWindow(QMainWindow):
         self.plan_tabs.addTab(self.training_panel, "Training")
         self.health_panel = TokenHealthPanel()
         self.plan_tabs.addTab(self.health_panel, "Token health")
+        self.chat_panel = ChatPanel(self.threads)
+        self.run_panel.tabs.addTab(self.chat_panel, "Chat")
+        self._export_dialog: ExportDialog | None = None
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -140,6 +145,7 @@ class MainWindow(QMainWindow):
         self.run_panel.stop_button.clicked.connect(self.stop_run)
         self.run_panel.resume_button.clicked.connect(self.resume_run)
         self.run_panel.open_run_requested.connect(self._on_run_panel_open_run_requested)
+        self.run_panel.export_button.clicked.connect(lambda _checked=False: self.show_export())
         self.run_panel.runs_list.currentItemChanged.connect(lambda *_: self._update_buttons())
 
         import psutil
@@ -220,6 +226,25 @@ class MainWindow(QMainWindow):
         dialog.show()
         dialog.raise_()
         return dialog
+
+    def show_export(self) -> ExportDialog | None:
+        """The Export dialog for the selected run (or the last one)."""
+        target = self.run_panel.selected_run() or self._last_run_dir
+        if not target or self._closed:
+            return None
+        if self._export_dialog is None:
+            self._export_dialog = ExportDialog(self.threads, target, self)
+            self._export_dialog.exported.connect(self._on_export_dialog_exported)
+        else:
+            self._export_dialog.set_run(target)
+        self._export_dialog.show()
+        self._export_dialog.raise_()
+        return self._export_dialog
+
+    @Slot(dict)
+    def _on_export_dialog_exported(self, result: dict) -> None:
+        self.statusBar().showMessage(f"Exported {result['format']} to {result['path']}")
+        self.run_panel.log(f"Exported {result['format']} to {result['path']} in {result['seconds']:.1f} s")
 
     def _about(self) -> None:
         from headtune.core import __version__
@@ -604,6 +629,9 @@ class MainWindow(QMainWindow):
         rp.stop_button.setEnabled(running and not self._worker.stop_requested)
         target = rp.selected_run() or self._last_run_dir
         rp.resume_button.setEnabled(not running and bool(target) and has_checkpoint(target))
+        exportable = target if target and (Path(target) / "adapter" / "adapter_config.json").is_file() else None
+        rp.export_button.setEnabled(bool(exportable))
+        self.chat_panel.set_run(exportable)
         self.start_action.setEnabled(rp.start_button.isEnabled())
         self.stop_action.setEnabled(rp.stop_button.isEnabled())
 
@@ -776,4 +804,7 @@ class MainWindow(QMainWindow):
         self._closed = True
         for timer in (self._model_timer, self._data_timer):
             timer.stop()
+        self.chat_panel.request_stop()
+        if self._export_dialog is not None:
+            self._export_dialog.cancel_export()  # its temporary folder is removed; nothing half-written stays
         self.threads.wait_all()

@@ -122,7 +122,7 @@ class RunPanel(QWidget):
         self.resume_button = self._button("resumeButton", "Resume run", "Resume",
                                           "Continue the selected run (or the last one) from its newest checkpoint.")
         self.export_button = self._button("exportButton", "Export model", "Export…",
-                                          "Export a finished model (arrives with the export feature).")
+                                          "Export the selected run (or the last one): adapter, merged model, or GGUF.")
         self.start_button.setDefault(True)
         self.stop_button.setEnabled(False)
         self.resume_button.setEnabled(False)

@@ -94,8 +94,8 @@ def test_failure_during_run_exit_1_and_debug_traceback(tmp_path, tiny_untied, al
 def test_usage_errors(capsys):
     assert main(["train"]) == 2
     assert "give a plan file, --demo, or --resume" in capsys.readouterr().err
-    assert main(["export", "run"]) == 1
-    assert "not available in this version" in capsys.readouterr().err
+    assert main(["export", "missing-run", "--format", "adapter", "--out", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert main(["estimate", "missing.yaml"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "plan.yaml", "--demo"]) == 2
