@@ -291,3 +291,30 @@ def test_modelfile_template_reproduces_chatml(smol_tokenizer):
     assert ours == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     text = modelfile("m.gguf", tok, tok.chat_template)
     assert "TEMPLATE" in text and "SYSTEM" in text and 'PARAMETER stop "<|im_end|>"' in text
+
+
+def test_qlora_run_merges_into_a_16_bit_base(tmp_path, tiny_untied, alpaca_file):
+    """Trained in 4-bit, exported merged: the base is loaded unquantised and the adapter merged into it."""
+    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "run", embeddings={"train_lm_head": True, "mode": "full"},
+                  model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "float32"},
+                  training={"max_steps": 2, "learning_rate": 5e-2})
+    TrainingJob(plan_from_dict(d)).run()
+    out = tmp_path / "merged"
+    export_run(tmp_path / "run", "merged", out, dtype="float32")
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    reference, _, _ = load_trained(tmp_path / "run", quantization="none", dtype="float32")
+    torch.testing.assert_close(logits(load_plain(out)), logits(reference), rtol=0, atol=1e-4)
+
+
+def test_modelfile_for_a_template_that_writes_bos(tokenizer_dir):
+    """Llama 3's template writes BOS itself: the Ollama template leaves it to llama.cpp."""
+    from transformers import AutoTokenizer
+
+    from headtune.core.data import BUILTIN_TEMPLATES
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    template = BUILTIN_TEMPLATES["llama3"]
+    parts = template_parts(tok, template)
+    assert parts is not None and not parts["system_prefix"].startswith(tok.bos_token)
+    assert parts["user_prefix"] == "<|start_header_id|>user<|end_header_id|>\n\n"
+    assert parts["assistant_prefix"] == "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert parts["assistant_suffix"] == "<|eot_id|>" and parts["default_system"] == ""
