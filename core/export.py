@@ -138,7 +138,9 @@ def _check_resources(plan, fmt: str, dtype: str, gguf_type: str, parent: Path) -
             f"Merging needs about {need / 2**30:.1f} GiB of free RAM (the model in {dtype}), and "
             f"{avail / 2**30:.1f} GiB is free. Close other programs, or export the adapter instead "
             "(it needs no merge).")
-    disk = need + (need // (2 if gguf_type == "f16" and dtype == "float32" else 1) if fmt == "gguf" else 0)
+    params = need // _BYTES[dtype]
+    # GGUF: the merged shards (removed afterwards) and the file (f16: 2 bytes a weight; q8_0: 34 per 32).
+    disk = need + (int(params * (2 if gguf_type == "f16" else 34 / 32)) if fmt == "gguf" else 0)
     free = shutil.disk_usage(parent).free
     if disk > free:
         raise BadInputError(f"The export needs about {disk / 2**30:.1f} GiB of disk in {parent} and "
@@ -253,9 +255,12 @@ def _convert_gguf(src: Path, out_file: Path, gguf_type: str) -> None:
                 raise ExportError(f"llama.cpp's converter does not support the {arch} architecture; export "
                                   "merged safetensors instead.") from None
             cls(src, ftype, out_file).write()
-    except NotImplementedError as exc:
-        raise ExportError(f"llama.cpp's converter refused this model: {exc}. Export merged safetensors "
-                          "instead (transformers, vLLM and LM Studio's MLX engine load them).") from None
+    except HeadtuneError:
+        raise
+    except (NotImplementedError, ValueError, KeyError, AssertionError, SystemExit) as exc:
+        # Its refusals: a tokenizer it does not recognise, a tensor it cannot map, ...
+        raise ExportError(f"llama.cpp's converter refused this model ({type(exc).__name__}: {exc}). Export "
+                          "merged safetensors instead (transformers and vLLM load them).") from None
 
 
 # -- Ollama ---------------------------------------------------------------------------------

@@ -318,3 +318,11 @@ def test_modelfile_for_a_template_that_writes_bos(tokenizer_dir):
     assert parts["user_prefix"] == "<|start_header_id|>user<|end_header_id|>\n\n"
     assert parts["assistant_prefix"] == "<|start_header_id|>assistant<|end_header_id|>\n\n"
     assert parts["assistant_suffix"] == "<|eot_id|>" and parts["default_system"] == ""
+
+
+def test_gguf_converter_refusal_is_reported_and_leaves_nothing(tmp_path, small_run):
+    """llama.cpp's converter only knows tokenizers it has seen; the tiny BPE one built here is not one."""
+    out = tmp_path / "gguf"
+    with pytest.raises(ExportError, match="converter refused this model"):
+        export_run(small_run, "gguf", out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".gguf")] == []
