@@ -265,6 +265,7 @@ def test_gguf_export_loads_back_with_the_merged_models_tokens(tmp_path, gguf_run
     assert gtok.convert_tokens_to_ids("<tool_call>") == tok.convert_tokens_to_ids("<tool_call>")
     expected, got = next_tokens(merged, tok), next_tokens(reloaded, gtok)
     agree = sum(a == b for a, b in zip(expected, got)) / len(PROMPTS)
+    print(f"GGUF {gguf_type}: greedy next token agrees with the merged model on {agree:.0%} of {len(PROMPTS)} prompts")
     if gguf_type == "f16":
         assert agree == 1.0
     else:
@@ -326,3 +327,12 @@ def test_gguf_converter_refusal_is_reported_and_leaves_nothing(tmp_path, small_r
     with pytest.raises(ExportError, match="converter refused this model"):
         export_run(small_run, "gguf", out)
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".gguf")] == []
+
+
+def test_merge_refused_before_loading_when_ram_is_short(tmp_path, small_run, monkeypatch):
+    import psutil
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=1000))
+    with pytest.raises(BadInputError, match="Merging needs about .* GiB of free RAM"):
+        export_run(small_run, "merged", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
