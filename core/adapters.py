@@ -130,15 +130,24 @@ def resolve_embeddings(model, spec, new_token_ids: list[int]) -> EmbeddingSetup:
     return setup
 
 
-def build_peft_model(model, plan, setup: EmbeddingSetup):
-    """Wrap ``model`` with LoRA and the embedding/head setup (k-bit preparation included)."""
+def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
+    """Wrap ``model`` with LoRA and the embedding/head setup (k-bit preparation included);
+    ``lean_options`` is ``core.lean.resolve``'s answer for this run (resolved here when absent)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from . import lean
+
     a = plan.adapter
+    mem = lean_options or lean.resolve(plan, "cpu", tied=setup.tied)
     if plan.model.quantization != "none":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=plan.training.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        if mem.matrix_dtype == "peft":
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=plan.training.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            # The same preparation, but the embedding/head matrices keep the model dtype: an fp32
+            # upcast of a frozen 128k x 4096 matrix is 2 GB for nothing.
+            lean.prepare_kbit(model, plan.training.gradient_checkpointing, lean.matrix_parameters(model))
     if isinstance(a.target_modules, list):
         targets: str | list[str] = list(a.target_modules)
     elif a.target_modules == "all-linear" and not setup.lora_targets:
@@ -162,13 +171,17 @@ def build_peft_model(model, plan, setup: EmbeddingSetup):
     except ValueError as exc:
         raise PlanError(f"adapter.target_modules: PEFT could not apply LoRA to this model ({exc}).",
                         "adapter.target_modules") from exc
+    import torch
+    if mem.matrix_dtype == "float32":
+        lean.set_trained_dtype(peft_model, torch.float32)  # fp32 master weights for the trained matrices
     if plan.model.dtype == "float16":
         # fp16 training uses a gradient scaler, which refuses fp16 gradients: trainable copies
         # (modules_to_save keeps the base dtype) must be fp32 master weights.
-        import torch
         for p in peft_model.parameters():
             if p.requires_grad and p.dtype == torch.float16:
                 p.data = p.data.float()
+    if not mem.frozen_copy:
+        lean.drop_frozen_copies(peft_model)
     return peft_model
 
 

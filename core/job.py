@@ -26,6 +26,9 @@ from .plan import Plan, load_plan
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
 # Keys that may differ when a run is resumed: only the step budget.
 RESUMABLE_KEYS = {"training.max_steps", "training.epochs"}
+# What a plan without a memory: section (written before it existed) ran: the stock recipe.
+LEGACY_MEMORY = ("memory.loss=standard", "memory.frozen_copy=true", "memory.matrix_dtype=peft",
+                 "memory.matrix_states=trainer", "memory.fused_step=false")
 GiB = 1024 ** 3
 
 
@@ -60,8 +63,13 @@ def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Pl
     plan_file = run_dir / "plan.yaml"
     if not plan_file.is_file():
         raise PlanError(f"{run_dir} is not a Headtune run folder (it has no plan.yaml), so it cannot be resumed.")
-    saved = load_plan(plan_file)
-    plan = load_plan(plan_file, list(overrides))
+    import yaml
+    # A run started before the memory: section existed ran the stock recipe; resume it that way
+    # (its optimizer states were made for it).
+    written = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
+    legacy = [] if "memory" in written else list(LEGACY_MEMORY)
+    saved = load_plan(plan_file, legacy)
+    plan = load_plan(plan_file, legacy + list(overrides))
     changed = sorted(k for k, v in _flatten(plan.to_dict()).items()
                      if _flatten(saved.to_dict()).get(k) != v and k not in RESUMABLE_KEYS)
     if changed:
@@ -149,6 +157,7 @@ class TrainingJob:
         self.data = None
         self.model = None
         self.trainer = None
+        self.lean = None  # core.lean.Effective once the run starts
         # A context manager factory wrapped around the training loop (the memory harness uses it).
         self.around_training = None
 
@@ -256,7 +265,16 @@ class TrainingJob:
                         if reset_rows else ""))
         setup = adapters.resolve_embeddings(model, plan.embeddings, new_ids)
         model.config.use_cache = False
-        model = adapters.build_peft_model(model, plan, setup)
+        from . import lean
+        self.lean = lean.resolve(plan, self.device, tied=setup.tied)
+        why_not = lean.unsupported_head_reason(model.config) if self.lean.loss != "standard" else None
+        if why_not:
+            import dataclasses
+            self.lean = dataclasses.replace(self.lean, loss="standard", notes=self.lean.notes + (
+                f"memory.loss: {why_not}, so the model's own loss runs (full logits).",))
+        for note in self.lean.notes:
+            self.log(note)
+        model = adapters.build_peft_model(model, plan, setup, self.lean)
         self.model = model
         trainable, total = adapters.count_parameters(model)
         self._check_disk(model)
@@ -289,6 +307,8 @@ class TrainingJob:
         import contextlib
         with (self.around_training() if self.around_training else contextlib.nullcontext()):
             result = trainer.train(resume_from_checkpoint=ckpt)
+        if trainer.fused_step is not None:
+            trainer.fused_step.remove()
         self.step = trainer.state.global_step
         adapter_dir = self.run_dir / "adapter"
         if self.is_main_process:
@@ -371,6 +391,8 @@ class TrainingJob:
             include_num_input_tokens_seen="non_padding",
             use_cpu=self.device == "cpu",
             label_names=["labels"],
+            # Evaluation needs the loss only; gathering batch x seq x vocab logits would undo the lean loss.
+            prediction_loss_only=True,
         )
         from .adapters import embedding_parameter_names
         trainer = HeadtuneTrainer(
@@ -380,6 +402,7 @@ class TrainingJob:
             callbacks=[JobCallback(self)],
             embedding_param_names=embedding_parameter_names(model, setup),
             embedding_lr=plan.embeddings.learning_rate,
+            lean=self.lean,
         )
         # Progress goes out as events; the Trainer's own console printer would duplicate it.
         trainer.remove_callback(PrinterCallback)

@@ -207,8 +207,14 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     T = B * S
     matrix = V * H
     tied = shape.tied
-    # Non-quantised parameters after loading (k-bit preparation upcasts them to fp32).
+    # The memory options as they will run on this device (fallbacks included), as the job sees them.
+    from .lean import matrix_bytes, resolve
+    eff = resolve(plan, device, tied=shape.tied)
+    # Non-quantised parameters after loading: k-bit preparation upcasts norms to fp32, and the
+    # embedding/head matrices too unless memory.matrix_dtype says otherwise.
     dense_b = 4 if kbit else dt
+    frozen_mb = matrix_bytes(eff, m.dtype, kbit, trained=False)
+    train_mb = matrix_bytes(eff, m.dtype, kbit, trained=True)
 
     # Frozen base weights.
     blk = shape.block_linear_params
@@ -218,7 +224,7 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         frozen = blk + L * sum(o for _, o in shape.linear_shapes().values()) * 4
     else:
         frozen = blk * dt
-    frozen += shape.norm_params * dense_b + matrix * dense_b * (1 if tied else 2)
+    frozen += shape.norm_params * dense_b
 
     # What trains in each matrix, decided as adapters.resolve_embeddings decides it: a tied
     # matrix is trained once, from the embedding side; new tokens' rows train in every matrix,
@@ -231,6 +237,8 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
             mech[name] = mech[name] or "new_rows"
     rows_of = {"tokens": len(set(e.token_ids)) + len(e.new_tokens), "new_rows": len(e.new_tokens)}
     full_mats = sum(1 for v in mech.values() if v == "full")
+    # Each matrix as stored frozen; memory.frozen_copy false drops the original of a fully trained one.
+    frozen += matrix * frozen_mb * ((1 if tied else 2) - (0 if eff.frozen_copy else full_mats))
     lora_mats = sum(1 for v in mech.values() if v == "lora")
     token_rows_total = sum(rows_of.get(v, 0) for v in mech.values())
 
@@ -241,12 +249,13 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     trainable_fp32 = lora + token_rows_total * H  # token-row deltas are fp32
     full_copy_params = full_mats * matrix
     # (token rows also keep a copy of the original rows in the base dtype)
-    weights_trainable = trainable_fp32 * 4 + full_copy_params * dense_b + token_rows_total * H * dense_b
+    weights_trainable = trainable_fp32 * 4 + full_copy_params * train_mb + token_rows_total * H * frozen_mb
     trainable_params = trainable_fp32 + full_copy_params
 
-    # Optimizer states.
-    paged = t.optimizer == "paged_adamw_8bit"
+    # Optimizer states (8-bit states for the matrices make the whole optimizer bitsandbytes').
+    paged = t.optimizer == "paged_adamw_8bit" or (eff.matrix_states == "paged_8bit" and full_mats > 0)
     eight = t.optimizer in ("adamw_8bit", "paged_adamw_8bit")
+    bnb_opt = eight or (eff.matrix_states in ("8bit", "paged_8bit") and full_mats > 0)
 
     def adam_bytes(numel: int, param_bytes: int, embedding: bool) -> float:
         if not eight or numel < 4096:
@@ -255,11 +264,19 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
             return 2 * numel * 4
         return 2 * numel + 2 * (numel / 256) * 4
 
+    def matrix_states(numel: int, embedding: bool) -> float:
+        if eff.matrix_states == "trainer":
+            # The embedding copy is an nn.Embedding (32-bit states under bitsandbytes); the head a Linear.
+            return adam_bytes(numel, train_mb, embedding)
+        if eff.matrix_states == "32bit":  # torch AdamW keeps states in the parameter's dtype
+            return 2 * numel * (4 if eight else train_mb)
+        return 2 * numel + 2 * (numel / 256) * 4  # bitsandbytes 8-bit blockwise (+ fp32 absmax per 256)
+
     states = adam_bytes(trainable_fp32, 4, False)
-    # The embedding copy is an nn.Embedding (32-bit states under bitsandbytes); the head a Linear.
-    states += adam_bytes(matrix, dense_b, True) if mech["emb"] == "full" else 0
-    states += adam_bytes(matrix, dense_b, False) if mech["head"] == "full" else 0
-    grads = trainable_fp32 * 4 + full_copy_params * dense_b
+    states += matrix_states(matrix, True) if mech["emb"] == "full" else 0
+    states += matrix_states(matrix, False) if mech["head"] == "full" else 0
+    matrix_grads = full_copy_params * train_mb
+    grads = trainable_fp32 * 4 + matrix_grads
     if tied and mech["emb"] == "lora":
         # PEFT ties the head's LoRA to the embedding's through a second Parameter on the same
         # storage: one copy of the values, but two gradients and two sets of optimizer states.
@@ -276,44 +293,78 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         activations = L * per_layer_saved
     activations += T * H * 4 * 2  # final norm input/output and the hidden state fed to the head
 
-    # Loss region: log-softmax output + nll gradient + log-softmax gradient, all fp32. LoRA on the
-    # head adds its own batch x seq x vocab output in forward.
+    # Loss region (standard): log-softmax output + nll gradient + log-softmax gradient, all fp32.
+    # LoRA on the head adds its own batch x seq x vocab output in forward.
     lora_on_head = mech["head"] == "lora" or (tied and mech["emb"] == "lora")
     logits_fwd = T * V * (act_b + 4 + (act_b if lora_on_head else 0))
     logits_bwd = T * V * 12
+    logits_head = T * V * (4 + act_b)
 
     # Trainable token rows on the head: each forward builds the merged full matrix, which the
     # head's matmul keeps for its backward.
     rows_mechs = ("tokens", "new_rows")
     tokens_on_head = mech["head"] in rows_mechs or (tied and mech["emb"] in rows_mechs)
-    merged_head = matrix * dense_b if tokens_on_head else 0
+    merged_head = matrix * frozen_mb if tokens_on_head else 0
     # Transients: the head's weight gradient, dense embedding gradients, optimizer temporaries.
-    head_grad = matrix * dense_b if (mech["head"] == "full" or (tied and mech["emb"] == "full")) else 0
+    head_full = mech["head"] == "full" or (tied and mech["emb"] == "full")
+    head_grad = matrix * train_mb if head_full else 0
     # The embedding copy's gradient appears only at the very end of backward (untied: it becomes
     # .grad as is; tied: autograd adds it to the head's .grad out of place, so the new gradient
     # and the sum are two more dense matrices for a moment — measured, hidden-512 rows).
-    emb_grad_pending = matrix * dense_b if (mech["emb"] == "full" and not tied) else 0
-    emb_grad = 2 * matrix * dense_b if (mech["emb"] == "full" and tied) else 0
+    emb_grad_pending = matrix * train_mb if (mech["emb"] == "full" and not tied) else 0
+    emb_grad = 2 * matrix * train_mb if (mech["emb"] == "full" and tied) else 0
     dequant = (max(i * o for i, o in shape.linear_shapes().values()) * act_b) if m.quantization == "4bit" else 0
     # Fused AdamW updates in place; bitsandbytes needs only per-block scale buffers.
-    opt_tmp = 2 * (trainable_params / 256) * 4 if eight else 0
+    opt_tmp = 2 * (trainable_params / 256) * 4 if bnb_opt else 0
+
+    loss_grads = 0  # gradients that the loss itself creates (the chunked loss: the head's, in forward)
+    if eff.loss != "standard":
+        C = min(eff.loss_chunk, T)
+        if not (lora_on_head or tokens_on_head):
+            # core.lean's chunked linear cross-entropy: the head's gradient is accumulated in place
+            # during the loss (so it exists from then on, and no second one appears in backward);
+            # per chunk an fp32 logits buffer (+ its 16-bit matmul output, then a 16-bit gradient);
+            # the labelled hidden rows and their gradient.
+            head_b = train_mb if head_full else frozen_mb  # the chunk's matmul runs in this dtype
+            chunk = C * V * (4 + (head_b if head_b != 4 else 0))
+            rows = 2 * T * H * act_b
+            logits_fwd = chunk + rows
+            logits_bwd = rows
+            logits_head = rows
+            loss_grads = head_grad
+            head_grad = 0  # already counted at the loss
+        else:
+            # Any other head (LoRA, token rows): checkpointed chunks, each recomputed in backward.
+            # (measured on CPU, fp32: about 10 bytes per chunk token and vocabulary entry either way)
+            logits_fwd = C * V * (6 + act_b)
+            logits_bwd = C * V * (6 + act_b)
+            logits_head = C * V * (4 + act_b)
+
+    # The fused step updates each fully trained matrix inside backward and drops its gradient:
+    # an untied head's right after the loss's backward, the embedding's (or a tied matrix's) at
+    # the very end of backward; none is left for the optimizer step.
+    untied_head_part = matrix * train_mb if (mech["head"] == "full" and not tied) else 0
+    fused_body_drop = untied_head_part if eff.fused_step else 0
+    fused_step_drop = matrix_grads if eff.fused_step else 0
+    body_grads = grads - emb_grad_pending - fused_body_drop
+    emb_grads = grads - fused_body_drop
 
     static = frozen + weights_trainable + (0 if paged else states)
     phases = {
-        "forward_loss": static + activations + logits_fwd + merged_head + dequant,
-        "loss_backward": static + activations + logits_bwd + merged_head,
-        "head_backward": static + activations + T * V * (4 + act_b) + head_grad + merged_head,
+        "forward_loss": static + activations + logits_fwd + merged_head + dequant + loss_grads,
+        "loss_backward": static + activations + logits_bwd + merged_head + loss_grads,
+        "head_backward": static + activations + logits_head + head_grad + merged_head + loss_grads,
         "body_backward": static + per_layer_saved + (L * T * H * act_b if t.gradient_checkpointing else activations)
-                          + grads - emb_grad_pending + dequant,
-        "embedding_backward": static + grads + emb_grad + T * H * act_b,
-        "optimizer_step": static + grads + opt_tmp,
+                          + body_grads + dequant,
+        "embedding_backward": static + emb_grads + emb_grad + T * H * act_b,
+        "optimizer_step": static + grads - fused_step_drop + opt_tmp,
     }
     peak_phase = max(phases, key=phases.get)
     peak = int(phases[peak_phase])
     bd = _breakdown(peak_phase, frozen, weights_trainable, grads, 0 if paged else states, activations,
-                    per_layer_saved, logits_fwd, logits_bwd, T * V * (4 + act_b), head_grad, emb_grad_pending,
+                    per_layer_saved, logits_fwd, logits_bwd, logits_head, head_grad, emb_grad_pending,
                     emb_grad, dequant, merged_head, opt_tmp, T * H * act_b, L * T * H * act_b,
-                    t.gradient_checkpointing)
+                    t.gradient_checkpointing, loss_grads, body_grads, emb_grads, grads - fused_step_drop)
     bd = {k: int(v) for k, v in bd.items()}
     drift = peak - sum(bd.values())
     bd["transient"] += drift  # rounding only: keep the sum exact
@@ -331,22 +382,23 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
 
 
 def _breakdown(phase, frozen, wtrain, grads, states, activations, per_layer, lf, lb, lh, head_grad,
-               emb_grad_pending, emb_grad, dequant, merged, opt_tmp, thd, checkpoints, gc) -> dict[str, float]:
+               emb_grad_pending, emb_grad, dequant, merged, opt_tmp, thd, checkpoints, gc, loss_grads, body_grads,
+               emb_grads, step_grads) -> dict[str, float]:
     bd = dict.fromkeys(CATEGORIES, 0.0)
     bd.update(weights_frozen=frozen, weights_trainable=wtrain, optimizer_states=states)
     if phase == "forward_loss":
-        bd.update(activations=activations, logits_loss=lf, transient=dequant + merged)
+        bd.update(activations=activations, logits_loss=lf, gradients=loss_grads, transient=dequant + merged)
     elif phase == "loss_backward":
-        bd.update(activations=activations, logits_loss=lb, transient=merged)
+        bd.update(activations=activations, logits_loss=lb, gradients=loss_grads, transient=merged)
     elif phase == "head_backward":
-        bd.update(activations=activations, logits_loss=lh, gradients=head_grad, transient=merged)
+        bd.update(activations=activations, logits_loss=lh, gradients=head_grad + loss_grads, transient=merged)
     elif phase == "body_backward":
-        bd.update(activations=per_layer + (checkpoints if gc else activations), gradients=grads - emb_grad_pending,
+        bd.update(activations=per_layer + (checkpoints if gc else activations), gradients=body_grads,
                   transient=dequant)
     elif phase == "embedding_backward":
-        bd.update(gradients=grads, transient=emb_grad, activations=thd)
+        bd.update(gradients=emb_grads, transient=emb_grad, activations=thd)
     else:
-        bd.update(gradients=grads, transient=opt_tmp)
+        bd.update(gradients=step_grads, transient=opt_tmp)
     return bd
 
 
@@ -385,7 +437,15 @@ ADVICE_STEPS = [
     ({"training.optimizer": "paged_adamw_8bit"}, "8-bit optimizer states paged to CPU memory when the GPU is full"),
     ({"model.quantization": "4bit"}, "store the frozen base weights in 4-bit NF4 (QLoRA)"),
     ({"embeddings.mode": "tokens"}, "train only selected token rows instead of whole matrices"),
+    # Lean memory (core.lean): exact ones first in this list; the estimate ranks them anyway.
+    ({"memory.loss": "chunked"}, "compute the loss a chunk of tokens at a time: same loss, no full-vocabulary logits"),
+    ({"memory.frozen_copy": False}, "drop the frozen original beside each matrix trained in full (exact)"),
+    ({"memory.matrix_dtype": "model"}, "keep the embedding/head matrices in the model dtype (16-bit master weights)"),
+    ({"memory.matrix_states": "8bit"}, "8-bit optimizer states for the embedding/head matrices"),
+    ({"memory.fused_step": True, "training.max_grad_norm": 0.0},
+     "update the embedding/head matrices inside backward, so their gradients never all exist (no clipping)"),
 ]
+FULL_MATRIX_KEYS = ("memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states", "memory.fused_step")
 
 
 def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]:
@@ -400,6 +460,12 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
             continue
         if change.get("training.optimizer") == "paged_adamw_8bit" and not device.startswith("cuda"):
             continue
+        e = plan.embeddings
+        if any(k in change for k in FULL_MATRIX_KEYS) and not (
+                (e.train_embeddings or e.train_lm_head) and e.mode == "full"):
+            continue  # these act on matrices trained in full only
+        if "memory.fused_step" in change and (plan.training.grad_accum > 1 or plan.model.dtype == "float16"):
+            continue  # it would not be exact, so it stays off (core.lean.resolve)
         candidates.append((change, why))
     S, B = plan.data.max_seq_len, plan.training.batch_size
     for seq in (S // 2, S // 4):

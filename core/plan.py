@@ -35,6 +35,9 @@ EmbeddingsMode = Literal["full", "tokens", "lora"]
 InitUntrained = Literal["none", "mean"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
+LossKind = Literal["standard", "chunked", "fused"]
+MatrixDType = Literal["model", "float32", "peft"]
+MatrixStates = Literal["auto", "8bit", "paged_8bit", "32bit", "trainer"]
 
 # Named groups of LoRA target modules, expanded against the model's module names.
 TARGET_PRESETS = ("attention", "attention+mlp", "all-linear")
@@ -124,6 +127,32 @@ class TrainingSpec:
 
 
 @dataclass
+class MemorySpec:
+    loss: LossKind = _f("chunked", "How the loss is computed: chunked (a few hundred tokens at a time, so the "
+                                   "batch x seq x vocab logits never exist; same loss), fused (Liger-Kernel or Cut "
+                                   "Cross-Entropy on a CUDA GPU when installed, else chunked), or standard (the "
+                                   "model's own loss over full logits).")
+    loss_chunk_tokens: int = _f(256, "Tokens per chunk of the chunked loss: each chunk's logits take "
+                                     "chunk x vocab x 6 bytes for a moment.")
+    frozen_copy: bool = _f(False, "Keep the frozen original of a matrix trained in full beside its trainable copy "
+                                  "(PEFT's default; only needed to switch the adapter off during training). Off: one "
+                                  "matrix in memory; the saved adapter is the same.")
+    matrix_dtype: MatrixDType = _f("model", "Precision of the embedding/head matrices: model (the model dtype, "
+                                            "frozen and trained; 16-bit master weights with bf16 models), float32 "
+                                            "(trained matrices as fp32 master weights: steadier, twice the memory), or "
+                                            "peft (as PEFT prepares 4/8-bit models: every matrix, even frozen, in fp32).")
+    matrix_states: MatrixStates = _f("auto", "Optimizer states of matrices trained in full: auto (the precision of "
+                                             "training.optimizer), 8bit (bitsandbytes blockwise, 2 bytes a value), "
+                                             "paged_8bit (8-bit, paged to CPU memory when the GPU is full; CUDA "
+                                             "only), 32bit, or trainer (the Trainer's rule: 32-bit for the embedding "
+                                             "under an 8-bit optimizer).")
+    fused_step: bool = _f(False, "Update each fully trained matrix inside backward as soon as its gradient is "
+                                 "complete, then drop the gradient, so the matrices' gradients never all exist. "
+                                 "Exact; only with training.grad_accum 1 and training.max_grad_norm 0 (no clipping), "
+                                 "not with float16; otherwise it stays off and the estimate says so.")
+
+
+@dataclass
 class OutputSpec:
     dir: str = _f("runs/run", "The run folder: plan, events, checkpoints and adapter go here. Must be new or "
                               "empty unless resuming.")
@@ -138,6 +167,8 @@ class Plan:
     embeddings: EmbeddingsSpec = field(default_factory=EmbeddingsSpec,
                                        metadata={"help": "Training the token embeddings and the LM head."})
     training: TrainingSpec = field(default_factory=TrainingSpec, metadata={"help": "Optimisation settings."})
+    memory: MemorySpec = field(default_factory=MemorySpec,
+                               metadata={"help": "Lean memory: the loss, the matrices' precision and optimizer states."})
     output: OutputSpec = field(default_factory=OutputSpec, metadata={"help": "Where the run is written."})
 
     # -- conversions -------------------------------------------------------------------
@@ -485,6 +516,14 @@ def validate(plan: Plan) -> None:
             raise PlanError(f"{key}: {value} needs bitsandbytes, which {problem}. Install it "
                             f"(pip install bitsandbytes) or set {key} to "
                             f"{'none' if key == 'model.quantization' else 'adamw'}.", key)
+    mem = plan.memory
+    need(mem.loss_chunk_tokens >= 16, "memory.loss_chunk_tokens",
+         f"must be at least 16 tokens (got {mem.loss_chunk_tokens}).")
+    if mem.matrix_states in ("8bit", "paged_8bit"):
+        problem = bitsandbytes_problem()
+        if problem:
+            raise PlanError(f"memory.matrix_states: {mem.matrix_states} needs bitsandbytes, which {problem}. Install "
+                            "it (pip install bitsandbytes) or set memory.matrix_states to 32bit.", "memory.matrix_states")
     need(plan.schema_version == SCHEMA_VERSION, "schema_version", f"must be {SCHEMA_VERSION}.")
 
 

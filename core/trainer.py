@@ -21,10 +21,33 @@ class HeadtuneTrainer(Trainer):
     """A Trainer whose embedding/head parameters form their own optimizer group(s)."""
 
     def __init__(self, *args, embedding_param_names: set[str] = frozenset(), embedding_lr: float | None = None,
-                 **kwargs):
+                 lean=None, **kwargs):
         self.embedding_param_names = set(embedding_param_names)
         self.embedding_lr = embedding_lr
+        self.lean = lean  # core.lean.Effective: the memory options as they run (None: stock behaviour)
+        self.fused_step = None
         super().__init__(*args, **kwargs)
+
+    # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.lean is None or self.lean.loss == "standard" or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        from . import lean
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        # The model runs as usual (its autocast, checkpointing, PEFT wrappers) up to the head;
+        # the head is applied by the loss, one chunk at a time.
+        with lean.head_bypassed(head):
+            outputs = model(**inputs)
+        hidden = outputs.logits
+        outputs.logits = None
+        with self.accelerator.autocast():
+            loss = lean.causal_lm_loss(head, hidden, labels, num_items_in_batch, self.lean)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -48,15 +71,56 @@ class HeadtuneTrainer(Trainer):
                 param_groups.append(group)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         release_bnb_overrides()  # stale entries of an earlier run in this process (ids get reused)
+        states = self.lean.matrix_states if self.lean is not None else "trainer"
+        from .lean import trained_matrix_parameters
+        matrices = [p for p in trained_matrix_parameters(opt_model) if p.requires_grad]
+        is_bnb = "bitsandbytes" in str(optimizer_cls)
+        if matrices and states in ("8bit", "paged_8bit") and not is_bnb:
+            # 8-bit states for the matrices under a 32-bit optimizer: one bitsandbytes AdamW with
+            # 32-bit states for everything else and an 8-bit override for the matrices.
+            import bitsandbytes
+            optimizer_cls, is_bnb = bitsandbytes.optim.AdamW, True
+            optimizer_kwargs = {"lr": self.args.learning_rate, "betas": (self.args.adam_beta1, self.args.adam_beta2),
+                                "eps": self.args.adam_epsilon, "optim_bits": 32, "is_paged": states == "paged_8bit"}
+        elif is_bnb and states == "paged_8bit":
+            optimizer_kwargs["is_paged"] = True
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        if "bitsandbytes" in str(optimizer_cls) and optimizer_kwargs.get("optim_bits") == 8:
-            # Same as the stock Trainer: 32-bit states for nn.Embedding weights under 8-bit Adam.
+        bits = None  # id(matrix) -> state bits, when bitsandbytes steps them
+        if is_bnb:
             import bitsandbytes
             manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
-            for module in opt_model.modules():
-                if isinstance(module, nn.Embedding):
-                    manager.register_module_override(module, "weight", {"optim_bits": 32})
+            default_bits = optimizer_kwargs.get("optim_bits", 32)
+            embedding_weights = {id(m.weight) for m in opt_model.modules() if isinstance(m, nn.Embedding)}
+            if states == "trainer":
+                if default_bits == 8:
+                    # Same as the stock Trainer: 32-bit states for nn.Embedding weights under 8-bit Adam.
+                    for module in opt_model.modules():
+                        if isinstance(module, nn.Embedding):
+                            manager.register_module_override(module, "weight", {"optim_bits": 32})
+                bits = {id(p): 32 if id(p) in embedding_weights else default_bits for p in matrices}
+            elif matrices:
+                manager.override_config(matrices, key_value_dict={"optim_bits": 32 if states == "32bit" else 8})
+                bits = {id(p): 32 if states == "32bit" else 8 for p in matrices}
+        if self.lean is not None and self.lean.fused_step and matrices:
+            from .lean import FusedMatrixStep
+            self.fused_step = FusedMatrixStep(self.optimizer, matrices, bits,
+                                              paged=bool(optimizer_kwargs.get("is_paged")) if is_bnb else False)
         return self.optimizer
+
+    # The fused step's per-matrix optimizer states travel with the checkpoint, beside the
+    # Trainer's own optimizer.pt.
+    FUSED_STATES = "matrix_optimizer.pt"
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.fused_step is not None and self.args.should_save:
+            torch.save(self.fused_step.state_dict(), f"{output_dir}/{self.FUSED_STATES}")
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        import os
+        if checkpoint and self.fused_step is not None and os.path.isfile(f"{checkpoint}/{self.FUSED_STATES}"):
+            self.fused_step.load_state_dict(torch.load(f"{checkpoint}/{self.FUSED_STATES}", weights_only=False))
 
 
 def _finite(x) -> float | None:

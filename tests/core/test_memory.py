@@ -68,9 +68,12 @@ def test_enabling_a_mode_never_lowers(mode, quant):
     assert off < emb <= both.tensors_peak_bytes
 
 
+STOCK = ["memory.loss=standard", "memory.frozen_copy=true", "memory.matrix_dtype=peft", "memory.matrix_states=trainer"]
+
+
 def test_full_embeddings_and_head_cost_what_the_brief_says():
-    off = estimate(plan(), SHAPE, "cuda")
-    on = estimate(plan("embeddings.train_embeddings=true", "embeddings.train_lm_head=true"), SHAPE, "cuda")
+    off = estimate(plan(*STOCK), SHAPE, "cuda")
+    on = estimate(plan("embeddings.train_embeddings=true", "embeddings.train_lm_head=true", *STOCK), SHAPE, "cuda")
     assert on.trainable_params - off.trainable_params == 2 * 525_336_576
     # At the optimizer step: copy + gradient + two AdamW states, bf16: 8 bytes a parameter (7.83 GiB).
     added = on.phases["optimizer_step"] - off.phases["optimizer_step"]
@@ -170,3 +173,88 @@ def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_u
     real = count_parameters(peft_model)[0]
     est = estimate(p, ModelShape.from_config(read_model_config(str(folder))), "cpu")
     assert est.trainable_params == real
+
+
+# -- lean memory (core.lean): each option moves the estimate by what it removes -------------------
+
+BOTH = ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true", "embeddings.mode=full"]
+QLORA_1024 = ["model.quantization=4bit", "data.max_seq_len=1024", "training.batch_size=1"]
+M = SHAPE.matrix_params
+
+
+def test_each_lean_option_removes_what_it_should():
+    stock = estimate(plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=adamw_8bit"), SHAPE, "cuda")
+
+    def with_(*o):
+        return estimate(plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=adamw_8bit", *o), SHAPE, "cuda")
+    # No frozen duplicates: two fp32 originals (the k-bit upcast) are gone.
+    assert stock.breakdown["weights_frozen"] - with_("memory.frozen_copy=false").breakdown["weights_frozen"] == 2 * M * 4
+    # No upcast: frozen originals and trained copies in bf16.
+    no_up = with_("memory.matrix_dtype=model")
+    assert stock.breakdown["weights_frozen"] - no_up.breakdown["weights_frozen"] == 2 * M * 2
+    assert stock.breakdown["weights_trainable"] - no_up.breakdown["weights_trainable"] == 2 * M * 2
+    # fp32 master: trained copies stay fp32, frozen originals do not.
+    master = with_("memory.matrix_dtype=float32")
+    assert master.breakdown["weights_frozen"] == no_up.breakdown["weights_frozen"]
+    assert master.breakdown["weights_trainable"] == stock.breakdown["weights_trainable"]
+    # 8-bit states for the embedding too (the Trainer keeps 32-bit for nn.Embedding).
+    eight = with_("memory.matrix_states=8bit")
+    assert stock.breakdown["optimizer_states"] - eight.breakdown["optimizer_states"] == pytest.approx(
+        2 * M * 4 - (2 * M + 2 * M / 256 * 4), abs=8)
+    # Chunked loss: the logits phase shrinks from seq x vocab to chunk x vocab.
+    chunked = with_("memory.loss=chunked")
+    loss_phases = ("forward_loss", "loss_backward", "head_backward")
+    # stock: seq x vocab x (fp32 + bf16) beside the head's gradient; chunked: 256 tokens' worth.
+    saved = max(stock.phases[k] for k in loss_phases) - max(chunked.phases[k] for k in loss_phases)
+    assert saved >= 1024 * SHAPE.vocab * 6 - 256 * SHAPE.vocab * 8 - 2 * 1024 * 4096 * 2
+    # Fused step (needs no clipping): no matrix gradient at the optimizer step.
+    fused = with_("memory.fused_step=true", "training.max_grad_norm=0")
+    ref = with_("training.max_grad_norm=0")
+    assert ref.phases["optimizer_step"] - fused.phases["optimizer_step"] == 2 * M * 4
+
+
+def test_fused_step_falls_back_where_it_would_not_be_exact():
+    from headtune.core.lean import resolve
+    p = plan(*BOTH, "memory.fused_step=true")  # max_grad_norm 1.0 by default
+    eff = resolve(p, "cuda")
+    assert not eff.fused_step and any("max_grad_norm" in n for n in eff.notes)
+    with_fused = estimate(p, SHAPE, "cuda")
+    assert with_fused.tensors_peak_bytes == estimate(plan(*BOTH), SHAPE, "cuda").tensors_peak_bytes
+    assert not resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0", "training.grad_accum=4"),
+                       "cuda").fused_step
+    assert resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0"), "cuda").fused_step
+
+
+def test_fallbacks_by_device():
+    from headtune.core.lean import resolve
+    assert resolve(plan("memory.loss=fused"), "cpu").loss == "chunked"
+    assert resolve(plan("memory.matrix_states=paged_8bit"), "cpu").matrix_states == "8bit"
+    assert resolve(plan("memory.matrix_states=paged_8bit"), "cuda").matrix_states == "paged_8bit"
+    assert resolve(plan("training.optimizer=adamw_8bit"), "cpu").matrix_states == "8bit"  # auto follows it
+    # Paged states are reported apart, like a paged optimizer's.
+    paged = estimate(plan(*BOTH, "memory.matrix_states=paged_8bit"), SHAPE, "cuda")
+    assert paged.paged_optimizer_states_bytes > 0 and paged.breakdown["optimizer_states"] == 0
+
+
+def test_llama3_8b_full_embeddings_and_head_fit_12gib_lean_not_stock():
+    """The issue's goal, by the estimate: QLoRA, full embeddings + head, seq 1024, batch 1, GC."""
+    stock = estimate(plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=paged_adamw_8bit"), SHAPE, "cuda")
+    lean = estimate(plan(*QLORA_1024, *BOTH, "training.optimizer=adamw_8bit", "memory.matrix_states=8bit",
+                         "memory.fused_step=true", "training.max_grad_norm=0"), SHAPE, "cuda")
+    # Stock: even with its paged states set apart it does not fit 16 GiB; lean fits 12 GiB with
+    # every state on the GPU (no paging counted on).
+    assert stock.total_bytes + stock.paged_optimizer_states_bytes > 20 * GiB
+    assert stock.total_bytes > 12 * GiB
+    assert lean.total_bytes < 12 * GiB and lean.paged_optimizer_states_bytes == 0
+
+
+def test_advisor_proposes_lean_options():
+    p = plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=adamw_8bit")
+    est = estimate(p, SHAPE, "cuda", capacity_bytes=12 * GiB)
+    assert est.fit == "no"
+    keys = {k for adv in est.advice for k in adv.set}
+    assert {"memory.loss", "memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states"} <= keys
+    best = est.advice[0]
+    assert best.total_bytes <= 12 * GiB
+    applied = with_overrides(p, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in best.set.items()])
+    assert estimate(applied, SHAPE, "cuda").total_bytes == best.total_bytes
