@@ -63,7 +63,11 @@ class TaskWorker(QObject):
 def train_command(args: list[str]) -> list[str]:
     """The ``headtune`` command line for this installation (a frozen app is its own interpreter)."""
     if getattr(sys, "frozen", False):
-        return [sys.executable, *args]
+        # The bundle has two programs and only `headtune` takes sub-commands; `headtune-gui` (the
+        # window without a console on Windows) would read `train` as a plan file.
+        exe = Path(sys.executable)
+        cli = exe.with_name("headtune" + exe.suffix)
+        return [str(cli if cli.is_file() else exe), *args]
     return [sys.executable, "-m", "headtune.core.cli", *args]
 
 

@@ -1,0 +1,9 @@
+"""Frozen entry point of ``headtune`` (console): the window with no arguments, sub-commands otherwise."""
+
+import multiprocessing
+import sys
+
+if __name__ == "__main__":
+    multiprocessing.freeze_support()  # a frozen child started by multiprocessing must not rerun main
+    from headtune.core.cli import main
+    sys.exit(main())
