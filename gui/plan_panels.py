@@ -375,6 +375,22 @@ class TrainingPanel(QWidget):
         form.addRow("Seed:", fields.spin("training.seed", 0, 2 ** 31 - 1, "seedSpin", "Seed"))
         lay.addWidget(opt)
 
+        # Lean memory (plan section memory:, core/lean.py); tooltips are the plan's help text.
+        mem = QGroupBox("Memory")
+        form = QFormLayout(mem)
+        form.addRow("Loss:", fields.combo("memory.loss", "memoryLossCombo", "Loss computation"))
+        form.addRow("Loss chunk (tokens):", fields.spin("memory.loss_chunk_tokens", 16, 1_000_000,
+                                                        "memoryChunkSpin", "Loss chunk tokens"))
+        form.addRow("Matrix precision:", fields.combo("memory.matrix_dtype", "memoryDtypeCombo",
+                                                      "Embedding and head precision"))
+        form.addRow("Matrix optimizer states:", fields.combo("memory.matrix_states", "memoryStatesCombo",
+                                                             "Embedding and head optimizer states"))
+        form.addRow("", fields.check("memory.frozen_copy", "Keep frozen originals of fully trained matrices",
+                                     "memoryFrozenCopyCheck"))
+        form.addRow("", fields.check("memory.fused_step", "Update the matrices inside backward (no clipping)",
+                                     "memoryFusedStepCheck"))
+        lay.addWidget(mem)
+
         ck = QGroupBox("Evaluation, checkpoints and output")
         form = QFormLayout(ck)
         form.addRow("Evaluate every (steps):", fields.spin("training.eval_every", 0, 10_000_000, "evalEverySpin",

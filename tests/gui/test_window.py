@@ -138,7 +138,10 @@ def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_
 
 
 def test_advice_applies_with_one_click(make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path):
-    data = plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8})
+    # The full-logits loss, so that halving the batch alone makes it fit (the chunked default
+    # already keeps the loss region at one chunk).
+    data = plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8},
+                     memory={"loss": "standard"})
     w = make_window(data, detect=False)
     qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
     total = w.last_estimate.total_bytes
