@@ -154,7 +154,11 @@ def main() -> int:
             folders[model] = build_model(work / model, tok, V, tied=tied, hidden=hidden, layers=2)
         d = plan_dict(folders[model], data, work / "run", data={"val_fraction": 0.0},
                       adapter={"r": 4, "alpha": 8, "dropout": 0.0},
-                      training={"batch_size": 1, "learning_rate": 1e-3})
+                      training={"batch_size": 1, "learning_rate": 1e-3},
+                      # The stock memory recipe these rows were measured with (the lean options have
+                      # their own benchmark, benchmarks/lean_memory.py).
+                      memory={"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft",
+                              "matrix_states": "trainer"})
         for key, value in row.items():
             section, leaf = key.split(".")
             d.setdefault(section, {})[leaf] = value

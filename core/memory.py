@@ -178,6 +178,8 @@ class Estimate:
     capacity_bytes: int | None = None
     fit: str | None = None
     advice: list[Advice] = field(default_factory=list)
+    # Why a memory: option will not run as written here (core.lean.resolve's fallbacks).
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -317,6 +319,14 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     # Fused AdamW updates in place; bitsandbytes needs only per-block scale buffers.
     opt_tmp = 2 * (trainable_params / 256) * 4 if bnb_opt else 0
 
+    # Under 16-bit autocast an fp32 head weight (PEFT's k-bit upcast, fp32 master weights) is cast
+    # to a 16-bit copy for the matmul, which the matmul keeps for its backward (measured: bf16,
+    # 4-bit rows of benchmarks/lean_memory.py).
+    head_store_b = train_mb if head_full else frozen_mb
+    autocast_copy = matrix * act_b if head_store_b != act_b else 0
+    logits_fwd += autocast_copy
+    logits_bwd += autocast_copy
+    logits_head += autocast_copy
     loss_grads = 0  # gradients that the loss itself creates (the chunked loss: the head's, in forward)
     if eff.loss != "standard":
         C = min(eff.loss_chunk, T)
@@ -336,9 +346,9 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
         else:
             # Any other head (LoRA, token rows): checkpointed chunks, each recomputed in backward.
             # (measured on CPU, fp32: about 10 bytes per chunk token and vocabulary entry either way)
-            logits_fwd = C * V * (6 + act_b)
-            logits_bwd = C * V * (6 + act_b)
-            logits_head = C * V * (4 + act_b)
+            logits_fwd = C * V * (6 + act_b) + autocast_copy
+            logits_bwd = C * V * (6 + act_b) + autocast_copy
+            logits_head = C * V * (4 + act_b) + autocast_copy
 
     # The fused step updates each fully trained matrix inside backward and drops its gradient:
     # an untied head's right after the loss's backward, the embedding's (or a tied matrix's) at
@@ -372,7 +382,7 @@ def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int 
     est = Estimate(tensors_peak_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, breakdown=bd,
                    phases={k: int(v) for k, v in phases.items()}, peak_phase=peak_phase,
                    paged_optimizer_states_bytes=int(states) if paged else 0, device=device,
-                   trainable_params=int(trainable_params))
+                   trainable_params=int(trainable_params), notes=list(eff.notes))
     if capacity_bytes:
         est.capacity_bytes = int(capacity_bytes)
         est.fit = fit_verdict(est.total_bytes, capacity_bytes)

@@ -147,8 +147,10 @@ def test_stop_before_training_writes_nothing(tmp_path, tiny_untied, alpaca_file)
 
 def test_eight_bit_optimizer_on_embeddings(tmp_path, tiny_untied, alpaca_file):
     import bitsandbytes as bnb
+    # The stock memory options (the Trainer's rule; memory.matrix_states 8bit is tested in test_lean.py).
     plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "adamw_8bit", "max_steps": 2},
-                     embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"})
+                     embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
+                     memory={"matrix_states": "trainer", "frozen_copy": True})
     job = TrainingJob(plan)
     assert isinstance(job.run(), ev.Finished)
     opt = job.trainer.optimizer.optimizer

@@ -219,6 +219,7 @@ def test_fused_step_falls_back_where_it_would_not_be_exact():
     eff = resolve(p, "cuda")
     assert not eff.fused_step and any("max_grad_norm" in n for n in eff.notes)
     with_fused = estimate(p, SHAPE, "cuda")
+    assert with_fused.notes == list(eff.notes) and "notes" in with_fused.to_dict()
     assert with_fused.tensors_peak_bytes == estimate(plan(*BOTH), SHAPE, "cuda").tensors_peak_bytes
     assert not resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0", "training.grad_accum=4"),
                        "cuda").fused_step
