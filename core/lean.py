@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 import weakref
 from dataclasses import dataclass, field
 
@@ -100,6 +101,8 @@ def resolve(plan, device: str, tied: bool = False) -> Effective:
             why.append("training.max_grad_norm > 0 (clipping needs every gradient before any step)")
         if plan.model.dtype == "float16":
             why.append("model.dtype float16 (the gradient scaler unscales after backward)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            why.append("a distributed run (the step would run before gradients are averaged across processes)")
         if not ((e.train_embeddings or e.train_lm_head) and e.mode == "full"):
             why.append("no matrix is trained in full (embeddings.mode full)")
         if why:

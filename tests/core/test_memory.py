@@ -226,6 +226,13 @@ def test_fused_step_falls_back_where_it_would_not_be_exact():
     assert resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0"), "cuda").fused_step
 
 
+def test_fused_step_off_under_a_distributed_launcher(monkeypatch):
+    from headtune.core.lean import resolve
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    eff = resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0"), "cuda")
+    assert not eff.fused_step and any("distributed" in n for n in eff.notes)
+
+
 def test_fallbacks_by_device():
     from headtune.core.lean import resolve
     assert resolve(plan("memory.loss=fused"), "cpu").loss == "chunked"
