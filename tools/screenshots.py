@@ -3,7 +3,7 @@
     QT_QPA_PLATFORM=offscreen python tools/screenshots.py
 
 States: empty (a new plan), the demo plan loaded with its estimate, its token-health check, a
-short demo run with its plots, and an error (a malformed dataset line) with its dialog. Runs go to a temporary folder.
+short demo run with its plots, the Chat tab and the Export dialog (GGUF q8_0) on that run, and an error (a malformed dataset line) with its dialog. Runs go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> int:
 
     w.plan_tabs.setCurrentWidget(w.training_panel)
     w.start_run()
-    wait(app, lambda: not w.running, timeout=900)
+    wait(app, lambda: not w.running, timeout=2400)  # a shared 2-core machine can take this long
     w.run_panel._dirty = True
     w.run_panel._redraw_if_dirty()
     app.processEvents()
@@ -83,6 +83,20 @@ def main() -> int:
     w.run_panel.tabs.setCurrentWidget(w.run_panel.memory_tab)
     app.processEvents()
     save(w.run_panel.grab(), "memory-plot")
+
+    w.run_panel.tabs.setCurrentWidget(w.chat_panel)
+    w.chat_panel.prompt.setPlainText("What does Headtune do?")
+    w.chat_panel.max_tokens.setValue(48)
+    w.chat_panel.send()
+    wait(app, lambda: not w.chat_panel.running, timeout=600)
+    app.processEvents()
+    save(w.grab(), "chat")
+    dialog = w.show_export()
+    dialog.format_combo.setCurrentIndex(dialog.format_combo.findData("gguf"))
+    dialog.start_export()
+    wait(app, lambda: not dialog.running, timeout=900)
+    app.processEvents()
+    save(dialog.grab(), "export")
     w.close()
 
     bad = tmp / "my_data.jsonl"
