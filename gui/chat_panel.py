@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
-from .workers import Threads, user_message
+from .workers import Threads, transformers_ready, user_message
 
 
 class ChatWorker(QObject):
@@ -41,6 +41,7 @@ class ChatWorker(QObject):
     def run(self) -> None:
         try:
             if self.pair is None:
+                transformers_ready()
                 from headtune.core.chat import ChatPair
                 self.pair = ChatPair(self.run_dir)
                 self.loaded.emit(self.pair)

@@ -30,7 +30,7 @@ from .health_panel import TokenHealthPanel
 from .memory_panel import MemoryPanel
 from .plan_panels import DataPanel, ModelPanel, TrainingPanel, set_error
 from .run_panel import RunPanel
-from .workers import TaskWorker, Threads, TrainingWorker
+from .workers import TaskWorker, Threads, TrainingWorker, transformers_ready
 
 RECENT_MAX = 10
 MODEL_KEYS = ("model.name_or_path", "model.trust_remote_code")
@@ -51,6 +51,13 @@ def detect_hardware():
 def load_tokenizer_for(name_or_path: str, trust_remote_code: bool):
     from headtune.core.models import load_tokenizer, resolve_source
     return load_tokenizer(resolve_source(name_or_path), trust_remote_code)
+
+
+def _after_transformers_ready(fn):
+    def run():
+        transformers_ready()
+        return fn()
+    return run
 
 
 def fresh_run_dir(path: str) -> str:
@@ -363,6 +370,8 @@ class MainWindow(QMainWindow):
         self._tag += 1
         tag = (kind, self._tag)
         self._latest[kind] = tag
+        if kind != "hardware":  # every other task uses transformers
+            fn = _after_transformers_ready(fn)
         worker = TaskWorker(fn, tag)
         worker.succeeded.connect(self._on_task_succeeded)
         worker.failed.connect(self._on_task_failed)

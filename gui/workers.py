@@ -27,6 +27,19 @@ from headtune.core import events as ev
 from headtune.core.errors import HeadtuneError
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def transformers_ready() -> None:
+    """Resolve transformers' lazily imported names once, under a lock. Its lazy module is not
+    thread-safe: two worker threads asking for ``AutoConfig`` at once can see a half-initialised
+    module and fail with "cannot import name 'AutoConfig' from 'transformers'"."""
+    with _IMPORT_LOCK:
+        import transformers
+        for name in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"):
+            getattr(transformers, name)
+
+
 def user_message(exc: BaseException) -> str:
     """The text a person sees for ``exc``: our own message, or a short line for a bug."""
     if isinstance(exc, HeadtuneError):
