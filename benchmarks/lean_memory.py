@@ -75,28 +75,10 @@ def make_plan(model_dir, data, out, memory: dict, steps: int, seq: int, chunk: i
 
 def run(plan):
     """(peak bytes over the whole run, losses per step) of a real run of ``plan``."""
-    import contextlib
-
-    import torch
-
     from headtune.core.job import TrainingJob
-    from headtune.core.memtrack import LiveTensorTracker, cuda_peak
+    from headtune.core.memtrack import run_with_peak
     job = TrainingJob(plan)
-    holder = {}
-    if torch.cuda.is_available():
-        @contextlib.contextmanager
-        def around():
-            with cuda_peak() as peak:
-                yield
-            holder.update(peak)
-        job.around_training = around
-        job.run()
-        peak = holder["peak"]
-    else:
-        tracker = LiveTensorTracker("cpu")
-        job.around_training = lambda: tracker
-        job.run()
-        peak = tracker.peak
+    peak = run_with_peak(job)["peak_bytes"]
     losses = [h["loss"] for h in job.trainer.state.log_history if "loss" in h]
     notes = list(job.lean.notes)
     del job

@@ -16,7 +16,6 @@ import threading
 import time
 import traceback
 
-from . import __version__
 from .errors import HeadtuneError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2

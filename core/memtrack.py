@@ -91,6 +91,26 @@ def cuda_peak():
         result["reserved_peak"] = torch.cuda.max_memory_reserved()
 
 
+def run_with_peak(job) -> dict:
+    """Run a ``TrainingJob`` and return its tensor peak over the training loop:
+    {device, peak_bytes} (and reserved_peak_bytes on CUDA)."""
+    if torch.cuda.is_available():
+        holder: dict = {}
+
+        @contextlib.contextmanager
+        def around():
+            with cuda_peak() as peak:
+                yield
+            holder.update(peak)
+        job.around_training = around
+        job.run()
+        return dict(device="cuda", peak_bytes=holder["peak"], reserved_peak_bytes=holder["reserved_peak"])
+    tracker = LiveTensorTracker("cpu")
+    job.around_training = lambda: tracker
+    job.run()
+    return dict(device="cpu", peak_bytes=tracker.peak)
+
+
 def measure_peak(plan, steps: int = 3) -> dict:
     """Run ``plan`` for ``steps`` real optimizer steps and return the measured tensor peak.
 
@@ -105,23 +125,7 @@ def measure_peak(plan, steps: int = 3) -> dict:
     t = dataclasses.replace(plan.training, max_steps=steps, eval_every=0, save_every=0)
     plan = dataclasses.replace(plan, training=t)
     job = TrainingJob(plan)
-    result: dict = {}
-    if torch.cuda.is_available():
-        holder: dict = {}
-
-        @contextlib.contextmanager
-        def around():
-            with cuda_peak() as peak:
-                yield
-            holder.update(peak)
-        job.around_training = around
-        job.run()
-        result.update(device="cuda", peak_bytes=holder["peak"], reserved_peak_bytes=holder["reserved_peak"])
-    else:
-        tracker = LiveTensorTracker("cpu")
-        job.around_training = lambda: tracker
-        job.run()
-        result.update(device="cpu", peak_bytes=tracker.peak)
+    result = run_with_peak(job)
     from .adapters import count_parameters
     result["trainable_params"] = count_parameters(job.model)[0]
     return result

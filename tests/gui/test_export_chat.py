@@ -11,7 +11,6 @@ from headtune.core.job import TrainingJob
 from headtune.core.plan import plan_from_dict
 
 from helpers import plan_dict
-from test_window import make_window  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
