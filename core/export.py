@@ -103,6 +103,9 @@ def _check_destination(out: Path, run: Path, overwrite: bool) -> None:
                             "(--overwrite, or the Overwrite box in the window).")
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out} exists and is a file, not a folder; exports are folders.")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "plan.yaml").is_file() and (out / "README.md").is_file()):
+        raise BadInputError(f"{out} is a folder that is not a Headtune export; overwriting would delete what is in "
+                            "it. Choose a new folder name.")
     if out == run or run.is_relative_to(out) or out.is_relative_to(run / "adapter"):
         raise BadInputError(f"{out} would replace the run itself; choose a destination outside {run / 'adapter'}.")
 
@@ -219,6 +222,9 @@ def _unwrap_tied_head(peft_model) -> None:
     head = peft_model.get_output_embeddings()
     if not isinstance(head, LoraLayer):
         return
+    if not getattr(peft_model.peft_config[peft_model.active_adapter], "ensure_weight_tying", False):
+        raise ExportError("This tied model has a LoRA on its LM head that is not the mirror of the embedding's, "
+                          "so no tied merged model can reproduce it. Export the adapter instead.")
     base = head.get_base_layer()
     for name, module in peft_model.named_modules():
         if module is head:
@@ -331,10 +337,11 @@ def modelfile(gguf_name: str, tokenizer, template: str) -> str:
                   "# stored in the GGUF file (tokenizer.chat_template) when it recognises it.", ""]
     else:
         p = {k: _go(v) for k, v in parts.items()}
-        lines += ['TEMPLATE """{{- if .System }}' + p["system_prefix"] + "{{ .System }}" + p["system_suffix"]
-                  + "{{ end }}{{- range .Messages }}{{- if eq .Role \"user\" }}" + p["user_prefix"]
-                  + "{{ .Content }}" + p["user_suffix"] + "{{- else if eq .Role \"assistant\" }}"
-                  + p["assistant_prefix"] + "{{ .Content }}" + p["assistant_suffix"] + "{{- end }}{{- end }}"
+        # No "{{-" right after literal text: it would trim the newline ChatML puts after each turn.
+        lines += ['TEMPLATE """{{ if .System }}' + p["system_prefix"] + "{{ .System }}" + p["system_suffix"]
+                  + "{{ end }}{{ range .Messages }}{{ if eq .Role \"user\" }}" + p["user_prefix"]
+                  + "{{ .Content }}" + p["user_suffix"] + "{{ else if eq .Role \"assistant\" }}"
+                  + p["assistant_prefix"] + "{{ .Content }}" + p["assistant_suffix"] + "{{ end }}{{ end }}"
                   + p["assistant_prefix"] + '"""']
         if parts["default_system"]:
             lines.append('SYSTEM """' + parts["default_system"].replace('"""', "'''") + '"""')
@@ -487,7 +494,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, HeadtuneError):
             raise
-        if isinstance(exc, MemoryError):
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+                "not enough memory" in str(exc) or "DefaultCPUAllocator" in str(exc))):
             raise ExportError("The computer ran out of memory during the export; nothing was written. Close "
                               "other programs, or export the adapter (no merge needed).") from None
         if isinstance(exc, OSError):
@@ -508,7 +516,7 @@ def _replace(tmp: Path, out: Path) -> None:
     os.replace(out, old)
     try:
         os.replace(tmp, out)
-    except OSError:
+    except BaseException:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)

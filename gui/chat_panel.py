@@ -34,6 +34,18 @@ class ChatWorker(QObject):
         self.max_new_tokens = max_new_tokens
         self._stop = threading.Event()
 
+    def release_model(self) -> None:
+        """Drop the loaded model (a training run is starting, or another run is chosen)."""
+        if self._pair is None or self.running:
+            return
+        self._pair, self._pair_for = None, None
+        import gc
+        gc.collect()
+        import sys
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -131,8 +143,8 @@ class ChatPanel(QWidget):
         if run_dir == self.run_dir:
             return
         self.run_dir = run_dir
-        if not self.running and self._pair_for != run_dir:
-            self._pair, self._pair_for = None, None  # free the previous run's model
+        if self._pair_for != run_dir:
+            self.release_model()
         self.run_label.setText(f"Run: {run_dir}" if run_dir else
                                "No run with a saved adapter: train one, or pick one in the Runs tab.")
         self._update_buttons()
@@ -146,7 +158,9 @@ class ChatPanel(QWidget):
         text = self.prompt.toPlainText().strip()
         if not text or not self.run_dir or self.running:
             return
-        pair = self._pair if self._pair_for == self.run_dir else None
+        if self._pair_for != self.run_dir:
+            self.release_model()  # never two models at once
+        pair = self._pair
         worker = ChatWorker(self.run_dir, pair, [{"role": "user", "content": text}], self.max_tokens.value())
         worker.loaded.connect(self._on_worker_loaded)
         worker.piece.connect(self._on_worker_piece)
@@ -185,6 +199,18 @@ class ChatPanel(QWidget):
             self.status.setText("Done. Greedy decoding: the same prompt gives the same answers.")
         self._worker = None
         self._update_buttons()
+
+    def release_model(self) -> None:
+        """Drop the loaded model (a training run is starting, or another run is chosen)."""
+        if self._pair is None or self.running:
+            return
+        self._pair, self._pair_for = None, None
+        import gc
+        gc.collect()
+        import sys
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def request_stop(self) -> None:
         """The window is closing: end the answers after the current token."""

@@ -53,7 +53,7 @@ class ExportWorker(QObject):
     def __init__(self, args: list[str], out: str):
         super().__init__()
         self.args = args
-        self.out = Path(out)
+        self.out = Path(out).expanduser().resolve()  # as the export resolves it (its temp folder is beside)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._cancelled = threading.Event()

@@ -639,6 +639,8 @@ class MainWindow(QMainWindow):
         target = rp.selected_run() or self._last_run_dir
         rp.resume_button.setEnabled(not running and bool(target) and has_checkpoint(target))
         exportable = target if target and (Path(target) / "adapter" / "adapter_config.json").is_file() else None
+        if running and exportable and Path(exportable) == Path(self._worker.plan.output.dir):
+            exportable = None  # its adapter is rewritten when the run ends
         rp.export_button.setEnabled(bool(exportable))
         self.chat_panel.set_run(exportable)
         self.start_action.setEnabled(rp.start_button.isEnabled())
@@ -674,6 +676,7 @@ class MainWindow(QMainWindow):
 
     def _launch(self, plan: Plan, resume: bool) -> None:
         from headtune.core.memory import estimate
+        self.chat_panel.release_model()  # its memory (GPU memory too) goes to the training run
         self._last_run_dir = plan.output.dir
         self.run_panel.reset(("Resuming " if resume else "Starting ") + Path(plan.output.dir).name + "…")
         gpu = self.memory_panel.target_combo.findText("This GPU:", Qt.MatchFlag.MatchStartsWith) >= 0
@@ -816,4 +819,5 @@ class MainWindow(QMainWindow):
         self.chat_panel.request_stop()
         if self._export_dialog is not None:
             self._export_dialog.cancel_export()  # its temporary folder is removed; nothing half-written stays
-        self.threads.wait_all()
+        if not self.threads.wait_all():
+            self.threads.wait_all(None)  # a model still loading cannot be interrupted: wait (window hidden)

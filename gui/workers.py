@@ -250,9 +250,10 @@ class Threads(QObject):
     def running(self) -> list[QThread]:
         return [t for t in self._live if t.isRunning()]
 
-    def wait_all(self, timeout_ms: int = 60_000) -> bool:
-        """Block until every thread has ended (the window's last act); True when all did."""
+    def wait_all(self, timeout_ms: int | None = 60_000) -> bool:
+        """Block until every thread has ended (the window's last act), at most ``timeout_ms`` each
+        (None: no limit); True when all did."""
         ok = True
         for thread in list(self._live):
-            ok = thread.wait(timeout_ms) and ok
+            ok = (thread.wait() if timeout_ms is None else thread.wait(timeout_ms)) and ok
         return ok

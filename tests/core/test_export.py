@@ -155,9 +155,17 @@ def test_existing_destination_refused_unless_overwrite(tmp_path, small_run):
     with pytest.raises(BadInputError, match="already exists"):
         export_run(small_run, "adapter", out)
     assert (out / "keep.txt").read_text() == "mine"
-    export_run(small_run, "adapter", out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "adapter_config.json").is_file()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    # Overwrite never deletes a folder that is not an export.
+    with pytest.raises(BadInputError, match="not a Headtune export"):
+        export_run(small_run, "adapter", out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    # A previous export is replaced, only once the new one is complete.
+    previous = tmp_path / "previous"
+    export_run(small_run, "adapter", previous)
+    (previous / "old-marker.txt").write_text("old")
+    export_run(small_run, "merged", previous, overwrite=True, dtype="float32")
+    assert not (previous / "old-marker.txt").exists() and (previous / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".out", ".previous"))] == []
 
 
 def test_unwritable_destination_refused(tmp_path, small_run):
@@ -335,3 +343,81 @@ def test_merge_refused_before_loading_when_ram_is_short(tmp_path, small_run, mon
     with pytest.raises(BadInputError, match="Merging needs about .* GiB of free RAM"):
         export_run(small_run, "merged", tmp_path / "out")
     assert not (tmp_path / "out").exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def render_go(template: str, system: str | None, messages: list[dict]) -> str:
+    """A small evaluator of the Go-template subset the Modelfile uses (if/else if/range/end, eq,
+    .System, .Content, .Role, and the {{- / -}} whitespace trims), to check it as Ollama renders it."""
+    import re
+    parts = re.split(r"({{-?\s*.*?\s*-?}})", template)
+    for i, part in enumerate(parts):  # apply trims to the neighbouring text
+        if part.startswith("{{-") and i > 0:
+            parts[i - 1] = parts[i - 1].rstrip()
+        if part.endswith("-}}") and i + 1 < len(parts):
+            parts[i + 1] = parts[i + 1].lstrip()
+    tokens = [p if not p.startswith("{{") else p.strip("{}-").strip() for p in parts]
+    kinds = [p.startswith("{{") for p in parts]
+
+    def block(i, ctx, out, active):
+        """Evaluate from i until an unmatched end/else; returns (index of that token, its text)."""
+        while i < len(tokens):
+            tok, action = tokens[i], kinds[i]
+            if not action:
+                if active:
+                    out.append(tok)
+                i += 1
+            elif tok.startswith("if ") or tok.startswith("range "):
+                if tok.startswith("range "):
+                    start = i + 1
+                    end_i = i
+                    for m in (messages if active else [None]):
+                        end_i, _ = block(start, m, out, active and m is not None)
+                    i = end_i + 1
+                    continue
+                taken = False
+                cond = active and cond_true(tok[3:], ctx)
+                j, stop = block(i + 1, ctx, out, cond)
+                taken = cond
+                while stop.startswith("else"):
+                    sub = stop[4:].strip()
+                    c = active and not taken and (cond_true(sub[3:], ctx) if sub.startswith("if ") else True)
+                    j, stop = block(j + 1, ctx, out, c)
+                    taken = taken or c
+                i = j + 1
+            elif tok == "end" or tok.startswith("else"):
+                return i, tok
+            else:
+                if active:
+                    out.append(system if tok == ".System" else ctx["content"] if tok == ".Content" else "")
+                i += 1
+        return i, ""
+
+    def cond_true(expr, ctx):
+        if expr == ".System":
+            return bool(system)
+        role = re.fullmatch(r'eq \.Role "(\w+)"', expr).group(1)
+        return ctx is not None and ctx["role"] == role
+
+    out: list[str] = []
+    block(0, None, out, True)
+    return "".join(out)
+
+
+def test_modelfile_template_renders_like_the_jinja_template(smol_tokenizer, tokenizer_dir):
+    """As Ollama would render it (whitespace trims included), for ChatML (SmolLM2) and Llama 3."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from headtune.core.data import BUILTIN_TEMPLATES
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Bye"}]
+    for tok_dir, template in ((smol_tokenizer, None), (tokenizer_dir, BUILTIN_TEMPLATES["llama3"])):
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        template = template or tok.chat_template
+        text = modelfile("m.gguf", tok, template)
+        go = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
+        jinja = tok.apply_chat_template([{"role": "system", "content": "Be short."}] + msgs, chat_template=template,
+                                        tokenize=False, add_generation_prompt=True)
+        bos = tok.bos_token if jinja.startswith(tok.bos_token) and not go.startswith("{{ if .System }}" + tok.bos_token) else ""
+        assert bos + render_go(go, "Be short.", msgs) == jinja
