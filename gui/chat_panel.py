@@ -8,6 +8,8 @@ run costs one model's memory. Stop ends both answers after the current token.
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import traceback
 
@@ -33,18 +35,6 @@ class ChatWorker(QObject):
         self.messages = messages
         self.max_new_tokens = max_new_tokens
         self._stop = threading.Event()
-
-    def release_model(self) -> None:
-        """Drop the loaded model (a training run is starting, or another run is chosen)."""
-        if self._pair is None or self.running:
-            return
-        self._pair, self._pair_for = None, None
-        import gc
-        gc.collect()
-        import sys
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -205,13 +195,7 @@ class ChatPanel(QWidget):
         if self._pair is None or self.running:
             return
         self._pair, self._pair_for = None, None
-        import gc
         gc.collect()
-        import sys
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def request_stop(self) -> None:
-        """The window is closing: end the answers after the current token."""
-        self.stop()

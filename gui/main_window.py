@@ -816,7 +816,7 @@ class MainWindow(QMainWindow):
         self._closed = True
         for timer in (self._model_timer, self._data_timer):
             timer.stop()
-        self.chat_panel.request_stop()
+        self.chat_panel.stop()  # the answers end after the current token
         if self._export_dialog is not None:
             self._export_dialog.cancel_export()  # its temporary folder is removed; nothing half-written stays
         if not self.threads.wait_all():

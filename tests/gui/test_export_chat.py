@@ -86,3 +86,5 @@ def test_chat_tab_streams_both_answers(make_window, qtbot, finished_run, tmp_pat
     assert chat.tuned_output.toPlainText() == pair.answer(messages, tuned=True, max_new_tokens=8)
     assert chat.base_output.toPlainText() != chat.tuned_output.toPlainText()
     assert chat._pair is not None  # kept for the next prompt
+    chat.release_model()  # what starting a training run does
+    assert chat._pair is None and chat._pair_for is None
