@@ -61,7 +61,8 @@ def make_rows(n: int, seed: int) -> list[dict]:
 
 def evaluate(model, tokenizer, features: list[dict], tag_ids: set[int]) -> dict:
     import torch
-    from headtune.core.data import IGNORE_INDEX, Collator
+    from headtune.core.data.examples import Collator
+    from headtune.core.data.reading import IGNORE_INDEX
     model.eval()
     total_loss, n_tok, tag_ok, tag_n, all_ok = 0.0, 0, 0, 0, 0
     collate = Collator(tokenizer.pad_token_id)
@@ -88,10 +89,10 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
 
-    from headtune.core.job import TrainingJob
-    from headtune.core.memory import plan_estimate
-    from headtune.core.memtrack import measure_peak
-    from headtune.core.models import DEMO_MODEL_ID, load_tokenizer, resolve_source
+    from headtune.core.training.job import TrainingJob
+    from headtune.core.estimate import plan_estimate
+    from headtune.core.training.memtrack import measure_peak
+    from headtune.core.model.sources import DEMO_MODEL_ID, load_tokenizer, resolve_source
     from headtune.core.plan import plan_from_dict
 
     tok = load_tokenizer(resolve_source(DEMO_MODEL_ID))

@@ -19,7 +19,7 @@ from llama3_8b_table import LLAMA3_8B, base_plan  # noqa: E402
 
 
 def main() -> int:
-    from headtune.core.memory import GiB, ModelShape, estimate
+    from headtune.core.estimate import GiB, ModelShape, estimate
     from headtune.core.plan import with_overrides
 
     shape = ModelShape.from_config(LLAMA3_8B)

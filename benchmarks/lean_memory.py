@@ -75,10 +75,9 @@ def make_plan(model_dir, data, out, memory: dict, steps: int, seq: int, chunk: i
 
 def run(plan):
     """(peak bytes over the whole run, losses per step) of a real run of ``plan``."""
-    from headtune.core.job import TrainingJob
-    from headtune.core.memtrack import run_with_peak
-    job = TrainingJob(plan)
-    peak = run_with_peak(job)["peak_bytes"]
+    from headtune.core.training.memtrack import run_with_peak
+    result, job = run_with_peak(plan)
+    peak = result["peak_bytes"]
     losses = [h["loss"] for h in job.trainer.state.log_history if "loss" in h]
     notes = list(job.lean.notes)
     del job
@@ -103,7 +102,7 @@ def main() -> int:
     hf_logging.disable_progress_bar()
     import torch
 
-    from headtune.core.memory import ModelShape, estimate, read_model_config
+    from headtune.core.estimate import ModelShape, estimate, read_model_config
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="headtune-lean-"))

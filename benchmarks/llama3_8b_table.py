@@ -42,7 +42,7 @@ MEMORY = {"stock": STOCK, "defaults": []}
 
 
 def rows():
-    from headtune.core.memory import COMMON_GPUS_GIB, GiB, ModelShape, estimate, fit_verdict
+    from headtune.core.estimate import COMMON_GPUS_GIB, GiB, ModelShape, estimate, fit_verdict
     from headtune.core.plan import with_overrides
     shape = ModelShape.from_config(LLAMA3_8B)
     out = []
@@ -83,7 +83,7 @@ GOAL_ROWS = {
 
 
 def goal_rows():
-    from headtune.core.memory import CATEGORIES, GiB, ModelShape, estimate
+    from headtune.core.estimate import CATEGORIES, GiB, ModelShape, estimate
     from headtune.core.plan import with_overrides
     shape = ModelShape.from_config(LLAMA3_8B)
     lines = ["| plan | " + " | ".join(CATEGORIES) + " | tensors | + CUDA overhead | paged states (apart) | "
@@ -118,7 +118,7 @@ def main() -> int:
             + text + "\n\n## Lean memory: full embeddings + full LM head on a 12 GiB card\n\n"
             "QLoRA (4-bit NF4, double quantisation), LoRA r16 on all linear layers, embeddings and LM head "
             "trained in full, bf16, seq 1024, batch 1, gradient checkpointing. GiB at the peak phase, by "
-            "category (core/memory.py); *+ CUDA overhead* adds the CUDA context and the allocator's slack; "
+            "category (core/estimate/breakdown.py); *+ CUDA overhead* adds the CUDA context and the allocator's slack; "
             "paged optimizer states are reported apart, as they can leave the GPU. These are estimates: no GPU "
             "was available to measure them (see docs/lean-memory.md for the CPU measurements that check the "
             "estimate on small models).\n\n" + goal + "\n")

@@ -40,7 +40,7 @@ MiB = 1024 ** 2
 
 
 def grid() -> list[dict]:
-    """(model, dotted overrides) rows covering the plan space the issue names."""
+    """(model, dotted overrides) rows covering the plan space users choose from."""
     rows = []
 
     def add(model, **kv):
@@ -103,7 +103,7 @@ MODELS = {"untied64": (64, False), "tied64": (64, True), "untied128": (128, Fals
 
 def peers(shape, plan) -> tuple[int, int]:
     """Bytes predicted by the two peer rules for the same plan."""
-    from headtune.core.memory import DTYPE_BYTES
+    from headtune.core.estimate import DTYPE_BYTES
     params = shape.total_params
     dt = DTYPE_BYTES[plan.model.dtype]
     weights = params * dt
@@ -127,8 +127,8 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    from headtune.core.memory import ModelShape, estimate, read_model_config
-    from headtune.core.memtrack import measure_peak
+    from headtune.core.estimate import ModelShape, estimate, read_model_config
+    from headtune.core.training.memtrack import measure_peak
     from headtune.core.plan import plan_from_dict
 
     import torch

@@ -45,7 +45,7 @@ def launch_times(n: int, workdir: Path) -> tuple[list[float], list[float]]:
     shown, ready = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "headtune.core.cli"], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "headtune.gui.launcher"], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True, env=env, cwd=workdir)
         marks = {}
         for line in proc.stdout:

@@ -43,11 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the versions of Headtune and its libraries")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_gui, _add_train, _add_estimate, _add_inspect, _add_doctor, _add_export, _add_chat):
+        add(sub, fmt)
+    return p
 
+
+def _add_gui(sub, fmt) -> None:
     g = sub.add_parser("gui", help="open the window (optionally on a plan)", formatter_class=fmt,
                        description="Open the Headtune window, optionally with a saved plan loaded.")
     g.add_argument("plan", nargs="?", help="a plan YAML file to open")
 
+
+def _add_train(sub, fmt) -> None:
     t = sub.add_parser("train", help="run a plan (fine-tune) from the command line", formatter_class=fmt,
                        description="Fine-tune a model as a YAML plan describes. Progress goes to stdout, one line "
                                    "per step; Ctrl+C stops after the current step and saves a checkpoint and the "
@@ -69,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "run after the current step with a checkpoint")
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_estimate(sub, fmt) -> None:
     es = sub.add_parser("estimate", help="predict the memory a plan needs, and whether it fits", formatter_class=fmt,
                         description="Predict the peak memory of a plan before any weights load: a breakdown by "
                                     "category (GiB), whether it fits the GPU (or this computer's RAM with "
@@ -88,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     es.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_inspect(sub, fmt) -> None:
     ins = sub.add_parser("inspect", help="token health: untrained embedding/head rows, who uses them, template check",
                          formatter_class=fmt,
                          description="Find embedding (and untied LM-head) rows that look untrained: norms far below "
@@ -103,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_doctor(sub, fmt) -> None:
     doc = sub.add_parser("doctor", help="system check: GPU, drivers, bitsandbytes 4/8-bit, bf16, free RAM and disk",
                          formatter_class=fmt,
                          description="Check whether this computer can train: library versions, the GPU torch sees "
@@ -115,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_export(sub, fmt) -> None:
+    from .tools.export import DTYPES, FORMATS, GGUF_TYPES
+
     ex = sub.add_parser("export", help="export a finished or stopped run (adapter, merged model, GGUF)",
                         formatter_class=fmt,
                         description="Export a run folder's result: the PEFT adapter, a merged model (the base in "
@@ -123,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "has a model card (README.md) with the loss curve. The export is written to a "
                                     "temporary folder and renamed into place, so a failure leaves nothing behind.")
     ex.add_argument("run", metavar="RUN_DIR", help="the run folder (the plan's output.dir)")
-    ex.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"))
+    ex.add_argument("--format", required=True, choices=tuple(FORMATS),
+                    help="; ".join(f"{f.name}: {f.label}" for f in FORMATS.values()))
     ex.add_argument("--out", required=True, metavar="PATH", help="the folder to create")
-    ex.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+    ex.add_argument("--dtype", choices=DTYPES,
                     help="weights of the merged model (default bfloat16; float16 for --gguf-type f16)")
-    ex.add_argument("--gguf-type", choices=("f16", "q8_0"), default="q8_0", help="GGUF weights (default q8_0)")
+    ex.add_argument("--gguf-type", choices=GGUF_TYPES, default="q8_0", help="GGUF weights (default q8_0)")
     ex.add_argument("--overwrite", action="store_true", help="replace PATH if it exists (only once the new "
                                                              "export is complete)")
     ex.add_argument("--progress-json", action="store_true",
@@ -135,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "JSON lines on stdout")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_chat(sub, fmt) -> None:
     ch = sub.add_parser("chat", help="chat with a run: the base model and the fine-tuned one side by side",
                         formatter_class=fmt,
                         description="Answer prompts with the run's base model and with the fine-tuned model, one "
@@ -147,14 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ch.add_argument("--tuned-only", action="store_true", help="answer with the fine-tuned model only")
     ch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return p
-
-
-def versions() -> dict[str, str]:
-    """Headtune's, Python's and the libraries' versions; ``torch_cuda`` is torch's CUDA or 'cpu'."""
-    from .doctor import versions as _versions
-    return _versions()
-
 
 def _print_event(event, quiet: bool) -> None:
     from . import events as ev
@@ -183,7 +195,7 @@ def _stop_on_stdin(job) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .job import TrainingJob, resume_plan
+    from .training.job import TrainingJob, resume_plan
 
     if args.resume:
         if args.plan or args.demo:
@@ -217,6 +229,7 @@ def _cmd_train(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     from . import events as ev
+    assert isinstance(result, (ev.Stopped, ev.Finished))
     if isinstance(result, ev.Stopped) and not result.adapter_path:
         print("Stopped before training started; nothing was written.")
     elif isinstance(result, ev.Stopped):
@@ -240,7 +253,7 @@ def _usage(msg: str) -> _UsageError:
 
 def _plan_from_args(args, missing: str):
     """The plan named by ``PLAN`` or ``--demo`` (exactly one), with ``--set`` overrides."""
-    from .demo import demo_plan
+    from .tools.demo import demo_plan
     from .plan import load_plan
     if args.plan and args.demo:
         raise _usage("give either a plan file or --demo, not both.")
@@ -252,7 +265,7 @@ def _plan_from_args(args, missing: str):
 
 
 def _cmd_inspect(args) -> int:
-    from .health import inspect_model
+    from .tools.health import inspect_model
     from .plan import DataSpec, plan_from_dict
     spec = None
     if args.data:
@@ -291,13 +304,14 @@ def _cmd_inspect(args) -> int:
 def _cmd_estimate(args) -> int:
     import json
 
-    from . import memory
+    from . import estimate as memory
 
     plan = _plan_from_args(args, "give a plan file or --demo.")
     device = args.device
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    capacity: int | None
     if args.gpu_memory:
         capacity, where = memory.parse_size(args.gpu_memory), f"{args.gpu_memory} given"
     else:
@@ -309,7 +323,8 @@ def _cmd_estimate(args) -> int:
     if args.json:
         print(json.dumps({**est.to_dict(), "common_gpus": gpus,
                           "cpu_training": {"total_bytes": cpu_total, "ram_bytes": ram,
-                                           "fit": memory.fit_verdict(cpu_total, ram)}}, indent=2))
+                                           "fit": memory.fit_verdict(cpu_total, ram) if ram else None}},
+                         indent=2))
         return EXIT_OK
     g = memory.gib
     print(f"Memory estimate for {plan.model.name_or_path} on {device}: {shape.total_params / 1e9:.2f} B parameters, "
@@ -328,7 +343,7 @@ def _cmd_estimate(args) -> int:
     if not capacity:
         print(f"No capacity to check against: {where}. Give one with --gpu-memory.")
     if capacity:
-        verdict = {"fits": "fits", "tight": "fits, but tightly (within 10%)", "no": "does NOT fit"}[est.fit]
+        verdict = {"fits": "fits", "tight": "fits, but tightly (within 10%)", "no": "does NOT fit"}[est.fit or "no"]
         print(f"Capacity {g(capacity):.2f} GiB ({where}): {verdict}.")
         for i, adv in enumerate(est.advice[:6], 1):
             change = ", ".join(f"{k}={v}" for k, v in adv.set.items())
@@ -336,12 +351,12 @@ def _cmd_estimate(args) -> int:
             print(f"  {i}. {change}: {g(adv.total_bytes):.2f} GiB ({mark}) - {adv.why}")
     sizes = [f"{size.replace('GiB', ' GiB')} {verdict}" for size, verdict in gpus.items()]
     print("Common GPUs: " + ", ".join(sizes) + f"; CPU training in {ram_where}: "
-          f"{memory.fit_verdict(cpu_total, ram)}.")
+          f"{memory.fit_verdict(cpu_total, ram) if ram else 'unknown'}.")
     return EXIT_OK
 
 
 def _cmd_export(args) -> int:
-    from .export import export_run, result_json
+    from .tools.export import export_run, result_json
 
     def progress(fraction: float, message: str) -> None:
         if args.progress_json:
@@ -362,7 +377,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    from .chat import ChatPair
+    from .tools.chat import ChatPair
     if args.max_new_tokens < 1:
         raise _usage("--max-new-tokens must be at least 1.")
     print("Loading the model and the adapter...", file=sys.stderr, flush=True)
@@ -395,21 +410,13 @@ def _cmd_chat(args) -> int:
 
 
 def _cmd_doctor(args) -> int:
-    from .doctor import run_checks
+    from .tools.doctor import run_checks
     report = run_checks(args.output)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.to_text())
     return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def _cmd_gui(args) -> int:
-    try:
-        from headtune.gui.app import main as gui_main  # imported only here: core stays Qt-free
-    except ImportError as exc:
-        raise HeadtuneError(f"The window cannot start: {exc}. Install PySide6-Essentials and pyqtgraph.") from exc
-    return gui_main([args.plan] if args.plan else [])
 
 
 def quiet_libraries() -> None:
@@ -433,18 +440,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if args.version:
-        from .doctor import version_lines
+        from .tools.doctor import version_lines
         print("\n".join(version_lines()))
         return EXIT_OK
-    if args.command is None:  # plain `headtune`: the window, on the demo plan
-        args.command, args.plan = "gui", None
-    if not debug and args.command != "gui":  # the window quiets them when training starts (faster start)
+    if args.command in (None, "gui"):  # the window belongs to the `headtune` program (headtune.gui.launcher)
+        print("headtune: this command line runs sub-commands only; the window opens with `headtune` or "
+              "`headtune gui`.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not debug:
         quiet_libraries()
     try:
         if args.command == "train":
             return _cmd_train(args)
-        if args.command == "gui":
-            return _cmd_gui(args)
         if args.command == "estimate":
             return _cmd_estimate(args)
         if args.command == "inspect":

@@ -13,6 +13,7 @@ class HeadtuneError(Exception):
     """Base class: the message is user-facing; ``exit_code`` is what the CLI returns."""
 
     exit_code = 1
+    reported = False  # a Failed event carrying this message was emitted already
 
 
 class BadInputError(HeadtuneError):

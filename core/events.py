@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .runfolder import RunFolder
+
 
 def _now() -> float:
     return time.time()
@@ -178,7 +180,7 @@ class RunSummary:
 
 def summarize_run(run_dir: str | os.PathLike) -> RunSummary | None:
     """Summary of ``run_dir``'s ``events.jsonl``; None when it is not a run folder."""
-    path = Path(run_dir) / "events.jsonl"
+    path = RunFolder(run_dir).events_file
     if not path.is_file():
         return None
     state, step, total, loss, eval_loss, started, message = "incomplete", 0, 0, None, None, None, ""

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             window.open_plan(args.plan)  # shows its own dialog on failure
         else:
-            from headtune.core.demo import demo_plan
+            from headtune.core.tools.demo import demo_plan
             window.set_plan(demo_plan())
     except HeadtuneError as exc:
         window.show_error("Cannot load the demo plan", str(exc))

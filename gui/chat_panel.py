@@ -44,7 +44,7 @@ class ChatWorker(QObject):
         try:
             if self.pair is None:
                 transformers_ready()
-                from headtune.core.chat import ChatPair
+                from headtune.core.tools.chat import ChatPair
                 self.pair = ChatPair(self.run_dir)
                 self.loaded.emit(self.pair)
             streams = {tuned: self.pair.stream(self.messages, tuned=tuned, max_new_tokens=self.max_new_tokens)

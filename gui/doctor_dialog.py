@@ -18,7 +18,7 @@ _STATUS_COLOURS = {"ok": "#1b7f3b", "info": "#555555", "warning": "#a15c00", "er
 
 
 def run_system_check(output_dir: str):
-    from headtune.core.doctor import run_checks
+    from headtune.core.tools.doctor import run_checks
     return run_checks(output_dir)
 
 

@@ -40,7 +40,7 @@ PLAN_FILTER = "Headtune plans (*.yaml *.yml);;All files (*)"
 
 def detect_hardware():
     """(gpu (total bytes, name) or None, RAM bytes); also warms bitsandbytes' import check."""
-    from headtune.core.memory import detect_capacity
+    from headtune.core.estimate import detect_capacity
     from headtune.core.plan import bitsandbytes_problem
     gpu_bytes, gpu_name = detect_capacity("cuda")
     ram_bytes, _ = detect_capacity("cpu")
@@ -49,7 +49,7 @@ def detect_hardware():
 
 
 def load_tokenizer_for(name_or_path: str, trust_remote_code: bool):
-    from headtune.core.models import load_tokenizer, resolve_source
+    from headtune.core.model.sources import load_tokenizer, resolve_source
     return load_tokenizer(resolve_source(name_or_path), trust_remote_code)
 
 
@@ -345,7 +345,7 @@ class MainWindow(QMainWindow):
         self._update_buttons()
 
     def _update_estimate(self) -> None:
-        from headtune.core.memory import estimate
+        from headtune.core.estimate import estimate
         if self._summary is None:
             self.last_estimate = None
             self.memory_panel.show_message("Estimated peak memory: waiting for the model's configuration…"
@@ -397,7 +397,7 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _load_model_info(self) -> None:
-        from headtune.core.preview import model_summary
+        from headtune.core.tools.preview import model_summary
         v = self.values()["model"]
         name, trust = v["name_or_path"].strip(), v["trust_remote_code"]
         self._summary = None
@@ -447,7 +447,7 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _load_data_preview(self) -> None:
-        from headtune.core.preview import preview_data
+        from headtune.core.tools.preview import preview_data
         d = self.values()["data"]
         if not d["path"].strip():
             self._latest.pop("data", None)
@@ -475,7 +475,7 @@ class MainWindow(QMainWindow):
 
     # -- tokens --------------------------------------------------------------------------
     def _on_token_search_changed(self, text: str) -> None:
-        from headtune.core.preview import search_vocab
+        from headtune.core.tools.preview import search_vocab
         if self._tokenizer is None:
             self.training_panel.show_token_results([])
             return
@@ -500,7 +500,7 @@ class MainWindow(QMainWindow):
 
     # -- token health --------------------------------------------------------------------
     def _on_health_panel_check_requested(self) -> None:
-        from headtune.core.health import inspect_model
+        from headtune.core.tools.health import inspect_model
         try:
             plan = self._plan(check=False)
         except PlanError as exc:
@@ -628,7 +628,7 @@ class MainWindow(QMainWindow):
         return self._worker is not None
 
     def _update_buttons(self) -> None:
-        from headtune.core.job import has_checkpoint
+        from headtune.core.runfolder import RunFolder
         running = self.running
         valid = self._plan_problem is None
         rp = self.run_panel
@@ -637,7 +637,7 @@ class MainWindow(QMainWindow):
                                    f"Fix the plan first: {self._plan_problem}")
         rp.stop_button.setEnabled(running and not self._worker.stop_requested)
         target = rp.selected_run() or self._last_run_dir
-        rp.resume_button.setEnabled(not running and bool(target) and has_checkpoint(target))
+        rp.resume_button.setEnabled(not running and bool(target) and RunFolder(target).has_checkpoint())
         exportable = target if target and (Path(target) / "adapter" / "adapter_config.json").is_file() else None
         if running and exportable and Path(exportable) == Path(self._worker.plan.output.dir):
             exportable = None  # its adapter is rewritten when the run ends
@@ -663,7 +663,7 @@ class MainWindow(QMainWindow):
         self._launch(plan, resume=False)
 
     def resume_run(self) -> None:
-        from headtune.core.job import resume_plan
+        from headtune.core.training.job import resume_plan
         target = self.run_panel.selected_run() or self._last_run_dir
         if self.running or not target:
             return
@@ -675,7 +675,7 @@ class MainWindow(QMainWindow):
         self._launch(plan, resume=True)
 
     def _launch(self, plan: Plan, resume: bool) -> None:
-        from headtune.core.memory import estimate
+        from headtune.core.estimate import estimate
         self.chat_panel.release_model()  # its memory (GPU memory too) goes to the training run
         self._last_run_dir = plan.output.dir
         self.run_panel.reset(("Resuming " if resume else "Starting ") + Path(plan.output.dir).name + "…")

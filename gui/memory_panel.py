@@ -1,7 +1,7 @@
 """The Memory panel: the estimate as a stacked bar against the target's capacity, the verdict,
 and the advisor's fixes, each applicable with one click.
 
-The estimate itself is ``headtune.core.memory.estimate`` (a pure function taking well under a
+The estimate itself is ``headtune.core.estimate.estimate`` (a pure function taking well under a
 millisecond), so the window recomputes it on every change on the UI thread.
 """
 
@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout,
                                QWidget)
 
-from headtune.core.memory import CATEGORIES, COMMON_GPUS_GIB, GiB
+from headtune.core.estimate import CATEGORIES, COMMON_GPUS_GIB, GiB
 
 CATEGORY_LABELS = {
     "weights_frozen": "Frozen weights", "weights_trainable": "Trainable weights", "gradients": "Gradients",

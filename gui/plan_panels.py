@@ -375,7 +375,7 @@ class TrainingPanel(QWidget):
         form.addRow("Seed:", fields.spin("training.seed", 0, 2 ** 31 - 1, "seedSpin", "Seed"))
         lay.addWidget(opt)
 
-        # Lean memory (plan section memory:, core/lean.py); tooltips are the plan's help text.
+        # Lean memory (plan section memory:, core/training/lean.py); tooltips are the plan's help text.
         mem = QGroupBox("Memory")
         form = QFormLayout(mem)
         form.addRow("Loss:", fields.combo("memory.loss", "memoryLossCombo", "Loss computation"))

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
                                QPushButton, QTabWidget, QVBoxLayout, QWidget)
 
 from headtune.core import events as ev
-from headtune.core.memory import GiB
+from headtune.core.estimate import GiB
 
 SMOOTHING = 0.9  # weight of the exponential moving average drawn over the raw loss
 

@@ -1,4 +1,4 @@
-"""Work off the UI thread: worker objects moved to QThreads (the brief's pattern).
+"""Work off the UI thread: worker objects moved to QThreads (worker objects on QThreads, cancellation by flag).
 
 ``TaskWorker`` runs one function (reading a model's config, loading a tokenizer, previewing a
 dataset) and reports its result or its user-facing error. ``TrainingWorker`` runs a training

@@ -35,7 +35,7 @@ def test_demo_with_a_new_token_exports_to_gguf_and_generates(tmp_path, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from headtune.core.export import export_run
+    from headtune.core.tools.export import export_run
     run = tmp_path / "demo"
     code = main(["train", "--demo", "--set", f"output.dir={run}", "--set", "training.max_steps=2",
                  "--set", "training.batch_size=2", "--set", "training.eval_every=0", "--set", "training.save_every=0",

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from headtune.core import APP_ID, __version__
+from headtune.core import APP_ID
+from headtune.core import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGING = ROOT / "packaging"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import plan_dict
-from headtune.core.chat import ChatPair
-from headtune.core.job import TrainingJob
+from headtune.core.tools.chat import ChatPair
+from headtune.core.training.job import TrainingJob
 from headtune.core.plan import plan_from_dict
 
 MESSAGES = [{"role": "user", "content": "Name colour number 3."}]

@@ -74,7 +74,7 @@ def test_missing_model_exit_2(tmp_path, alpaca_file, capsys):
 
 
 def test_failure_during_run_exit_1_and_debug_traceback(tmp_path, tiny_untied, alpaca_file, capsys, monkeypatch):
-    from headtune.core import trainer as trainer_mod
+    from headtune.core.training import trainer as trainer_mod
 
     def boom(self, *a, **k):
         raise RuntimeError("simulated kernel failure")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from headtune.core import data
+from headtune.core.data import examples, reading
+from headtune.core.model import templates
 from headtune.core.errors import DataError
 from headtune.core.plan import DataSpec
 
@@ -29,38 +30,38 @@ def write(path, text):
     ({"text": "plain words"}, "text"),
 ])
 def test_detect_format(tmp_path, row, fmt):
-    examples, detected = data.load_examples(str(write(tmp_path / "d.jsonl", json.dumps(row) + "\n")))
+    examples, detected = reading.load_examples(str(write(tmp_path / "d.jsonl", json.dumps(row) + "\n")))
     assert detected == fmt and len(examples) == 1
 
 
 def test_assistant_tokens_trained_prompt_masked(tok):
-    ex = data.Example(1, messages=[{"role": "system", "content": "be nice"}, {"role": "user", "content": "say cat"},
+    ex = reading.Example(1, messages=[{"role": "system", "content": "be nice"}, {"role": "user", "content": "say cat"},
                                    {"role": "assistant", "content": "the cat"}, {"role": "user", "content": "and dog"},
                                    {"role": "assistant", "content": "the dog"}])
-    template, _ = data.resolve_template(tok, "model")
-    f = data.tokenize_example(tok, ex, template, 512)
-    trained = [i for i, label in zip(f["input_ids"], f["labels"]) if label != data.IGNORE_INDEX]
-    masked = [i for i, label in zip(f["input_ids"], f["labels"]) if label == data.IGNORE_INDEX]
+    template, _ = templates.resolve_template(tok, "model")
+    f = examples.tokenize_example(tok, ex, template, 512)
+    trained = [i for i, label in zip(f["input_ids"], f["labels"]) if label != reading.IGNORE_INDEX]
+    masked = [i for i, label in zip(f["input_ids"], f["labels"]) if label == reading.IGNORE_INDEX]
     assert tok.decode(trained) == "the cat<|im_end|>\nthe dog<|im_end|>\n"
     assert "say cat" in tok.decode(masked) and "be nice" in tok.decode(masked)
     assert "the cat" not in tok.decode(masked)
 
 
 def test_text_trains_every_token_and_ends_with_eos(tok):
-    f = data.tokenize_example(tok, data.Example(1, text="the cat"), "", 512)
+    f = examples.tokenize_example(tok, reading.Example(1, text="the cat"), "", 512)
     assert f["labels"] == f["input_ids"] and f["input_ids"][-1] == tok.eos_token_id
 
 
 def test_truncation(tok):
-    ex = data.Example(1, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "red " * 200}])
-    f = data.tokenize_example(tok, ex, data.CHATML_TEMPLATE, 32)
+    ex = reading.Example(1, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "red " * 200}])
+    f = examples.tokenize_example(tok, ex, templates.CHATML_TEMPLATE, 32)
     assert len(f["input_ids"]) == 32 and f["truncated"]
 
 
 def test_malformed_jsonl_line_is_named(tmp_path):
     path = write(tmp_path / "d.jsonl", '{"text": "ok"}\n\n{"text": "ok"}\n{"text": broken}\n')
     with pytest.raises(DataError) as e:
-        data.load_examples(str(path))
+        reading.load_examples(str(path))
     assert "d.jsonl, line 4 is not valid JSON" in str(e.value) and e.value.line == 4
 
 
@@ -68,62 +69,62 @@ def test_missing_column_is_named(tmp_path):
     rows = [{"instruction": "a", "output": "b"}, {"instruction": "a", "input": "x"}]
     path = write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"d.jsonl, line 2: the column 'output' is missing"):
-        data.load_examples(str(path))
+        reading.load_examples(str(path))
 
 
 def test_bad_turns(tmp_path):
     row = {"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}
     with pytest.raises(DataError, match="line 1: turn 2 has role='robot'"):
-        data.load_examples(str(write(tmp_path / "d.jsonl", json.dumps(row) + "\n")))
+        reading.load_examples(str(write(tmp_path / "d.jsonl", json.dumps(row) + "\n")))
     row = {"messages": [{"role": "user", "content": "a"}]}
     with pytest.raises(DataError, match="no assistant turn"):
-        data.load_examples(str(write(tmp_path / "e.jsonl", json.dumps(row) + "\n")))
+        reading.load_examples(str(write(tmp_path / "e.jsonl", json.dumps(row) + "\n")))
 
 
 def test_empty_missing_and_mislabelled_files(tmp_path):
     with pytest.raises(DataError, match="is empty"):
-        data.load_examples(str(write(tmp_path / "d.jsonl", "\n\n")))
+        reading.load_examples(str(write(tmp_path / "d.jsonl", "\n\n")))
     with pytest.raises(DataError, match="does not exist"):
-        data.load_examples(str(tmp_path / "none.jsonl"))
+        reading.load_examples(str(tmp_path / "none.jsonl"))
     with pytest.raises(DataError, match="not a readable Parquet file"):
-        data.load_examples(str(write(tmp_path / "d.parquet", "instruction,output\n")))
+        reading.load_examples(str(write(tmp_path / "d.parquet", "instruction,output\n")))
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataError, match="not a UTF-8 text file"):
-        data.load_examples(str(tmp_path / "bin.jsonl"))
+        reading.load_examples(str(tmp_path / "bin.jsonl"))
     with pytest.raises(DataError, match="looks like JSON Lines"):
-        data.load_examples(str(write(tmp_path / "d.json", '{"text": "a"}\n{"text": "b"}\n')))
+        reading.load_examples(str(write(tmp_path / "d.json", '{"text": "a"}\n{"text": "b"}\n')))
     with pytest.raises(DataError, match="does not read"):
-        data.load_examples(str(write(tmp_path / "d.xml", "<a/>")))
+        reading.load_examples(str(write(tmp_path / "d.xml", "<a/>")))
     with pytest.raises(DataError, match="cannot tell the format"):
-        data.load_examples(str(write(tmp_path / "q.jsonl", '{"question": "a"}\n')))
+        reading.load_examples(str(write(tmp_path / "q.jsonl", '{"question": "a"}\n')))
 
 
 def test_csv_json_parquet_txt(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     write(tmp_path / "d.csv", 'instruction,input,output\n"multi\nline",,b\nc,,d\n')
-    ex, fmt = data.load_examples(str(tmp_path / "d.csv"))
+    ex, fmt = reading.load_examples(str(tmp_path / "d.csv"))
     assert fmt == "alpaca" and [e.line for e in ex] == [3, 4]
     write(tmp_path / "d.json", json.dumps([{"text": "a"}, {"text": "b"}]))
-    assert len(data.load_examples(str(tmp_path / "d.json"))[0]) == 2
+    assert len(reading.load_examples(str(tmp_path / "d.json"))[0]) == 2
     pq.write_table(pa.Table.from_pylist([{"text": "a"}, {"text": "b"}, {"text": "c"}]), tmp_path / "d.parquet")
-    assert len(data.load_examples(str(tmp_path / "d.parquet"))[0]) == 3
+    assert len(reading.load_examples(str(tmp_path / "d.parquet"))[0]) == 3
     write(tmp_path / "d.txt", "para one\nstill one\n\n\npara two\n")
-    ex, fmt = data.load_examples(str(tmp_path / "d.txt"))
+    ex, fmt = reading.load_examples(str(tmp_path / "d.txt"))
     assert fmt == "text" and [e.text for e in ex] == ["para one\nstill one", "para two"] and ex[1].line == 5
     write(tmp_path / "bad.csv", "instruction,output\na,b,c\n")
     with pytest.raises(DataError, match="bad.csv, line 2 has more fields"):
-        data.load_examples(str(tmp_path / "bad.csv"))
+        reading.load_examples(str(tmp_path / "bad.csv"))
 
 
 def test_split_is_deterministic_and_disjoint():
-    a = data.split_indices(100, 0.1, seed=1)
-    assert a == data.split_indices(100, 0.1, seed=1)
-    assert a != data.split_indices(100, 0.1, seed=2)
+    a = examples.split_indices(100, 0.1, seed=1)
+    assert a == examples.split_indices(100, 0.1, seed=1)
+    assert a != examples.split_indices(100, 0.1, seed=2)
     train, val = a
     assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 100
-    assert data.split_indices(5, 0.0, 1) == ([0, 1, 2, 3, 4], [])
-    assert len(data.split_indices(3, 0.05, 1)[1]) == 1  # at least one validation row
+    assert examples.split_indices(5, 0.0, 1) == ([0, 1, 2, 3, 4], [])
+    assert len(examples.split_indices(3, 0.05, 1)[1]) == 1  # at least one validation row
 
 
 def test_prepare_pack_and_fallback_template(tmp_path, tok):
@@ -132,7 +133,7 @@ def test_prepare_pack_and_fallback_template(tmp_path, tok):
     spec = DataSpec(path=str(path), max_seq_len=64, val_fraction=0.1, packing=True)
     tok.chat_template = None
     try:
-        prepared = data.prepare(spec, tok, seed=0)
+        prepared = examples.prepare(spec, tok, seed=0)
     finally:
         from helpers import CHATML
         tok.chat_template = CHATML
@@ -143,7 +144,7 @@ def test_prepare_pack_and_fallback_template(tmp_path, tok):
 
 
 def test_collator_pads_and_masks():
-    batch = data.Collator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+    batch = examples.Collator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
                                      {"input_ids": [8], "labels": [8]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
@@ -159,4 +160,4 @@ def test_template_refusal_is_a_data_error_with_the_line(tmp_path, tok):
     path = write(tmp_path / "d.jsonl", json.dumps(row) + "\n")
     spec = DataSpec(path=str(path), chat_template=str(tmp_path / "t.jinja"), max_seq_len=64, val_fraction=0.0)
     with pytest.raises(DataError, match="d.jsonl, line 1: the chat template refused this conversation"):
-        data.prepare(spec, tok, seed=0)
+        examples.prepare(spec, tok, seed=0)

@@ -22,7 +22,8 @@ import psutil
 import pytest
 import torch
 
-from headtune.core import __version__, doctor
+from headtune.core import __version__
+from headtune.core.tools import doctor
 from headtune.core.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

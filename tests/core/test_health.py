@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 
-from headtune.core.health import check_template, init_untrained_mean, inspect_model, untrained_rows
-from headtune.core.models import load_tokenizer, resolve_source
+from headtune.core.embeddings.untrained import init_untrained_mean, untrained_rows
+from headtune.core.tools.health import check_template, inspect_model
+from headtune.core.model.sources import load_tokenizer, resolve_source
 from headtune.core.plan import DataSpec
 
 from helpers import ALPACA_ROWS, write_jsonl

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from helpers import plan_dict, write_jsonl, ALPACA_ROWS
 from headtune.core import events as ev
 from headtune.core.errors import DataError, OutOfMemoryError, PlanError, RunError
-from headtune.core.job import TrainingJob, resume_plan
+from headtune.core.training.job import TrainingJob, resume_plan
 from headtune.core.plan import plan_from_dict
 
 
@@ -75,7 +75,7 @@ def test_token_ids_outside_vocabulary(tmp_path, tiny_untied, alpaca_file):
 
 
 def test_not_enough_disk(tmp_path, tiny_untied, alpaca_file, monkeypatch):
-    from headtune.core import job as job_mod
+    from headtune.core.training import job as job_mod
     monkeypatch.setattr(job_mod, "_free_bytes", lambda path: 1000)
     with pytest.raises(RunError, match="Not enough free disk space"):
         TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file)).run()

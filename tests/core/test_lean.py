@@ -1,4 +1,4 @@
-"""Lean memory (core.lean): the chunked loss, no frozen duplicate, no upcast, 8-bit matrix states
+"""Lean memory (core.training.lean): the chunked loss, no frozen duplicate, no upcast, 8-bit matrix states
 and the fused step, on tiny real Llama models. Each would fail if its technique broke: the loss
 and gradients must equal transformers' own, the frozen original must really be gone, the saved
 run must reload (core.trained.load_trained) with the trained model's logits, and
@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import plan_dict
-from headtune.core import lean
-from headtune.core.job import TrainingJob
+from headtune.core.training import lean
+from headtune.core.training.job import TrainingJob
 from headtune.core.plan import plan_from_dict
-from headtune.core.trained import load_trained
+from headtune.core.training.trained import load_trained
 
 STOCK = {"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer"}
 FULL = {"train_embeddings": True, "train_lm_head": True, "mode": "full"}
@@ -63,7 +63,7 @@ def test_chunked_loss_honours_num_items_in_batch_and_other_heads():
 
 def test_chunked_loss_keeps_only_one_chunk_of_logits():
     """The tracker's peak inside the loss stays near one chunk's logits, far below all of them."""
-    from headtune.core.memtrack import LiveTensorTracker
+    from headtune.core.training.memtrack import LiveTensorTracker
     torch.manual_seed(2)
     V, T, H, chunk = 20_000, 512, 8, 64
     head = torch.nn.Linear(H, V, bias=False)
@@ -182,12 +182,13 @@ def test_eight_bit_states_for_both_matrices(tmp_path, tiny_llama3_vocab, alpaca_
 def test_no_upcast_under_4bit_and_fp32_master(tmp_path, tiny_untied, alpaca_file):
     from transformers import AutoModelForCausalLM
 
-    from headtune.core.adapters import build_peft_model, resolve_embeddings
+    from headtune.core.embeddings.setup import resolve_embeddings
+    from headtune.core.training.adapters import build_peft_model
     d = plan_dict(tiny_untied, alpaca_file, tmp_path / "x", embeddings=FULL,
                   model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "bfloat16"})
 
     def build(**memory):
-        from headtune.core.models import load_model, resolve_source
+        from headtune.core.model.sources import load_model, resolve_source
         p = plan_from_dict({**d, "memory": memory})
         model = load_model(resolve_source(str(tiny_untied)), p.model, "cpu")
         return build_peft_model(model, p, resolve_embeddings(model, p.embeddings, []))

@@ -8,7 +8,7 @@ import pytest
 
 from headtune.core.cli import main
 from headtune.core.errors import PlanError
-from headtune.core.memory import CATEGORIES, GiB, ModelShape, estimate, parse_size
+from headtune.core.estimate import CATEGORIES, GiB, ModelShape, estimate, parse_size
 from headtune.core.plan import Plan, with_overrides
 
 LLAMA3_8B = {"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
@@ -71,7 +71,7 @@ def test_enabling_a_mode_never_lowers(mode, quant):
 STOCK = ["memory.loss=standard", "memory.frozen_copy=true", "memory.matrix_dtype=peft", "memory.matrix_states=trainer"]
 
 
-def test_full_embeddings_and_head_cost_what_the_brief_says():
+def test_full_embeddings_and_head_cost_a_copy_gradients_and_states_each():
     off = estimate(plan(*STOCK), SHAPE, "cuda")
     on = estimate(plan("embeddings.train_embeddings=true", "embeddings.train_lm_head=true", *STOCK), SHAPE, "cuda")
     assert on.trainable_params - off.trainable_params == 2 * 525_336_576
@@ -154,13 +154,14 @@ def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_u
     import torch
     from transformers import AutoModelForCausalLM
 
-    from headtune.core.adapters import build_peft_model, count_parameters, resolve_embeddings
-    from headtune.core.memory import read_model_config
+    from headtune.core.embeddings.setup import resolve_embeddings
+    from headtune.core.training.adapters import build_peft_model, count_parameters
+    from headtune.core.estimate import read_model_config
     from headtune.core.plan import plan_from_dict
 
     from transformers import AutoTokenizer
 
-    from headtune.core.adapters import add_new_tokens, init_new_rows
+    from headtune.core.embeddings.setup import add_new_tokens, init_new_rows
     folder = tiny_tied if which == "tied" else tiny_untied
     rows = {"token_ids": [5, 6, 7]} if mode == "tokens" else {}
     p = plan_from_dict({"model": {"name_or_path": str(folder), "dtype": "float32"}, "data": {"path": "d.jsonl"},
@@ -175,7 +176,7 @@ def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_u
     assert est.trainable_params == real
 
 
-# -- lean memory (core.lean): each option moves the estimate by what it removes -------------------
+# -- lean memory (core.training.lean): each option moves the estimate by what it removes -------------------
 
 BOTH = ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true", "embeddings.mode=full"]
 QLORA_1024 = ["model.quantization=4bit", "data.max_seq_len=1024", "training.batch_size=1"]
@@ -214,7 +215,7 @@ def test_each_lean_option_removes_what_it_should():
 
 
 def test_fused_step_falls_back_where_it_would_not_be_exact():
-    from headtune.core.lean import resolve
+    from headtune.core.plan.memory_options import resolve
     p = plan(*BOTH, "memory.fused_step=true")  # max_grad_norm 1.0 by default
     eff = resolve(p, "cuda")
     assert not eff.fused_step and any("max_grad_norm" in n for n in eff.notes)
@@ -227,14 +228,14 @@ def test_fused_step_falls_back_where_it_would_not_be_exact():
 
 
 def test_fused_step_off_under_a_distributed_launcher(monkeypatch):
-    from headtune.core.lean import resolve
+    from headtune.core.plan.memory_options import resolve
     monkeypatch.setenv("WORLD_SIZE", "2")
     eff = resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0"), "cuda")
     assert not eff.fused_step and any("distributed" in n for n in eff.notes)
 
 
 def test_fallbacks_by_device():
-    from headtune.core.lean import resolve
+    from headtune.core.plan.memory_options import resolve
     assert resolve(plan("memory.loss=fused"), "cpu").loss == "chunked"
     assert resolve(plan("memory.matrix_states=paged_8bit"), "cpu").matrix_states == "8bit"
     assert resolve(plan("memory.matrix_states=paged_8bit"), "cuda").matrix_states == "paged_8bit"
@@ -245,7 +246,7 @@ def test_fallbacks_by_device():
 
 
 def test_llama3_8b_full_embeddings_and_head_fit_12gib_lean_not_stock():
-    """The issue's goal, by the estimate: QLoRA, full embeddings + head, seq 1024, batch 1, GC."""
+    """A 12 GiB card's plan, by the estimate: QLoRA, full embeddings + head, seq 1024, batch 1, GC."""
     stock = estimate(plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=paged_adamw_8bit"), SHAPE, "cuda")
     lean = estimate(plan(*QLORA_1024, *BOTH, "training.optimizer=adamw_8bit", "memory.matrix_states=8bit",
                          "memory.fused_step=true", "training.max_grad_norm=0"), SHAPE, "cuda")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from headtune.core.memtrack import LiveTensorTracker, measure_peak
+from headtune.core.training.memtrack import LiveTensorTracker, measure_peak
 
 
 def test_counts_each_storage_once_and_notices_release():

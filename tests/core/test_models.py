@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from headtune.core import models
+from headtune.core.model import sources as models
 from headtune.core.errors import ModelError
 
 
@@ -44,7 +44,7 @@ def test_remote_code_needed(tmp_path):
 def test_gated_message_explains_token():
     class GatedRepoError(Exception):
         pass
-    err = models._hub_error(GatedRepoError("Access to model meta-llama/x is restricted"), "meta-llama/x", False)
+    err = models.hub_error(GatedRepoError("Access to model meta-llama/x is restricted"), "meta-llama/x", False)
     assert err is not None and "HF_TOKEN" in str(err) and "hf auth login" in str(err)
 
 
@@ -57,7 +57,7 @@ def test_tied_and_module_names(tiny_tied, tiny_untied):
 
 
 def test_hub_dataset_offline_is_a_data_error(monkeypatch):
-    from headtune.core.data import load_examples
+    from headtune.core.data.reading import load_examples
     from headtune.core.errors import DataError
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="neither a local file nor loadable from the hub"):

@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from headtune.core.errors import PlanError
-from headtune.core.plan import (SCHEMA_VERSION, Plan, all_keys, apply_overrides, choices_for, help_for, load_plan,
-                                plan_from_dict)
+from headtune.core.plan import SCHEMA_VERSION, Plan, all_keys, apply_overrides, choices_for, help_for, load_plan, plan_from_dict
 
 
 def minimal(tmp_path, **extra):
@@ -74,7 +73,7 @@ def test_impossible_combinations(tmp_path):
 
 
 def test_bitsandbytes_missing_is_refused(tmp_path, monkeypatch):
-    from headtune.core import plan as plan_mod
+    from headtune.core.plan import checks as plan_mod
     monkeypatch.setattr(plan_mod, "_BNB_PROBLEM", ["is not installed"])
     with pytest.raises(PlanError, match="model.quantization: 4bit needs bitsandbytes, which is not installed"):
         plan_from_dict(minimal(tmp_path, model={"quantization": "4bit"}))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from headtune.core.data import IGNORE_INDEX, tokenize_example
+from headtune.core.data.examples import tokenize_example
+from headtune.core.data.reading import IGNORE_INDEX
 from headtune.core.errors import DataError, ModelError
 from headtune.core.events import Eval, Finished, JsonlSink, Started, Step, Stopped, summarize_run
-from headtune.core.models import load_tokenizer, resolve_source
+from headtune.core.model.sources import load_tokenizer, resolve_source
 from headtune.core.plan import DataSpec
-from headtune.core.preview import find_tokens, model_summary, preview_data, search_vocab
+from headtune.core.tools.preview import find_tokens, model_summary, preview_data, search_vocab
 
 from helpers import ALPACA_ROWS, write_jsonl
 
@@ -49,7 +50,8 @@ def test_preview_data_splits_trained_and_masked_text(tokenizer, tmp_path):
     assert short.trained_tokens + short.masked_tokens == sum(min(n, 16) for n in p.lengths)
     assert any(k == "cut" for _, k in short.segments)
     # The same split the trainer uses.
-    from headtune.core.data import load_examples, resolve_template
+    from headtune.core.data.reading import load_examples
+    from headtune.core.model.templates import resolve_template
     ex = load_examples(str(data))[0][0]
     f = tokenize_example(tokenizer, ex, resolve_template(tokenizer, "model")[0], 64)
     assert p.trained_tokens >= sum(1 for x in f["labels"] if x != IGNORE_INDEX)

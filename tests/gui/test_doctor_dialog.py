@@ -10,7 +10,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QPlainTextEdit, QPushButton
 
-from headtune.core import doctor
+from headtune.core.tools import doctor
 from headtune.core.errors import HeadtuneError
 from headtune.gui import doctor_dialog
 from headtune.gui.app import app_icon

@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton
 
-from headtune.core.job import has_checkpoint
+from headtune.core.runfolder import RunFolder
 from headtune.core.plan import load_plan, plan_from_dict
 from headtune.gui.main_window import MainWindow, fresh_run_dir
 
@@ -209,7 +209,7 @@ def test_stop_mid_run_saves_a_checkpoint_and_resume_continues(make_window, qtbot
     label = w.run_panel.state_label.text()
     assert label.startswith("Stopped at step"), w.run_panel.log_view.toPlainText()
     step = int(label.split()[-1])
-    assert 2 <= step < 400 and has_checkpoint(out)
+    assert 2 <= step < 400 and RunFolder(out).has_checkpoint()
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     assert events[-1]["type"] == "stopped" and events[-1]["checkpoint_path"]
     resume = w.findChild(QPushButton, "resumeButton")
@@ -289,7 +289,7 @@ def test_closing_during_a_run_stops_and_saves(make_window, qtbot, tiny_untied, a
     w.ask = lambda *a: NO.Yes
     assert not w.close()  # refused for now: the run stops first
     qtbot.waitUntil(lambda: not w.isVisible(), timeout=120_000)
-    assert has_checkpoint(out) and (out / "adapter").is_dir()
+    assert RunFolder(out).has_checkpoint() and (out / "adapter").is_dir()
 
 
 def test_settings_remember_recent_models(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
@@ -313,7 +313,7 @@ def test_fresh_run_dir(tmp_path):
 
 def _open_window(args, tmp_path):
     env = dict(os.environ, HEADTUNE_EXIT_AFTER_SHOWN="1", QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path))
-    return subprocess.run([sys.executable, "-m", "headtune.core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "headtune.gui.launcher", *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=180)
 
 

@@ -1,45 +1,24 @@
-"""Reading datasets, detecting their format, and turning rows into masked training examples.
+"""Reading datasets and detecting their format.
 
 Rows come from .jsonl/.json/.csv/.parquet/.txt files or a hub dataset, each remembered with
 its line (or row) number so a malformed one can be named. Four formats are understood:
 alpaca (instruction/input/output), messages (role/content), ShareGPT (from/value) and raw
-text. Chat and instruction rows go through the chat template and only the assistant's tokens
-(with the end-of-turn token) are trained; the prompt is masked with -100. Raw text trains on
-every token.
-
-Masking works on any chat template whose rendering of a conversation starts with its rendering
-of every earlier prefix (true of the common templates): each assistant turn's character span is
-found by rendering the prefix with and without that turn, and tokens are labelled through the
-fast tokenizer's offset mapping. (TRL's assistant-only loss needs ``{% generation %}`` markers,
-which most models' templates lack.)
+text; each row becomes an ``Example`` (a conversation, or a text trained on every token).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .errors import DataError
+from ..errors import DataError
 
 IGNORE_INDEX = -100
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
-# Used when the model has no chat template of its own (documented in the README).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
-BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -58,28 +37,6 @@ class Example:
     line: int
     messages: list[dict[str, str]] | None = None
     text: str | None = None
-
-
-@dataclass
-class DataStats:
-    format: str
-    rows: int
-    train_examples: int
-    val_examples: int
-    truncated: int = 0
-    skipped_no_labels: int = 0
-    trained_tokens: int = 0
-    masked_tokens: int = 0
-    template_source: str = ""
-    packed_sequences: int = 0
-
-
-@dataclass
-class PreparedData:
-    train: list[dict[str, list[int]]]
-    val: list[dict[str, list[int]]]
-    stats: DataStats
-    examples: list[Example] = field(default_factory=list)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -182,7 +139,9 @@ def _read_parquet(path: Path) -> tuple[list[Row], str]:
 
 def _read_txt(path: Path) -> tuple[list[Row], str]:
     """Raw text: documents separated by blank lines; each remembers its first line."""
-    rows, buf, start = [], [], 0
+    rows: list[Row] = []
+    buf: list[str] = []
+    start = 0
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if line.strip():
@@ -309,143 +268,4 @@ def load_examples(path_or_id: str, fmt: str = "auto") -> tuple[list[Example], st
 
 # -- chat template and tokenisation ------------------------------------------------------
 
-def resolve_template(tokenizer, choice: str) -> tuple[str, str]:
-    """(template text, where it came from) for ``data.chat_template``."""
-    if choice == "model":
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.chat_template, "model"
-        return CHATML_TEMPLATE, "chatml (the model has no chat template)"
-    if choice in BUILTIN_TEMPLATES:
-        return BUILTIN_TEMPLATES[choice], choice
-    path = Path(choice)
-    if not path.is_file():
-        raise DataError(f"data.chat_template: {choice!r} is not 'model', a built-in template "
-                        f"({', '.join(BUILTIN_TEMPLATES)}) or an existing Jinja file.")
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"data.chat_template: the file {path} cannot be read ({exc}).") from None
 
-
-def _render(tokenizer, messages, template: str, generation_prompt: bool, where: str = "") -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
-    except Exception as exc:  # Jinja errors raised by the template itself ("roles must alternate", ...)
-        raise DataError(f"{where}: the chat template refused this conversation ({exc}). Fix the row, or "
-                        "choose another data.chat_template (e.g. chatml).") from None
-
-
-def assistant_spans(tokenizer, messages, template: str, where: str) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
-    full = _render(tokenizer, messages, template, False, where)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = _render(tokenizer, messages[:i], template, True, where) if i else ""
-        after = _render(tokenizer, messages[: i + 1], template, False, where)
-        if not (full.startswith(after) and after.startswith(before)):
-            continue  # a template that rewrites earlier turns: only the turns we can locate train
-        spans.append((len(before), len(after)))
-    if not spans:
-        raise DataError(f"{where}: the chat template does not render this conversation in a way that lets "
-                        "Headtune find the assistant's reply. Choose another data.chat_template (e.g. chatml).")
-    return full, spans
-
-
-def tokenize_example(tokenizer, ex: Example, template: str, max_seq_len: int, where: str = "") -> dict:
-    """input_ids and labels (-100 on masked tokens), truncated to ``max_seq_len``."""
-    if ex.text is not None:
-        ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"]
-        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-            ids = ids + [tokenizer.eos_token_id]
-        labels = list(ids)
-    else:
-        text, spans = assistant_spans(tokenizer, ex.messages, template, where)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        labels = []
-        for tok_id, (start, end) in zip(ids, enc["offset_mapping"]):
-            trained = any(s <= start < e or (start == end and s < start <= e) for s, e in spans)
-            labels.append(tok_id if trained else IGNORE_INDEX)
-    truncated = len(ids) > max_seq_len
-    return {"input_ids": ids[:max_seq_len], "labels": labels[:max_seq_len], "truncated": truncated}
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/validation split of ``range(n)``."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_val = 0
-    if val_fraction > 0 and n >= 2:
-        n_val = min(n - 1, max(1, math.floor(n * val_fraction + 0.5)))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def pack(features: Iterable[dict], max_seq_len: int) -> list[dict]:
-    """Greedily concatenate examples, in order, into sequences of at most ``max_seq_len``."""
-    packs: list[dict] = []
-    cur: dict = {"input_ids": [], "labels": []}
-    for f in features:
-        if cur["input_ids"] and len(cur["input_ids"]) + len(f["input_ids"]) > max_seq_len:
-            packs.append(cur)
-            cur = {"input_ids": [], "labels": []}
-        cur["input_ids"] += f["input_ids"]
-        cur["labels"] += f["labels"]
-    if cur["input_ids"]:
-        packs.append(cur)
-    return packs
-
-
-def prepare(spec, tokenizer, seed: int) -> PreparedData:
-    """Everything the trainer needs from ``plan.data``: tokenised, masked, split (and packed)."""
-    examples, fmt = load_examples(spec.path, spec.format)
-    template, template_source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
-    if fmt != "text" and not getattr(tokenizer, "is_fast", False):
-        raise DataError("This model's tokenizer has no fast (Rust) version, which Headtune needs to tell the "
-                        "assistant's tokens from the prompt's. Use a model whose repository has tokenizer.json.")
-    name = Path(spec.path).name
-    features, truncated, skipped = [], 0, 0
-    for ex in examples:
-        f = tokenize_example(tokenizer, ex, template, spec.max_seq_len, f"{name}, line {ex.line}")
-        truncated += f.pop("truncated")
-        if all(label == IGNORE_INDEX for label in f["labels"]):
-            skipped += 1  # the reply was cut off entirely by max_seq_len
-            continue
-        features.append(f)
-    if not features:
-        raise DataError(f"No example in {name} has a trained token within data.max_seq_len="
-                        f"{spec.max_seq_len}; raise data.max_seq_len.")
-    train_idx, val_idx = split_indices(len(features), spec.val_fraction, seed)
-    train, val = [features[i] for i in train_idx], [features[i] for i in val_idx]
-    stats = DataStats(format=fmt, rows=len(examples), train_examples=len(train), val_examples=len(val),
-                      truncated=truncated, skipped_no_labels=skipped, template_source=template_source)
-    for f in features:
-        n_trained = sum(1 for x in f["labels"] if x != IGNORE_INDEX)
-        stats.trained_tokens += n_trained
-        stats.masked_tokens += len(f["labels"]) - n_trained
-    if spec.packing:
-        train, val = pack(train, spec.max_seq_len), pack(val, spec.max_seq_len)
-        stats.packed_sequences = len(train)
-    return PreparedData(train=train, val=val, stats=stats, examples=examples)
-
-
-class Collator:
-    """Right-pads a batch; padding is masked in ``attention_mask`` and ``labels``."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, batch: list[dict]) -> dict:
-        import torch
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[i, :n] = torch.tensor(b["input_ids"])
-            labels[i, :n] = torch.tensor(b["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -19,9 +19,10 @@ class ChatPair:
     def __init__(self, run_dir: str | Path, device: str | None = None):
         import torch
 
-        from .export import check_run, end_of_turn_ids, training_template
-        from .trained import load_trained
-        run = check_run(run_dir)
+        from ..model.templates import end_of_turn_ids, training_template
+        from ..runfolder import RunFolder
+        from ..training.trained import load_trained
+        run = RunFolder(run_dir).require_adapter().path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer, self.plan = load_trained(run, device=self.device)
         self.template = training_template(self.plan, self.tokenizer)

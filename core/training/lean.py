@@ -3,7 +3,7 @@
 With a 128k-token vocabulary the embedding and the LM head dominate training memory twice: as
 parameters (each matrix is 525 M values on Llama-3-8B, trained in full with gradients and optimizer
 states) and as activations (batch x seq x vocab logits, upcast to fp32 by the loss). Each technique
-here is one plan option (``core.plan.MemorySpec``), and ``core.memory.estimate`` models each one:
+here is one plan option (``core.plan.schema.MemorySpec``), and ``core.estimate`` models each one:
 
 - ``loss: chunked``   the cross-entropy is computed a chunk of tokens at a time, and its gradients
   with it, so the full-vocabulary logits never exist (``ChunkedLinearCrossEntropy``); a head that
@@ -25,111 +25,25 @@ here is one plan option (``core.plan.MemorySpec``), and ``core.memory.estimate``
   dropped at once. Exact only without gradient accumulation or clipping and without fp16's
   gradient scaler; otherwise ``resolve`` turns it off and says why.
 
-``resolve(plan, device)`` decides what actually runs (a fused loss without CUDA, paged states on a
-CPU, ...), and the estimate and the job both use it, so they agree.
+``core.plan.memory_options.resolve`` decides what actually runs (a fused loss without CUDA, paged
+states on a CPU, ...); the estimate and the job both read it, so they agree.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
-import os
 import weakref
-from dataclasses import dataclass, field
 
-IGNORE_INDEX = -100
-
-
-# -- what runs ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Effective:
-    """The memory options as they will run for a plan on a device, with the reasons for fallbacks."""
-
-    loss: str                 # standard | chunked | fused
-    loss_chunk: int
-    frozen_copy: bool
-    matrix_dtype: str         # peft | model | float32
-    matrix_states: str        # trainer | 32bit | 8bit | paged_8bit
-    fused_step: bool
-    fused_backend: str | None = None  # liger | cce when loss == fused
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def fused_loss_backend() -> str | None:
-    """The installed fused linear cross-entropy library: liger, cce or None (no import: cheap)."""
-    if importlib.util.find_spec("liger_kernel") is not None:
-        return "liger"
-    if importlib.util.find_spec("cut_cross_entropy") is not None:
-        return "cce"
-    return None
-
-
-def optimizer_bits(optimizer: str) -> int:
-    return 8 if "8bit" in optimizer else 32
-
-
-def resolve(plan, device: str, tied: bool = False) -> Effective:
-    """What the ``memory:`` options of ``plan`` amount to on ``device`` ("cuda..." or "cpu"), for a
-    model with tied (``tied``) or separate embedding and head matrices."""
-    m, t, e = plan.memory, plan.training, plan.embeddings
-    notes = []
-    frozen_copy = m.frozen_copy
-    loss, backend = m.loss, None
-    if loss == "fused":
-        backend = fused_loss_backend()
-        if not device.startswith("cuda"):
-            notes.append("memory.loss: fused kernels need CUDA; the chunked loss runs instead.")
-            loss, backend = "chunked", None
-        elif backend is None:
-            notes.append("memory.loss: neither liger-kernel nor cut-cross-entropy is installed; the chunked "
-                         "loss runs instead (pip install liger-kernel).")
-            loss = "chunked"
-    states = m.matrix_states
-    if states == "auto":
-        states = {"adamw": "32bit", "adamw_8bit": "8bit", "paged_adamw_8bit": "paged_8bit"}[t.optimizer]
-    if states == "paged_8bit" and not device.startswith("cuda"):
-        notes.append("memory.matrix_states: paged states need CUDA; plain 8-bit states are used on the CPU.")
-        states = "8bit"
-    fused = m.fused_step
-    if fused:
-        why = []
-        if t.grad_accum > 1:
-            why.append("training.grad_accum > 1 (the step must wait for every micro-batch)")
-        if t.max_grad_norm > 0:
-            why.append("training.max_grad_norm > 0 (clipping needs every gradient before any step)")
-        if plan.model.dtype == "float16":
-            why.append("model.dtype float16 (the gradient scaler unscales after backward)")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            why.append("a distributed run (the step would run before gradients are averaged across processes)")
-        if not ((e.train_embeddings or e.train_lm_head) and e.mode == "full"):
-            why.append("no matrix is trained in full (embeddings.mode full)")
-        if why:
-            notes.append("memory.fused_step is off: " + "; ".join(why) + ".")
-            fused = False
-    return Effective(loss=loss, loss_chunk=m.loss_chunk_tokens, frozen_copy=frozen_copy,
-                     matrix_dtype=m.matrix_dtype, matrix_states=states, fused_step=fused, fused_backend=backend,
-                     notes=tuple(notes))
-
-
-def matrix_bytes(eff: Effective, model_dtype: str, kbit: bool, trained: bool) -> int:
-    """Bytes per value of an embedding/head matrix (frozen or trained copy) as this stack stores it."""
-    dt = 2 if model_dtype in ("bfloat16", "float16") else 4
-    if eff.matrix_dtype == "peft":
-        if kbit:
-            return 4
-        return 4 if (trained and model_dtype == "float16") else dt
-    if trained and (eff.matrix_dtype == "float32" or model_dtype == "float16"):
-        return 4  # fp32 master weights (fp16 always: the gradient scaler refuses fp16 gradients)
-    return dt
+from ..data.reading import IGNORE_INDEX
+from ..plan.memory_options import Effective
 
 
 # -- building the model ------------------------------------------------------------------------
 
 def matrix_parameters(model) -> list:
     """The embedding and head weight Parameters of an (unwrapped) transformers model, once each."""
-    out = []
+    out: list = []
     for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
         w = getattr(layer, "weight", None) if layer is not None else None
         if w is not None and all(w is not p for p in out):
@@ -157,7 +71,7 @@ def prepare_kbit(model, gradient_checkpointing: bool, keep_dtype: list) -> None:
 def trained_matrix_parameters(peft_model) -> list:
     """The trainable copies that PEFT ``modules_to_save`` made of the embedding/head (once each)."""
     from peft.utils.other import ModulesToSaveWrapper
-    out = []
+    out: list = []
     for module in peft_model.modules():
         if isinstance(module, ModulesToSaveWrapper):
             copy = module.modules_to_save[module.active_adapters[0]]
@@ -246,7 +160,7 @@ def unsupported_head_reason(config) -> str | None:
     return None
 
 
-_FUNCTION = []
+_FUNCTION: list = []
 
 
 def _chunked_function():
@@ -403,6 +317,7 @@ class FusedMatrixStep:
         self.optimizers = {}
         self.handles = []
         for p in self.params:
+            opt: torch.optim.Optimizer
             if bits is not None:
                 import bitsandbytes as bnb
                 opt = bnb.optim.AdamW([p], optim_bits=bits[id(p)], is_paged=paged)

@@ -20,10 +20,11 @@ import subprocess
 import sys
 import time
 import traceback
+from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 GiB = 1024 ** 3
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
@@ -319,6 +320,7 @@ def quantized_matmul_error(bits: int, device: str) -> float:
     w = torch.randn(64, 64, generator=gen)
     x = torch.randn(8, 64, generator=gen)
     ref = x @ w.T
+    layer: torch.nn.Module
     if bits == 4:
         layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
         layer.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4")
@@ -458,7 +460,7 @@ def run_checks(output_dir: str | os.PathLike = "runs", device: str | None = None
     driver, smi_names = nvidia_smi()
     gpus: list[Gpu] = []
     cuda_driver = None
-    torch = None
+    torch: Any = None
     try:
         import torch
         if torch.cuda.is_available():

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import IGNORE_INDEX, load_examples, read_rows, resolve_template, tokenize_example
-from .errors import DataError
-from .memory import ModelShape, read_model_config
-from .models import resolve_source
+from ..data.examples import tokenize_example
+from ..data.reading import IGNORE_INDEX, load_examples, read_rows
+from ..model.templates import resolve_template
+from ..errors import DataError
+from ..model.shape import ModelShape, read_model_config
+from ..model.sources import resolve_source
 
 
 @dataclass(frozen=True)

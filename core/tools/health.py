@@ -4,8 +4,8 @@ Base models ship rows that were never or barely trained (Llama 3's reserved and 
 tokens among them): their norms sit far below a typical row, or many of them are identical
 (left at one init value). Chat fine-tuning then leans on exactly those tokens. This module finds
 them from the weights alone (read straight from safetensors, no model is built), counts how
-often the chat template and a dataset use them, and can reset them to the mean of the healthy
-rows before training (``embeddings.init_untrained: mean``).
+often the chat template and a dataset use them, and ``core.embeddings.untrained`` can reset them to the
+mean of the healthy rows before training (``embeddings.init_untrained: mean``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from ..data.examples import tokenize_example
+from ..data.reading import IGNORE_INDEX, load_examples
+from ..embeddings.untrained import untrained_rows
+from ..errors import ModelError
+from ..model.sources import load_tokenizer, resolve_source
+from ..model.templates import SAMPLE_CONVERSATION, resolve_template, template_end_token
 
-# A row is "far below typical" when its L2 norm is under this share of the median row norm.
-NORM_RATIO = 0.1
-# Rows are "identical" when they agree to this share of a typical row norm (compared through a
-# few random projections, so a 128k x 4096 matrix is checked without pairwise distances).
-DUPLICATE_TOLERANCE = 1e-4
-PROJECTIONS = 8
 
 EMBEDDING_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
 HEAD_KEYS = ("lm_head.weight", "output.weight", "embed_out.weight")
@@ -34,27 +33,6 @@ class FlaggedRow:
     matrix: str          # "embeddings" or "lm_head"
     reasons: list[str]
     norm: float
-
-
-def untrained_rows(weight) -> dict[int, list[str]]:
-    """Row ids of ``weight`` (vocab x hidden) that look untrained, with the reasons."""
-    import torch
-    w = weight.detach().float()
-    norms = w.norm(dim=1)
-    typical = float(norms.median())
-    flagged: dict[int, list[str]] = {}
-    if typical == 0.0:
-        return {i: ["the whole matrix is zero"] for i in range(w.shape[0])}
-    for i in torch.nonzero(norms < NORM_RATIO * typical).flatten().tolist():
-        flagged.setdefault(i, []).append(f"norm {float(norms[i]):.3g}, typical {typical:.3g}")
-    gen = torch.Generator().manual_seed(0)
-    proj = torch.randn(w.shape[1], PROJECTIONS, generator=gen) / w.shape[1] ** 0.5
-    keys = torch.round((w @ proj) / (typical * DUPLICATE_TOLERANCE)).to(torch.int64)
-    _, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
-    for i in torch.nonzero(counts[inverse] > 1).flatten().tolist():
-        n = int(counts[inverse[i]])
-        flagged.setdefault(i, []).append(f"identical to {n - 1} other row{'s' if n > 2 else ''}")
-    return flagged
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
@@ -120,31 +98,12 @@ class HealthReport:
         return sorted(i for i in used if self.template_counts.get(i) or self.data_counts.get(i))
 
 
-SAMPLE_CONVERSATION = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"},
-                       {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
-                       {"role": "assistant", "content": "Goodbye."}]
-
-
-def _template_end_token(tokenizer, template: str) -> str | None:
-    """The token the template puts right after an assistant reply (end of turn)."""
-    from .data import _render
-    text = _render(tokenizer, SAMPLE_CONVERSATION[:3], template, False)
-    i = text.rfind("Hello!")
-    if i < 0:
-        return None
-    ids = tokenizer(text[i + len("Hello!"):], add_special_tokens=False)["input_ids"]
-    if not ids:
-        return tokenizer.eos_token
-    return tokenizer.convert_ids_to_tokens(ids[0])
-
-
 def check_template(tokenizer, data_spec, generation_eos: list[int] | None, max_rows: int = 500) -> TemplateReport:
     """Render a sample of rows and report replies without the end token, an end token missing
     from generation_config's EOS ids, examples cut by max_seq_len and the trained share."""
-    from .data import IGNORE_INDEX, load_examples, resolve_template, tokenize_example
     examples, fmt = load_examples(data_spec.path, data_spec.format)
     template = "" if fmt == "text" else resolve_template(tokenizer, data_spec.chat_template)[0]
-    end = tokenizer.eos_token if fmt == "text" else _template_end_token(tokenizer, template)
+    end = tokenizer.eos_token if fmt == "text" else template_end_token(tokenizer, template)
     end_id = tokenizer.convert_tokens_to_ids(end) if end else None
     eos = list(generation_eos or [])
     report = TemplateReport(end_token=end, end_token_in_eos=(end_id in eos) if generation_eos is not None else None,
@@ -176,8 +135,6 @@ def check_template(tokenizer, data_spec, generation_eos: list[int] | None, max_r
 
 def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
     """The token-health report of a model (and, with ``data_spec``, of its use by a dataset)."""
-    from .data import IGNORE_INDEX, load_examples, resolve_template, tokenize_example
-    from .models import load_tokenizer, resolve_source
     source = resolve_source(name_or_path)
     tokenizer = load_tokenizer(source)
     folder = Path(source.folder)
@@ -261,24 +218,3 @@ def _verdict(r: HealthReport) -> tuple[str, str]:
                          "start from the average row instead of near zero.")
 
 
-def init_untrained_mean(model) -> list[int]:
-    """Set every untrained-looking row (embedding, and head when untied) to the mean of the rows
-    not flagged. Returns the ids changed (the union over both matrices)."""
-    import torch
-    changed: set[int] = set()
-    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
-    seen = set()
-    with torch.no_grad():
-        for layer in layers:
-            if layer is None or id(layer.weight) in seen:
-                continue
-            seen.add(id(layer.weight))
-            w = layer.weight
-            ids = sorted(untrained_rows(w))
-            if not ids or len(ids) == w.shape[0]:
-                continue
-            keep = torch.ones(w.shape[0], dtype=torch.bool)
-            keep[ids] = False
-            w[ids] = w[keep].float().mean(dim=0, keepdim=True).to(w.dtype).expand(len(ids), -1)
-            changed.update(ids)
-    return sorted(changed)

@@ -11,6 +11,9 @@ refused for any of those leaves no trace on disk.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import math
 import os
 import shutil
@@ -18,9 +21,18 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from . import events as ev
-from .errors import HeadtuneError, OutOfMemoryError, PlanError, RunError
-from .plan import Plan, load_plan
+from .. import events as ev
+from ..errors import HeadtuneError, OutOfMemoryError, PlanError, RunError
+from ..plan import Plan, load_plan
+from ..runfolder import RunFolder, checkpoint_step
+from ..data.examples import Collator, PreparedData, prepare
+from ..embeddings import setup as setup_mod
+from ..embeddings.setup import embedding_parameter_names
+from ..embeddings.untrained import init_untrained_mean
+from ..model import sources
+from ..plan.memory_options import resolve as resolve_memory_options
+from . import adapters, lean
+from .trainer import memory_sample, release_bnb_overrides
 
 # "adamw" is PyTorch's fused AdamW (the Trainer's default): fastest, no step-wide temporaries.
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
@@ -42,27 +54,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` holds a checkpoint to resume from (cheap: no transformers import)."""
-    return any(p.is_dir() for p in checkpoints_dir(run_dir).glob("checkpoint-*"))
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-    folder = checkpoints_dir(run_dir)
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
 def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Plan:
     """The plan of an existing run, with step-budget overrides only."""
     run_dir = Path(run_dir)
-    plan_file = run_dir / "plan.yaml"
+    plan_file = RunFolder(run_dir).plan_file
     if not plan_file.is_file():
-        raise PlanError(f"{run_dir} is not a Headtune run folder (it has no plan.yaml), so it cannot be resumed.")
+        raise PlanError(f"{run_dir} is not a Headtune run folder (it has no {plan_file.name}), so it cannot be "
+                        "resumed.")
     import yaml
     # A run started before the memory: section existed ran the stock recipe; resume it that way
     # (its optimizer states were made for it).
@@ -78,17 +76,6 @@ def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Pl
                         changed[0])
     plan.output.dir = str(run_dir.resolve())
     return plan
-
-
-def memory_sample(step: int) -> ev.Memory:
-    import psutil
-    import torch
-    rss = psutil.Process().memory_info().rss
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return ev.Memory(step=step, rss_bytes=rss, cuda_allocated_bytes=torch.cuda.memory_allocated(),
-                         cuda_reserved_bytes=torch.cuda.memory_reserved(),
-                         cuda_max_allocated_bytes=torch.cuda.max_memory_allocated())
-    return ev.Memory(step=step, rss_bytes=rss)
 
 
 def oom_message(device: str, step: int | None, plan: Plan) -> str:
@@ -121,19 +108,6 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text)
 
 
-def release_bnb_overrides() -> None:
-    """Empty bitsandbytes' process-wide override registry.
-
-    The stock Trainer registers every ``nn.Embedding`` there and never removes it, which keeps
-    whole models alive after their run and lets later runs match stale parameter ids: a leak in a
-    long-lived process such as the window (found by the memory benchmark).
-    """
-    import sys
-    bnb = sys.modules.get("bitsandbytes")
-    if bnb is not None:
-        bnb.optim.GlobalOptimManager.get_instance().initialize()
-
-
 def _free_bytes(path: Path) -> int:
     probe = path
     while not probe.exists():
@@ -145,7 +119,11 @@ class TrainingJob:
     """Runs a plan. ``run()`` returns the final ``Finished`` or ``Stopped`` event, or raises a
     ``HeadtuneError`` after emitting ``Failed``. ``request_stop()`` is safe from any thread."""
 
-    def __init__(self, plan: Plan, sinks: Iterable[ev.Sink] = (), resume: bool = False):
+    data: PreparedData  # the tokenised data, once the run has read it
+
+    def __init__(self, plan: Plan, sinks: Iterable[ev.Sink] = (), resume: bool = False, around_training=None):
+        """``around_training``: a context-manager factory wrapped around the training loop alone
+        (the memory harness measures the loop's peak with it)."""
         self.plan = plan
         self.sinks = list(sinks)
         self.resume = resume
@@ -154,12 +132,11 @@ class TrainingJob:
         self.step = 0
         self.device = "cpu"
         self.run_dir = Path(plan.output.dir)
-        self.data = None
+        self.folder = RunFolder(self.run_dir)
         self.model = None
         self.trainer = None
-        self.lean = None  # core.lean.Effective once the run starts
-        # A context manager factory wrapped around the training loop (the memory harness uses it).
-        self.around_training = None
+        self.lean = None  # core.plan.memory_options.Effective once the run starts
+        self.around_training = around_training
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -209,7 +186,7 @@ class TrainingJob:
     def _check_output_dir(self) -> str | None:
         run_dir = self.run_dir
         if self.resume:
-            ckpt = latest_checkpoint(run_dir)
+            ckpt = self.folder.latest_checkpoint()
             if ckpt is None:
                 raise PlanError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a "
                                 "new run instead.", "output.dir")
@@ -222,12 +199,28 @@ class TrainingJob:
         return None
 
     def _run(self) -> ev.Event:
+        ckpt = self._check_output_dir()
+        self._pick_device()
+        model, tokenizer, setup, reset_rows = self._load()
+        trainable, total = adapters.count_parameters(model)
+        self._check_disk(model)
+        if self.stop_requested:
+            stopped = ev.Stopped(step=0, adapter_path="")
+            self.emit(stopped)
+            return stopped
+        self._open_run_folder(reset_rows)
+        trainer = self.trainer = self._trainer(model, tokenizer, setup)
+        self.emit(ev.Started(total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else
+                             self._steps_for_epochs(), trainable_params=trainable, total_params=total,
+                             train_examples=len(self.data.train), val_examples=len(self.data.val),
+                             device=self.device, resumed_from_step=checkpoint_step(ckpt) or 0,
+                             message=f"{trainable:,} trainable parameters of {total:,}"))
+        return self._train(trainer, model, tokenizer, ckpt)
+
+    def _pick_device(self) -> None:
         import torch
 
-        from . import adapters, data, models
-
         plan = self.plan
-        ckpt = self._check_output_dir()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if plan.training.optimizer == "paged_adamw_8bit" and self.device == "cpu":
@@ -237,13 +230,17 @@ class TrainingJob:
             raise PlanError("model.dtype: float16 training needs a GPU; on the CPU use bfloat16 or float32.",
                             "model.dtype")
 
+    def _load(self):
+        """Tokenizer, data and model, checked and loaded before the run folder exists; returns
+        (PEFT model, tokenizer, embeddings setup, rows reset by init_untrained)."""
+        plan = self.plan
         self.log(f"Resolving model {plan.model.name_or_path}")
-        source = models.resolve_source(plan.model.name_or_path)
-        tokenizer = models.load_tokenizer(source, plan.model.trust_remote_code)
-        new_ids, original_len = adapters.add_new_tokens(tokenizer, plan.embeddings.new_tokens)
+        source = sources.resolve_source(plan.model.name_or_path)
+        tokenizer = sources.load_tokenizer(source, plan.model.trust_remote_code)
+        new_ids, original_len = setup_mod.add_new_tokens(tokenizer, plan.embeddings.new_tokens)
 
         self.log(f"Reading and tokenising {plan.data.path}")
-        self.data = data.prepare(plan.data, tokenizer, plan.training.seed)
+        self.data = prepare(plan.data, tokenizer, plan.training.seed)
         st = self.data.stats
         share = st.trained_tokens / max(1, st.trained_tokens + st.masked_tokens)
         self.log(f"{st.rows} rows ({st.format}): {st.train_examples} train, {st.val_examples} validation, "
@@ -254,67 +251,54 @@ class TrainingJob:
         from transformers import set_seed
         set_seed(plan.training.seed)
         self.log(f"Loading model on {self.device} ({plan.model.quantization}, {plan.model.dtype})")
-        model = models.load_model(source, plan.model, self.device)
-        adapters.init_new_rows(model, len(tokenizer), new_ids, original_len)
+        model = sources.load_model(source, plan.model, self.device)
+        setup_mod.init_new_rows(model, len(tokenizer), new_ids, original_len)
         reset_rows: list[int] = []
         if plan.embeddings.init_untrained == "mean":
-            from .health import init_untrained_mean
             reset_rows = init_untrained_mean(model)
             self.log(f"init_untrained: {len(reset_rows)} untrained-looking rows set to the mean of the others"
                      + (f" ({', '.join(map(str, reset_rows[:20]))}{' …' if len(reset_rows) > 20 else ''})"
                         if reset_rows else ""))
-        setup = adapters.resolve_embeddings(model, plan.embeddings, new_ids)
+        setup = setup_mod.resolve_embeddings(model, plan.embeddings, new_ids)
         model.config.use_cache = False
-        from . import lean
-        self.lean = lean.resolve(plan, self.device, tied=setup.tied)
+        self.lean = resolve_memory_options(plan, self.device, tied=setup.tied)
         why_not = lean.unsupported_head_reason(model.config) if self.lean.loss != "standard" else None
         if why_not:
-            import dataclasses
             self.lean = dataclasses.replace(self.lean, loss="standard", notes=self.lean.notes + (
                 f"memory.loss: {why_not}, so the model's own loss runs (full logits).",))
         for note in self.lean.notes:
             self.log(note)
-        model = adapters.build_peft_model(model, plan, setup, self.lean)
-        self.model = model
-        trainable, total = adapters.count_parameters(model)
-        self._check_disk(model)
-        if self.stop_requested:
-            stopped = ev.Stopped(step=0, adapter_path="")
-            self.emit(stopped)
-            return stopped
+        self.model = adapters.build_peft_model(model, plan, setup, self.lean)
+        return self.model, tokenizer, setup, reset_rows
 
-        # Only now, with every input accepted, does the run folder appear. Under a distributed
-        # launcher only the main process writes the plan, the events and the adapter.
-        if self.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.resume:
-                plan.save(self.run_dir / "plan.yaml")
-                if plan.embeddings.init_untrained != "none":
-                    import json
-                    (self.run_dir / "init_untrained.json").write_text(json.dumps(
-                        {"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8")
-            self._file_sink = ev.JsonlSink(self.run_dir / "events.jsonl")
+    def _open_run_folder(self, reset_rows: list[int]) -> None:
+        """Only now, with every input accepted, does the run folder appear. Under a distributed
+        launcher only the main process writes the plan, the events and the adapter."""
+        if not self.is_main_process:
+            return
+        plan = self.plan
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            plan.save(self.folder.plan_file)
+            if plan.embeddings.init_untrained != "none":
+                self.folder.init_untrained_file.write_text(json.dumps(
+                    {"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8")
+        self._file_sink = ev.JsonlSink(self.folder.events_file)
 
-        trainer = self.trainer = self._trainer(model, tokenizer, setup)
-        self.emit(ev.Started(total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else
-                             self._steps_for_epochs(), trainable_params=trainable, total_params=total,
-                             train_examples=len(self.data.train), val_examples=len(self.data.val),
-                             device=self.device, resumed_from_step=_ckpt_step(ckpt),
-                             message=f"{trainable:,} trainable parameters of {total:,}"))
-        do_eval = bool(self.data.val) and plan.training.eval_every > 0
+    def _train(self, trainer, model, tokenizer, ckpt: str | None) -> ev.Event:
+        do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
         if do_eval and ckpt is None:
             trainer.evaluate()
-        import contextlib
         with (self.around_training() if self.around_training else contextlib.nullcontext()):
             result = trainer.train(resume_from_checkpoint=ckpt)
         if trainer.fused_step is not None:
             trainer.fused_step.remove()
         self.step = trainer.state.global_step
-        adapter_dir = self.run_dir / "adapter"
+        adapter_dir = self.folder.adapter_dir
         if self.is_main_process:
             self._save_adapter(model, tokenizer)
         if self.stop_requested and self.step < trainer.state.max_steps:
-            last = latest_checkpoint(self.run_dir)
+            last = self.folder.latest_checkpoint()
             event: ev.Event = ev.Stopped(step=self.step, adapter_path=str(adapter_dir), checkpoint_path=last)
         else:
             eval_loss = None
@@ -354,13 +338,12 @@ class TrainingJob:
         from transformers import TrainingArguments
         from transformers.trainer_callback import PrinterCallback
 
-        from .data import Collator
         from .trainer import HeadtuneTrainer, JobCallback
 
         plan, t = self.plan, self.plan.training
         has_val = bool(self.data.val) and t.eval_every > 0
         args = TrainingArguments(
-            output_dir=str(checkpoints_dir(self.run_dir)),
+            output_dir=str(self.folder.checkpoints_dir),
             per_device_train_batch_size=t.batch_size,
             per_device_eval_batch_size=t.batch_size,
             gradient_accumulation_steps=t.grad_accum,
@@ -394,7 +377,6 @@ class TrainingJob:
             # Evaluation needs the loss only; gathering batch x seq x vocab logits would undo the lean loss.
             prediction_loss_only=True,
         )
-        from .adapters import embedding_parameter_names
         trainer = HeadtuneTrainer(
             model=model, args=args, train_dataset=self.data.train,
             eval_dataset=self.data.val if has_val else None,
@@ -410,14 +392,14 @@ class TrainingJob:
 
     def _save_adapter(self, model, tokenizer) -> Path:
         """Write ``adapter/`` atomically: a temp folder renamed over the old one."""
-        final = self.run_dir / "adapter"
-        tmp = self.run_dir / "adapter.tmp"
+        final = self.folder.adapter_dir
+        tmp = final.with_name(final.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if final.exists():
-            old = self.run_dir / "adapter.old"
+            old = final.with_name(final.name + ".old")
             shutil.rmtree(old, ignore_errors=True)  # left over from a crash mid-swap
             os.replace(final, old)
             os.replace(tmp, final)
@@ -427,11 +409,3 @@ class TrainingJob:
         self.log(f"Adapter saved to {final}")
         return final
 
-
-def _ckpt_step(ckpt: str | None) -> int:
-    if not ckpt:
-        return 0
-    try:
-        return int(Path(ckpt).name.rsplit("-", 1)[-1])
-    except ValueError:
-        return 0

@@ -17,10 +17,15 @@ import contextlib
 import gc
 import weakref
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
+
+if TYPE_CHECKING:
+    from .job import TrainingJob
 
 
 class LiveTensorTracker(TorchDispatchMode):
@@ -91,9 +96,11 @@ def cuda_peak():
         result["reserved_peak"] = torch.cuda.max_memory_reserved()
 
 
-def run_with_peak(job) -> dict:
-    """Run a ``TrainingJob`` and return its tensor peak over the training loop:
-    {device, peak_bytes} (and reserved_peak_bytes on CUDA)."""
+def run_with_peak(plan) -> tuple[dict, "TrainingJob"]:
+    """Run ``plan`` as a ``TrainingJob`` and return ({device, peak_bytes} (and reserved_peak_bytes on
+    CUDA), the finished job): the tensor peak over the training loop."""
+    from .job import TrainingJob
+
     if torch.cuda.is_available():
         holder: dict = {}
 
@@ -102,13 +109,13 @@ def run_with_peak(job) -> dict:
             with cuda_peak() as peak:
                 yield
             holder.update(peak)
-        job.around_training = around
+        job = TrainingJob(plan, around_training=around)
         job.run()
-        return dict(device="cuda", peak_bytes=holder["peak"], reserved_peak_bytes=holder["reserved_peak"])
+        return dict(device="cuda", peak_bytes=holder["peak"], reserved_peak_bytes=holder["reserved_peak"]), job
     tracker = LiveTensorTracker("cpu")
-    job.around_training = lambda: tracker
+    job = TrainingJob(plan, around_training=lambda: tracker)
     job.run()
-    return dict(device="cpu", peak_bytes=tracker.peak)
+    return dict(device="cpu", peak_bytes=tracker.peak), job
 
 
 def measure_peak(plan, steps: int = 3) -> dict:
@@ -120,12 +127,10 @@ def measure_peak(plan, steps: int = 3) -> dict:
     """
     import dataclasses
 
-    from .job import TrainingJob
+    from .adapters import count_parameters
 
     t = dataclasses.replace(plan.training, max_steps=steps, eval_every=0, save_every=0)
     plan = dataclasses.replace(plan, training=t)
-    job = TrainingJob(plan)
-    result = run_with_peak(job)
-    from .adapters import count_parameters
+    result, job = run_with_peak(plan)
     result["trainable_params"] = count_parameters(job.model)[0]
     return result

@@ -11,9 +11,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .errors import ModelError
-from .models import DEMO_GGUF_PACKAGE, DEMO_MODEL_ID, _hub_cached, demo_gguf_path
-from .plan import Plan, load_plan
+from ..errors import ModelError
+from ..model.sources import DEMO_GGUF_PACKAGE, DEMO_MODEL_ID, demo_gguf_path, hub_cached
+from ..plan import Plan, load_plan
 
 
 def demo_folder() -> Path:
@@ -26,7 +26,7 @@ def demo_plan(overrides: list[str] | None = None, runs_dir: str | Path = "runs")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         overrides.append(f"output.dir={Path(runs_dir).resolve() / f'demo-{stamp}'}")
     plan = load_plan(demo_folder() / "demo_plan.yaml", overrides)
-    if plan.model.name_or_path == DEMO_MODEL_ID and not _hub_cached(DEMO_MODEL_ID) and demo_gguf_path() is None:
+    if plan.model.name_or_path == DEMO_MODEL_ID and not hub_cached(DEMO_MODEL_ID) and demo_gguf_path() is None:
         import os
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelError(

