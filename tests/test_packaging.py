@@ -125,8 +125,9 @@ def test_icons_are_package_resources():
         assert (width, height) == (size, size)
 
 
-def test_wheel_ships_the_icons(tmp_path):
-    """package-data in pyproject.toml: a built wheel contains the icons next to the demo files."""
+def test_wheel_ships_every_module_and_the_icons(tmp_path):
+    """pyproject.toml's packages and package-data: a built wheel holds every module of core and gui,
+    the icons and the demo files."""
     src = tmp_path / "src"  # a copy, so building writes nothing into the working tree
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
@@ -142,7 +143,10 @@ def test_wheel_ships_the_icons(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert f"headtune/resources/icons/{APP_ID}.svg" in names
     assert {f"headtune/resources/icons/{APP_ID}-{s}.png" for s in ICON_SIZES} <= names
-    assert "headtune/resources/demo/demo_plan.yaml" in names and "headtune/core/doctor.py" in names
+    assert "headtune/resources/demo/demo_plan.yaml" in names
+    modules = {f"headtune/{p.relative_to(ROOT).as_posix()}" for folder in ("core", "gui")
+               for p in (ROOT / folder).rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
 
 
 def test_notices_for_the_bundled_qt():
