@@ -242,6 +242,11 @@ def load_model(source: ModelSource, spec, device: str):
                   source.original, spec.trust_remote_code, "weights")
     if qc is None:
         model.to(device)
+    elif spec.quantization == "4bit":
+        # bitsandbytes' generic 4-bit kernel: it has a backward (training, also after an evaluation)
+        # and gives the same numbers on every CPU. Only chat opts into the packed one (core.model.cpu4bit).
+        from .cpu4bit import allow_packed
+        allow_packed(model, False)
     return model
 
 

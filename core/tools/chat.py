@@ -25,6 +25,9 @@ class ChatPair:
         run = RunFolder(run_dir).require_adapter().path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer, self.plan = load_trained(run, device=self.device)
+        if self.plan.model.quantization == "4bit" and self.plan.model.dtype == "bfloat16":
+            from ..model.cpu4bit import allow_packed
+            allow_packed(self.model)  # generation only: the faster CPU kernel where layers fit (AVX-512 BF16)
         self.template = training_template(self.plan, self.tokenizer)
         self.stop_ids = set(end_of_turn_ids(self.tokenizer, self.template))
         self.run_dir = run

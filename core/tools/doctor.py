@@ -83,6 +83,8 @@ class Report:
     output_dir: str  # the folder whose disk is measured (nearest existing one)
     disk_free_bytes: int
     disk_total_bytes: int
+    # CPU features that decide bitsandbytes' 4-bit CPU path, and the path Headtune uses.
+    cpu: dict = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -133,6 +135,11 @@ class Report:
             lines.append("  GPU: none found (torch sees no GPU)")
         lines.append(f"  torch build: {self.torch_build}; NVIDIA driver: {self.driver or 'not found'}"
                      + (f" (supports CUDA {self.cuda_driver})" if self.cuda_driver else ""))
+        if self.cpu:
+            feats = ", ".join(f"{name} {'yes' if self.cpu.get(key) else 'no'}" for key, name in
+                              (("avx2", "AVX2"), ("avx512", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx", "AMX")))
+            lines.append(f"  CPU: {self.cpu.get('arch', '?')}, {feats}")
+            lines.append(f"  4-bit on the CPU: {self.cpu.get('path', '')}")
         lines.append(f"  RAM: {g(self.ram_available_bytes)} available of {g(self.ram_total_bytes)}")
         lines.append(f"  disk: {g(self.disk_free_bytes)} free of {g(self.disk_total_bytes)} in {self.output_dir}")
         lines += ["", "Checks"]
@@ -311,9 +318,10 @@ def _relative_error(torch, y, ref) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
-def quantized_matmul_error(bits: int, device: str) -> float:
+def quantized_matmul_error(bits: int, device: str, packed: bool = False) -> float:
     """Relative error of a real bitsandbytes 4-bit (NF4) or 8-bit (LLM.int8) linear layer against
-    float32, on ``device``; raises if bitsandbytes cannot do it (or leaves the weight unquantised)."""
+    float32, on ``device``; raises if bitsandbytes cannot do it (or leaves the weight unquantised).
+    ``packed`` (4-bit on the CPU): the packed AVX-512 BF16 kernel that chat uses, in evaluation mode."""
     import bitsandbytes as bnb
     import torch
     gen = torch.Generator().manual_seed(0)
@@ -332,8 +340,14 @@ def quantized_matmul_error(bits: int, device: str) -> float:
     layer = layer.to(device)  # quantises the weight
     if layer.weight.dtype != expected_dtype:
         raise RuntimeError(f"the weight stayed {layer.weight.dtype} on {device}: not quantised")
+    if packed:
+        from ..model.cpu4bit import allow_packed, packed_layers
+        allow_packed(layer)
+        layer.eval()
     with torch.no_grad():
         y = layer(x.to(device))
+    if packed and not packed_layers(layer):
+        raise RuntimeError("the layer did not take the packed AVX-512 BF16 path")
     return _relative_error(torch, y, ref)
 
 
@@ -374,11 +388,16 @@ def _check_bitsandbytes(device: str) -> list[Check]:
         fix = _bnb_fix(device, exc)
         return [Check(f"bitsandbytes {kind}", ERROR, f"bitsandbytes {detail}", fix)
                 for kind in ("4-bit", "8-bit", "8-bit optimizer")]
+    from ..model.cpu4bit import packed_kernel_available
+
     checks = []
-    for bits, limit, what in ((4, MAX_ERROR_4BIT, "NF4 (QLoRA)"), (8, MAX_ERROR_8BIT, "LLM.int8")):
-        name = f"bitsandbytes {bits}-bit"
+    kernels = [(4, False, MAX_ERROR_4BIT, "NF4 (QLoRA)", "bitsandbytes 4-bit"),
+               (8, False, MAX_ERROR_8BIT, "LLM.int8", "bitsandbytes 8-bit")]
+    if device == "cpu" and packed_kernel_available():
+        kernels.insert(1, (4, True, MAX_ERROR_4BIT, "NF4 packed AVX-512 BF16 (chat)", "bitsandbytes 4-bit packed"))
+    for bits, packed, limit, what, name in kernels:
         try:
-            err = quantized_matmul_error(bits, device)
+            err = quantized_matmul_error(bits, device, packed)
         except Exception as exc:
             if os.environ.get("HEADTUNE_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
@@ -397,6 +416,11 @@ def _check_bitsandbytes(device: str) -> list[Check]:
         checks.append(Check("bitsandbytes 8-bit optimizer", ERROR, f"an AdamW8bit step on {device} failed: "
                                                                     f"{_short(exc)}", _bnb_fix(device, exc)))
     return checks
+
+
+def _cpu() -> dict:
+    from ..model.cpu4bit import cpu_features, path_description
+    return {**cpu_features(), "path": path_description()}
 
 
 def _check_bf16(torch, device: str, gpus: list[Gpu]) -> Check:
@@ -485,5 +509,5 @@ def run_checks(output_dir: str | os.PathLike = "runs", device: str | None = None
         versions={k: v for k, v in found.items() if k != "torch_cuda"},
         platform=platform.platform(), torch_build=build, gpus=gpus, driver=driver, cuda_driver=cuda_driver,
         device=device, ram_total_bytes=int(vm.total), ram_available_bytes=int(vm.available), output_dir=str(folder),
-        disk_free_bytes=int(disk.free), disk_total_bytes=int(disk.total), checks=checks,
+        disk_free_bytes=int(disk.free), disk_total_bytes=int(disk.total), cpu=_cpu(), checks=checks,
         seconds=time.perf_counter() - t0)

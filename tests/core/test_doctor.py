@@ -93,6 +93,28 @@ def test_text_and_json_forms_carry_everything(report):
                                                  "bitsandbytes 8-bit", "bf16", "RAM", "disk"}
 
 
+def test_cpu_features_and_the_4bit_path_are_reported(report):
+    """The CPU's features as /proc/cpuinfo states them, the kernel Headtune uses, and a real check
+    of the packed kernel exactly where this CPU has it."""
+    from headtune.core.model.cpu4bit import packed_kernel_available
+    cpu = report.cpu
+    assert set(cpu) >= {"arch", "avx2", "avx512", "avx512_bf16", "amx", "path"}
+    flags = set()
+    if Path("/proc/cpuinfo").is_file():
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith(("flags", "Features")))
+        flags = set(line.split(":", 1)[1].split())
+        assert cpu["avx2"] == ("avx2" in flags) and cpu["avx512"] == ("avx512f" in flags)
+    assert cpu["avx512_bf16"] == packed_kernel_available() or "avx512_bf16" in flags
+    text = report.to_text()
+    assert "AVX-512 BF16 " + ("yes" if cpu["avx512_bf16"] else "no") in text and cpu["path"] in text
+    names = {c.name for c in report.checks}
+    if report.device == "cpu" and packed_kernel_available():
+        assert report.check("bitsandbytes 4-bit packed").status == "ok"
+        assert "packed AVX-512 BF16 kernel for layers whose shape fits" in cpu["path"]
+    else:
+        assert "bitsandbytes 4-bit packed" not in names
+
+
 def test_quantised_matmuls_really_quantise():
     """A float32 fallback would be exact; a broken kernel far off. Real NF4 / int8 sit in between."""
     err4 = doctor.quantized_matmul_error(4, "cpu")
@@ -103,7 +125,9 @@ def test_quantised_matmuls_really_quantise():
 
 
 def test_broken_bitsandbytes_is_an_error_with_a_fix(monkeypatch, capsys, tmp_path):
-    def broken(bits, device):
+    from headtune.core.model.cpu4bit import packed_kernel_available
+
+    def broken(bits, device, packed=False):
         if bits == 4:
             raise RuntimeError("CUDA Setup failed despite GPU being available")
         return 0.9  # 8-bit "works" but is wrong
@@ -113,7 +137,8 @@ def test_broken_bitsandbytes_is_an_error_with_a_fix(monkeypatch, capsys, tmp_pat
     four, eight = r.check("bitsandbytes 4-bit"), r.check("bitsandbytes 8-bit")
     assert four.status == "error" and "CUDA Setup failed" in four.detail and "pip install" in four.fix
     assert eight.status == "error" and "wrong results (90.0% off" in eight.detail
-    assert not r.ok and "2 error(s)" in r.summary
+    packed_check = r.device == "cpu" and packed_kernel_available()  # the packed 4-bit kernel fails too
+    assert not r.ok and f"{2 + packed_check} error(s)" in r.summary
     assert main(["doctor", "--output", str(tmp_path)]) == 1  # the command fails with the same report
     out = capsys.readouterr().out
     assert "Problems and fixes" in out and "bitsandbytes 4-bit: Reinstall bitsandbytes" in out

@@ -23,7 +23,7 @@ def tokenizer(tiny_untied):
 def test_model_summary_reads_the_config_only(tiny_untied, tiny_tied, tiny_llama3_vocab, tmp_path):
     s = model_summary(str(tiny_untied))
     assert (s.architecture, s.vocab, s.hidden, s.layers, s.context, s.tied, s.source) == \
-        ("LlamaForCausalLM", 512, 32, 2, 512, False, "folder")
+        ("LlamaForCausalLM", 512, 64, 2, 512, False, "folder")
     import torch
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(tiny_untied, dtype=torch.float32)
