@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--max-new-tokens", type=int, default=128)
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ch.add_argument("--tuned-only", action="store_true", help="answer with the fine-tuned model only")
+    ch.add_argument("--json-lines", action="store_true",
+                    help="for programs driving a chat (the window does): read one JSON request per stdin line, "
+                         "{\"messages\": [...], \"max_new_tokens\": N}, or {\"stop\": true} to end the current "
+                         "answer; print JSON events (loaded, piece, answered, failed) on stdout; the model stays "
+                         "loaded until stdin closes")
     ch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
@@ -365,6 +370,11 @@ def _cmd_chat(args) -> int:
     from .chat import ChatPair
     if args.max_new_tokens < 1:
         raise _usage("--max-new-tokens must be at least 1.")
+    if args.json_lines:
+        from .chat import serve_json_lines
+        serve_json_lines(lambda: ChatPair(args.run), sys.stdin, lambda data: print(json.dumps(data), flush=True),
+                         tuned_only=args.tuned_only)
+        return EXIT_OK
     print("Loading the model and the adapter...", file=sys.stderr, flush=True)
     pair = ChatPair(args.run)
     sides = [(True, "fine-tuned")] if args.tuned_only else [(False, "base"), (True, "fine-tuned")]
@@ -410,6 +420,18 @@ def _cmd_gui(args) -> int:
     except ImportError as exc:
         raise HeadtuneError(f"The window cannot start: {exc}. Install PySide6-Essentials and pyqtgraph.") from exc
     return gui_main([args.plan] if args.plan else [])
+
+
+def _speaks_json(args) -> bool:
+    """Whether a program reads this command's stdout as JSON (it then gets failures there too)."""
+    return any(getattr(args, name, False) for name in ("events_json", "progress_json", "json", "json_lines"))
+
+
+def _print_failure_json(message: str, error_type: str) -> None:
+    """The last stdout line of a failed command in a JSON mode: the same ``failed`` event
+    ``train --events-json`` writes, so a driving program needs no stderr scraping."""
+    from . import events as ev
+    _print_json(ev.Failed(message=message, error_type=error_type))
 
 
 def quiet_libraries() -> None:
@@ -461,9 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"headtune: {exc}", file=sys.stderr)
-        if getattr(args, "events_json", False) and not getattr(exc, "reported", False):
-            from . import events as ev
-            _print_json(ev.Failed(message=str(exc), error_type=type(exc).__name__))
+        if _speaks_json(args) and not getattr(exc, "reported", False):
+            _print_failure_json(str(exc), type(exc).__name__)
         return exc.exit_code
     except KeyboardInterrupt:
         print("headtune: aborted.", file=sys.stderr)
@@ -471,8 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: keep the message short unless --debug
         if debug:
             traceback.print_exc()
-        print(f"headtune: unexpected error: {exc.__class__.__name__}: {exc}. Run again with --debug for "
-              "details, and please report it.", file=sys.stderr)
+        message = (f"unexpected error: {exc.__class__.__name__}: {exc}. Run again with --debug for details, and "
+                   "please report it.")
+        print(f"headtune: {message}", file=sys.stderr)
+        if _speaks_json(args) and not getattr(exc, "reported", False):
+            _print_failure_json(message[0].upper() + message[1:], type(exc).__name__)
         return EXIT_FAILED
 
 

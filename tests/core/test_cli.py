@@ -157,3 +157,18 @@ def test_events_json_reports_bad_input_as_a_failed_event(tmp_path, tiny_untied, 
     assert code == 2
     assert [e["type"] for e in events] == ["failed"]
     assert "training.batch_size" in events[0]["message"] and "Traceback" not in err
+
+
+def test_json_modes_end_a_failure_with_a_failed_line(tmp_path, capsys):
+    missing = str(tmp_path / "nowhere")
+    assert main(["export", missing, "--format", "adapter", "--out", str(tmp_path / "out"), "--progress-json"]) == 2
+    captured = capsys.readouterr()
+    last = json.loads(captured.out.strip().splitlines()[-1])
+    assert last["type"] == "failed" and last["error_type"] and missing in last["message"]
+    assert missing in captured.err  # the person at a terminal still reads it there
+    assert main(["inspect", missing, "--json"]) == 2
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["type"] == "failed" and missing in last["message"]
+    # Without a JSON mode, stdout stays empty.
+    assert main(["export", missing, "--format", "adapter", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().out == ""
