@@ -2,7 +2,8 @@
 
 A ``PlanFields`` collection is what the window edits: ``values()`` gives the plan as a nested
 mapping (what ``plan_from_dict`` reads), ``set_values`` fills every widget from one, and
-``changed`` fires on any user edit. Tooltips are the plan's help text, so the window and
+``changed`` fires on any user edit (``plan_model.PlanModel`` turns it into the plan's own
+``changed``), and ``highlight`` marks the widget a plan error is about. Tooltips are the plan's help text, so the window and
 ``headtune train --help`` say the same thing. Combo boxes show readable labels and keep the
 plan's value as item data.
 """
@@ -34,6 +35,7 @@ LABELS: dict[str, dict[str, str]] = {
     "training.optimizer": {"adamw": "AdamW (32-bit states)", "adamw_8bit": "AdamW 8-bit",
                            "paged_adamw_8bit": "Paged AdamW 8-bit (GPU)"},
 }
+HIGHLIGHT_STYLE = "border: 2px solid #c0392b; border-radius: 3px;"
 TEMPLATE_LABELS = {"model": "The model's own", "chatml": "ChatML", "llama3": "Llama 3"}
 TARGET_LABELS = {"attention": "Attention", "attention+mlp": "Attention + MLP", "all-linear": "All linear layers"}
 
@@ -76,6 +78,23 @@ class PlanFields(QObject):
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.fields: dict[str, Field] = {}
+        self.highlighted: str | None = None
+
+    def highlight(self, key: str | None, message: str = "") -> None:
+        """Mark the widget of ``key`` as the one the plan's problem is about (None: no mark)."""
+        if self.highlighted == key:
+            return
+        old = self.fields.get(self.highlighted) if self.highlighted else None
+        if old is not None:
+            old.widget.setProperty("planError", False)
+            old.widget.setStyleSheet("")
+            old.widget.setToolTip(help_for(old.key))
+        self.highlighted = key if key in self.fields else None
+        new = self.fields.get(self.highlighted) if self.highlighted else None
+        if new is not None:
+            new.widget.setProperty("planError", True)
+            new.widget.setStyleSheet(HIGHLIGHT_STYLE)
+            new.widget.setToolTip(f"{message}\n\n{help_for(key)}" if message else help_for(key))
 
     def __getitem__(self, key: str) -> QWidget:
         return self.fields[key].widget
