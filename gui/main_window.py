@@ -52,8 +52,7 @@ class MainWindow(QMainWindow):
         self._detect = detect
         self._build_views()
         self._build_menus()
-        self.plan = PlanModel(self.fields, self)
-        self.plan.load(Plan())  # the defaults, before anything listens: a new window reads no model
+        self.plan = PlanModel(self.fields, self)  # the defaults, before anything listens
         self._build_controllers()
         self._restore_settings()
         if plan is not None:
@@ -109,7 +108,7 @@ class MainWindow(QMainWindow):
         self.runs.run_launched.connect(self._on_runs_run_launched)
         self.runs.run_ended.connect(self._on_runs_run_ended)
         self.export.exported.connect(self._on_export_exported)
-        self.run_panel.export_button.clicked.connect(self._on_export_button_clicked)
+        self.run_panel.export_button.clicked.connect(lambda _checked=False: self.show_export())
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -134,15 +133,17 @@ class MainWindow(QMainWindow):
     # -- menus ---------------------------------------------------------------------------
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
-        for text, shortcut, slot in (("&New plan", QKeySequence.StandardKey.New, self.new_plan),
-                                     ("&Open plan…", QKeySequence.StandardKey.Open, self.open_plan),
-                                     ("&Save plan", QKeySequence.StandardKey.Save, self.save_plan),
-                                     ("Save plan &as…", QKeySequence.StandardKey.SaveAs, self.save_plan_as)):
-            self._action(file_menu, text, lambda _checked=False, slot=slot: slot(), shortcut)  # not checked as a path
+        for text, shortcut, name in (("&New plan", QKeySequence.StandardKey.New, "new_plan"),
+                                     ("&Open plan…", QKeySequence.StandardKey.Open, "open_plan"),
+                                     ("&Save plan", QKeySequence.StandardKey.Save, "save_plan"),
+                                     ("Save plan &as…", QKeySequence.StandardKey.SaveAs, "save_plan_as")):
+            # The plan file's controller, looked up when triggered (not the checked flag as a path).
+            self._action(file_menu, text, lambda _checked=False, name=name: getattr(self.file, name)(), shortcut)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         run_menu = self.menuBar().addMenu("&Run")
-        self.start_action = self._action(run_menu, "&Start", lambda _checked=False: self.start_run(), "Ctrl+Return")
+        self.start_action = self._action(run_menu, "&Start", lambda _checked=False: self.runs.start_run(),
+                                         "Ctrl+Return")
         self.stop_action = self._action(run_menu, "S&top", lambda _checked=False: self.stop_run())
         help_menu = self.menuBar().addMenu("&Help")
         self.system_check_action = self._action(help_menu, "&System check…",
@@ -203,26 +204,14 @@ class MainWindow(QMainWindow):
     def running(self) -> bool:
         return self.runs.running
 
-    def new_plan(self) -> None:
-        self.file.new_plan()
-
     def open_plan(self, path: str | None = None) -> bool:
         return self.file.open_plan(path)
-
-    def save_plan(self) -> bool:
-        return self.file.save_plan()
 
     def save_plan_as(self, path: str | None = None) -> bool:
         return self.file.save_plan_as(path)
 
-    def start_run(self) -> None:
-        self.runs.start_run()
-
     def stop_run(self) -> None:
         self.runs.stop_run()
-
-    def resume_run(self) -> None:
-        self.runs.resume_run()
 
     def show_system_check(self):
         """Help → System check: the ``headtune doctor`` report, run in a child process."""
@@ -257,10 +246,6 @@ class MainWindow(QMainWindow):
     def _on_export_exported(self, result) -> None:
         self.statusBar().showMessage(f"Exported {result.format} to {result.path}")
         self.run_panel.log(f"Exported {result.format} to {result.path} in {result.seconds:.1f} s")
-
-    @Slot()
-    def _on_export_button_clicked(self) -> None:
-        self.show_export()
 
     # -- settings and closing ------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -301,7 +286,9 @@ class MainWindow(QMainWindow):
     def shutdown(self) -> None:
         """Start nothing new and wait for the background threads (so none outlives the window)."""
         self._closed = True
-        self.tasks.closed = self.doctor.closed = self.health.closed = True
+        self.tasks.closed = True
+        self.doctor.shutdown()  # a system check or token health check still going ends now
+        self.health.shutdown()
         self.preview.stop()
         self.chat.shutdown()  # the answer ends after the current token; the model is freed
         self.export.cancel()  # its temporary folder is removed; nothing half-written stays

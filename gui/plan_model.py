@@ -31,7 +31,7 @@ class PlanModel(QObject):
     def __init__(self, fields: PlanFields, parent: QObject | None = None):
         super().__init__(parent)
         self.fields = fields
-        self._data: dict = Plan().to_dict()
+        self._data: dict = self._show(Plan().to_dict())  # the defaults, heard by nobody yet
         fields.changed.connect(self._on_fields_changed)
 
     # -- reading ---------------------------------------------------------------------------
@@ -61,15 +61,18 @@ class PlanModel(QObject):
 
     def load(self, plan: Plan) -> None:
         """Show a whole plan (opened, new, or resumed): per-key ``changed``, then ``replaced``."""
-        data = plan.to_dict()
-        self.fields.set_values(data)
-        old, self._data = self._data, data
-        for key, field in self.fields.fields.items():
-            section, leaf = key.split(".")
-            self._data.setdefault(section, {})[leaf] = field.get()
+        old, self._data = self._data, self._show(plan.to_dict())
         for key in self._keys(old, self._data):
             self.changed.emit(key)
         self.replaced.emit()
+
+    def _show(self, data: dict) -> dict:
+        """Fill the widgets from ``data``; returns it as they hold it (clamped, parsed)."""
+        self.fields.set_values(data)
+        for key, field in self.fields.fields.items():
+            section, leaf = key.split(".")
+            data.setdefault(section, {})[leaf] = field.get()
+        return data
 
     def _on_fields_changed(self, key: str) -> None:
         self._store(key, self.fields.fields[key].get())

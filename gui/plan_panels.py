@@ -296,7 +296,17 @@ class TrainingPanel(QWidget):
         lay = QVBoxLayout(inner)
         self.plan_error = _error_label("planErrorLabel")
         lay.addWidget(self.plan_error)
+        lay.addWidget(self._lora_group(fields))
+        lay.addWidget(self._embeddings_group(fields))
+        lay.addWidget(self._optimisation_group(fields))
+        lay.addWidget(self._memory_group(fields))
+        lay.addWidget(self._output_group(fields))
+        lay.addStretch(1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(_scroll(inner))
 
+    def _lora_group(self, fields: PlanFields) -> QGroupBox:
         lora = QGroupBox("LoRA")
         form = QFormLayout(lora)
         form.addRow("Rank:", fields.spin("adapter.r", 1, 1024, "loraRankSpin", "LoRA rank"))
@@ -305,8 +315,9 @@ class TrainingPanel(QWidget):
         form.addRow("Target layers:", fields.editable_combo("adapter.target_modules", TARGET_LABELS,
                                                             "loraTargetsCombo", "LoRA target layers",
                                                             parse=parse_targets, show=show_targets))
-        lay.addWidget(lora)
+        return lora
 
+    def _embeddings_group(self, fields: PlanFields) -> QGroupBox:
         emb = QGroupBox("Token embeddings and LM head")
         form = QFormLayout(emb)
         checks = QHBoxLayout()
@@ -352,8 +363,9 @@ class TrainingPanel(QWidget):
         self.token_results.itemDoubleClicked.connect(self._on_token_results_activated)
         form.addRow("", self.token_results)
         self._token_ids_edit: QLineEdit = fields["embeddings.token_ids"]
-        lay.addWidget(emb)
+        return emb
 
+    def _optimisation_group(self, fields: PlanFields) -> QGroupBox:
         opt = QGroupBox("Optimisation")
         form = QFormLayout(opt)
         form.addRow("Batch size:", fields.spin("training.batch_size", 1, 4096, "batchSizeSpin", "Batch size"))
@@ -373,8 +385,9 @@ class TrainingPanel(QWidget):
         form.addRow("", fields.check("training.gradient_checkpointing", "Gradient checkpointing",
                                      "gradientCheckpointingCheck"))
         form.addRow("Seed:", fields.spin("training.seed", 0, 2 ** 31 - 1, "seedSpin", "Seed"))
-        lay.addWidget(opt)
+        return opt
 
+    def _memory_group(self, fields: PlanFields) -> QGroupBox:
         # Lean memory (plan section memory:, core/lean.py); tooltips are the plan's help text.
         mem = QGroupBox("Memory")
         form = QFormLayout(mem)
@@ -389,8 +402,9 @@ class TrainingPanel(QWidget):
                                      "memoryFrozenCopyCheck"))
         form.addRow("", fields.check("memory.fused_step", "Update the matrices inside backward (no clipping)",
                                      "memoryFusedStepCheck"))
-        lay.addWidget(mem)
+        return mem
 
+    def _output_group(self, fields: PlanFields) -> QGroupBox:
         ck = QGroupBox("Evaluation, checkpoints and output")
         form = QFormLayout(ck)
         form.addRow("Evaluate every (steps):", fields.spin("training.eval_every", 0, 10_000_000, "evalEverySpin",
@@ -408,11 +422,7 @@ class TrainingPanel(QWidget):
         browse.clicked.connect(self.output_browse_requested.emit)
         row.addWidget(browse)
         form.addRow("Output folder:", row)
-        lay.addWidget(ck)
-        lay.addStretch(1)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(_scroll(inner))
+        return ck
 
     def show_tied(self, tied: bool | None) -> None:
         self.tied_note.setText("This model ties its embeddings and LM head: they are one matrix, so both boxes "

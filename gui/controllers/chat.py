@@ -31,7 +31,6 @@ class ChatController(QObject):
         self.run_dir: str | None = None
         self.model_loaded = False
         self.running = False  # an answer is being written
-        self._failed = False
         self._closed = False
         panel.send_requested.connect(self._on_panel_send_requested)
         panel.stop_requested.connect(self._on_panel_stop_requested)
@@ -75,7 +74,6 @@ class ChatController(QObject):
         self._child.send({"messages": [{"role": "user", "content": request.prompt}],
                           "max_new_tokens": request.max_new_tokens})
         self.running = True
-        self._failed = False
         self._panel.clear_answers()
         self._panel.show_busy(True, "Generating…" if self.model_loaded else "Loading the model and the adapter…")
 
@@ -110,7 +108,6 @@ class ChatController(QObject):
         if self.sender() is not self._child:
             return
         self.running = False
-        self._failed = True
         self._panel.show_busy(False, f"Failed: {e.message}")
 
     @Slot()

@@ -95,6 +95,13 @@ class DoctorController(QObject):
         self.dialog = None
         self.closed = False
         self.last_command: list[str] | None = None
+        self._child: Supervisor | None = None
+
+    def shutdown(self) -> None:
+        """The window is closing: a check still going has nothing to save, so it ends now."""
+        self.closed = True
+        if self._child is not None:
+            self._child.kill()
 
     def show(self, output_dir: str):
         from ..doctor_dialog import DoctorDialog
@@ -119,12 +126,20 @@ class DoctorController(QObject):
         child = Supervisor(self.last_command, DoctorProtocol())
         child.completed.connect(self.dialog.show_report)
         child.failed.connect(self._on_child_failed)
+        child.finished.connect(self._on_child_finished)
+        self._child = child
         self.dialog.show_running()
         self._threads.start(child)
 
     @Slot(object)
     def _on_child_failed(self, e: ev.Failed) -> None:
-        self.dialog.show_failure(e.message)
+        if not self.closed:
+            self.dialog.show_failure(e.message)
+
+    @Slot()
+    def _on_child_finished(self) -> None:
+        if self.sender() is self._child:
+            self._child = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,12 @@ class HealthController(QObject):
         panel.check_requested.connect(self._on_panel_check_requested)
         panel.train_rows_requested.connect(self._on_panel_train_rows_requested)
         panel.init_mean_requested.connect(self._on_panel_init_mean_requested)
+
+    def shutdown(self) -> None:
+        """The window is closing: a check still going has nothing to save, so it ends now."""
+        self.closed = True
+        if self._child is not None:
+            self._child.kill()
 
     @Slot()
     def _on_panel_check_requested(self) -> None:
@@ -177,7 +198,7 @@ class HealthController(QObject):
 
     @Slot(object)
     def _on_child_failed(self, e: ev.Failed) -> None:
-        if self.sender() is self._child:
+        if self.sender() is self._child and not self.closed:
             self._panel.show_error(e.message)
 
     @Slot(list)
