@@ -31,6 +31,7 @@ class PlanModel(QObject):
     def __init__(self, fields: PlanFields, parent: QObject | None = None):
         super().__init__(parent)
         self.fields = fields
+        self.loading = False  # True while a whole plan is being shown (its keys belong together)
         self._data: dict = self._show(Plan().to_dict())  # the defaults, heard by nobody yet
         fields.changed.connect(self._on_fields_changed)
 
@@ -62,8 +63,12 @@ class PlanModel(QObject):
     def load(self, plan: Plan) -> None:
         """Show a whole plan (opened, new, or resumed): per-key ``changed``, then ``replaced``."""
         old, self._data = self._data, self._show(plan.to_dict())
-        for key in self._keys(old, self._data):
-            self.changed.emit(key)
+        self.loading = True
+        try:
+            for key in self._keys(old, self._data):
+                self.changed.emit(key)
+        finally:
+            self.loading = False
         self.replaced.emit()
 
     def _show(self, data: dict) -> dict:

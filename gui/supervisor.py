@@ -105,7 +105,6 @@ class Supervisor(QObject):
     """Runs one child command; ``progressed``/``completed``/``failed`` carry typed events, then
     ``finished`` (always last: the thread may quit)."""
 
-    started_child = Signal(int)   # the child's process id
     progressed = Signal(object)
     completed = Signal(object)
     failed = Signal(object)       # events.Failed
@@ -221,7 +220,6 @@ class Supervisor(QObject):
             self._pending.clear()
         if self.protocol.lower_priority:
             lower_priority(self._proc.pid)
-        self.started_child.emit(self._proc.pid)
         return self._proc
 
     def _supervise(self) -> None:

@@ -72,7 +72,7 @@ class PreviewController(QObject):
             self._data_timer.start()
         if key == "data.max_seq_len":
             self._data_panel.update_max_len(self._model.value(key))
-        if key in TIED_KEYS and self.summary is not None and self.summary.tied:
+        if key in TIED_KEYS and self.summary is not None and self.summary.tied and not self._model.loading:
             # One matrix on a tied model: the two boxes move together.
             other = TIED_KEYS[1] if key == TIED_KEYS[0] else TIED_KEYS[0]
             self._model.set(other, self._model.value(key))
@@ -82,6 +82,7 @@ class PreviewController(QObject):
     @Slot()
     def _on_model_replaced(self) -> None:
         self._set_summary(None)
+        self._data_timer.stop()  # the preview follows the new model's tokenizer
         self._model_timer.start()  # debounced: the window paints first, then the model is read
         self._data_panel.update_max_len(self._model.value("data.max_seq_len"))
 

@@ -125,3 +125,18 @@ def test_chat_child_that_dies_mid_answer_is_reported(make_window, qtbot, monkeyp
     assert w.chat_panel.base_output.toPlainText() == "Hel"
     assert w.chat_panel.status.text().startswith("Failed: The chat process ended unexpectedly (SIGKILL")
     assert not w.chat.running and w.chat_panel.send_button.isEnabled() and w.isVisible()
+
+
+def test_opening_a_plan_keeps_its_values_whatever_the_previous_model(make_window, qtbot, tiny_tied, tiny_untied,
+                                                                    alpaca_file, tmp_path):
+    w = make_window(plan_dict(tiny_tied, alpaca_file, tmp_path / "run"), detect=False)
+    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
+    assert w.preview.summary.tied
+    # An untied model's plan that trains the embeddings only: the tied model's rule must not apply.
+    plan = plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run2",
+                                    embeddings={"train_embeddings": True, "train_lm_head": False}), check=False)
+    w.set_plan(plan)
+    e = w.values()["embeddings"]
+    assert e["train_embeddings"] is True and e["train_lm_head"] is False and not w.dirty
+    qtbot.waitUntil(lambda: w.preview.summary is not None and not w.threads.running(), timeout=60_000)
+    assert not w.preview.summary.tied and w.values()["embeddings"]["train_lm_head"] is False
