@@ -37,6 +37,8 @@ __all__ = ["MainWindow", "fresh_run_dir"]
 
 
 class MainWindow(QMainWindow):
+    """The views, the menus, and the wiring of the plan model to the controllers."""
+
     def __init__(self, plan: Plan | None = None, plan_path: str | None = None,
                  settings: QSettings | None = None, detect: bool = True):
         super().__init__()

@@ -9,9 +9,9 @@ they showed reports computed in this process.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-import shutil
 from typing import Any
 
 from headtune.core import events as ev
