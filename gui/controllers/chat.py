@@ -39,6 +39,11 @@ class ChatController(QObject):
     def child_alive(self) -> bool:
         return self._child is not None
 
+    @property
+    def child_pid(self) -> int | None:
+        """The chat child's process id, once it has started."""
+        return self._child.pid if self._child is not None else None
+
     def set_run(self, run_dir: str | None) -> None:
         """The run to chat with (a folder with a saved adapter), or None."""
         if run_dir == self.run_dir:

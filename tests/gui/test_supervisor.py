@@ -36,13 +36,13 @@ class Recorder(QObject):
 def run_child(qtbot):
     threads = Threads()
 
-    def run(command, protocol, before_wait=None) -> list[tuple[str, object]]:
+    def run(command, protocol, setup=None) -> list[tuple[str, object]]:
         supervisor = Supervisor(command, protocol)
         recorder = Recorder(supervisor)
+        if setup is not None:
+            setup(supervisor)
         with qtbot.waitSignal(supervisor.finished, timeout=60_000):
             threads.start(supervisor)
-            if before_wait is not None:
-                before_wait(supervisor)
         qtbot.waitUntil(lambda: not threads.running(), timeout=10_000)
         return recorder.seen
 
@@ -92,9 +92,10 @@ def test_a_silent_exit_without_a_result_is_a_failure(run_child):
 
 
 def test_stop_is_a_line_on_stdin(run_child):
+    # Asked before the child has even started: the line is written as soon as it has.
     stopped = ev.Stopped(step=1, adapter_path="/x").to_dict()
     code = ("import sys\nfor line in sys.stdin:\n    if line.strip() == 'stop':\n        break\n" + emit_lines(stopped))
-    seen = run_child(child(code), TrainingProtocol(), before_wait=lambda s: s.request_stop())
+    seen = run_child(child(code), TrainingProtocol(), setup=lambda s: s.request_stop())
     assert [k for k, _ in seen] == ["completed", "finished"] and isinstance(seen[0][1], ev.Stopped)
 
 
@@ -103,7 +104,7 @@ def test_closing_stdin_ends_a_serving_child_quietly(run_child):
         keep_stdin = True
 
     code = "import sys\nfor line in sys.stdin:\n    pass\n"
-    seen = run_child(child(code), Serving(), before_wait=lambda s: s.request_stop())
+    seen = run_child(child(code), Serving(), setup=lambda s: s.request_stop())
     assert seen == [("finished", None)]  # asked to end, it ended: no failure
 
 
@@ -116,7 +117,7 @@ def test_kill_is_the_last_resort_and_says_cancelled(run_child, tmp_path):
     def kill_after_progress(supervisor):
         supervisor.progressed.connect(lambda _e: supervisor.kill())
 
-    seen = run_child(child(code), ExportProtocol(str(out)), before_wait=kill_after_progress)
+    seen = run_child(child(code), ExportProtocol(str(out)), setup=kill_after_progress)
     assert [k for k, _ in seen] == ["progressed", "failed", "finished"]
     assert seen[1][1].message == "Export cancelled; nothing was written."
     assert not partial.exists()  # what the killed export left is removed
