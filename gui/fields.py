@@ -1,11 +1,11 @@
 """Widgets bound to plan keys: each shows one dotted key, reports edits, and carries its help.
 
 A ``PlanFields`` collection is what the window edits: ``values()`` gives the plan as a nested
-mapping (what ``plan_from_dict`` reads), ``set_values`` fills every widget from one, and
+mapping (what ``plan_from_dict`` reads), ``set_values`` fills every widget from one,
 ``changed`` fires on any user edit (``plan_model.PlanModel`` turns it into the plan's own
-``changed``), and ``highlight`` marks the widget a plan error is about. Tooltips are the plan's help text, so the window and
-``headtune train --help`` say the same thing. Combo boxes show readable labels and keep the
-plan's value as item data.
+``changed``), and ``highlight`` marks the widget a plan error is about. Tooltips are the plan's
+help text, so the window and ``headtune train --help`` say the same thing. Combo boxes show
+readable labels and keep the plan's value as item data.
 """
 
 from __future__ import annotations

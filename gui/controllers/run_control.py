@@ -22,7 +22,8 @@ from headtune.core.errors import HeadtuneError, PlanError
 from headtune.core.plan import Plan, resolve_paths
 
 from ..plan_model import PlanModel
-from ..protocols import TrainingProtocol, train_args
+from .. import protocols
+from ..protocols import TrainingProtocol
 from ..supervisor import Supervisor
 
 
@@ -171,8 +172,8 @@ class RunController(QObject):
             fd, plan_file = tempfile.mkstemp(prefix="headtune-plan-", suffix=".yaml")
             os.close(fd)
             plan.save(plan_file)
-        supervisor = Supervisor(train_args(plan_file, plan.output.dir if resume else None), TrainingProtocol(),
-                                temp_files=(plan_file,) if plan_file else ())
+        command = protocols.train_args(plan_file, plan.output.dir if resume else None)
+        supervisor = Supervisor(command, TrainingProtocol(), temp_files=(plan_file,) if plan_file else ())
         supervisor.progressed.connect(self._on_supervisor_progressed)
         supervisor.completed.connect(self._on_supervisor_completed)
         supervisor.failed.connect(self._on_supervisor_failed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLineEdit, QPushButton, QSpinBox
+from PySide6.QtWidgets import QLineEdit, QMessageBox, QPushButton, QSpinBox
 
 from headtune.core import health
 from headtune.core.errors import PlanError
@@ -140,3 +140,21 @@ def test_opening_a_plan_keeps_its_values_whatever_the_previous_model(make_window
     assert e["train_embeddings"] is True and e["train_lm_head"] is False and not w.dirty
     qtbot.waitUntil(lambda: w.preview.summary is not None and not w.threads.running(), timeout=60_000)
     assert not w.preview.summary.tied and w.values()["embeddings"]["train_lm_head"] is False
+
+
+def test_training_child_that_dies_natively_fails_the_run_not_the_window(make_window, qtbot, monkeypatch,
+                                                                         tiny_untied, alpaca_file, tmp_path):
+    code = ("import json, os, signal\n"
+            "print(json.dumps({'type': 'log', 'message': 'Loading the model', 'time': 0}), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setattr(protocols, "train_args", lambda plan_file, resume_dir: [sys.executable, "-c", code])
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"), detect=False)
+    qtbot.waitUntil(lambda: w.findChild(QPushButton, "startButton").isEnabled(), timeout=60_000)
+    qtbot.mouseClick(w.findChild(QPushButton, "startButton"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.run_panel.state_label.text() == "Failed"
+    assert "Loading the model" in w.run_panel.log_view.toPlainText()
+    box = w.findChild(QMessageBox, "errorDialog")
+    assert box is not None and box.isVisible()
+    assert box.text().startswith("The training process ended unexpectedly (SIGSEGV")
+    assert w.isVisible() and w.findChild(QPushButton, "startButton").isEnabled()
