@@ -100,6 +100,11 @@ class PlanModel(QObject):
         return out
 
     # -- errors ----------------------------------------------------------------------------
+    def mark_error(self, error: PlanError | None) -> None:
+        """Have the view highlight the field ``error`` names (None, or a key without a field: none)."""
+        key = error.key if error is not None and self.field_for_error(error) is not None else None
+        self.fields.highlight(key, str(error) if key else "")
+
     def field_for_error(self, error: PlanError | str | None) -> QWidget | None:
         """The widget editing the key a plan error names (or the key itself), if one does."""
         key = error.key if isinstance(error, PlanError) else error

@@ -88,13 +88,14 @@ class EstimateController(QObject):
 
     def refresh(self) -> None:
         """Validate the plan (inline message, highlighted field) and re-estimate memory."""
+        error = None
         try:
             self._model.plan(check=True)
-            check = PlanChecked(None)
         except PlanError as exc:
-            check = PlanChecked(str(exc), exc.key)
+            error = exc
+        check = PlanChecked(str(error), error.key) if error is not None else PlanChecked(None)
         set_error(self._training_panel.plan_error, f"Plan: {check.problem}" if check.problem else None)
-        self._model.fields.highlight(check.key, check.problem or "")
+        self._model.mark_error(error)
         self.last_check = check
         self.update_estimate()
         self.plan_checked.emit(check)

@@ -87,6 +87,10 @@ def test_a_plan_error_highlights_the_field_it_names(make_window, tmp_path):
     spin = w.plan.field_for_error(PlanError("training.batch_size: must be at least 1", "training.batch_size"))
     assert spin is w.findChild(QSpinBox, "batchSizeSpin")
     assert w.plan.field_for_error(PlanError("The plan must be a mapping")) is None
+    w.plan.mark_error(PlanError("training.batch_size: must be at least 1", "training.batch_size"))
+    assert spin.property("planError") is True and "must be at least 1" in spin.toolTip()
+    w.plan.mark_error(PlanError("schema_version: not a plan format version", "schema_version"))  # no field
+    assert w.fields.highlighted is None and not spin.property("planError")
 
 
 def test_token_health_runs_in_a_child_and_survives_its_crash(make_window, qtbot, monkeypatch, tiny_untied,
