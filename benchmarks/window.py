@@ -92,7 +92,7 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
     w = MainWindow(plan_from_dict(data), settings=settings, detect=False)
     w.show()
     deadline = time.time() + 120
-    while (w._summary is None or w.threads.running()) and time.time() < deadline:
+    while (w.preview.summary is None or w.threads.running()) and time.time() < deadline:
         app.processEvents()
         time.sleep(0.01)
     beats: list[float] = []
@@ -105,8 +105,8 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
     import psutil
     me = psutil.Process()
     cpu0, wall0 = me.cpu_times(), time.perf_counter()
-    w.start_run()
-    w._worker.finished.connect(loop.quit)
+    w.runs.start_run()
+    w.runs.run_ended.connect(loop.quit)
     loop.exec()  # the UI thread idles in the event loop, as in the app
     timer.stop()
     cpu1, wall1 = me.cpu_times(), time.perf_counter()
@@ -117,7 +117,7 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
     gaps_steps = [b - a for a, b in zip(beats, beats[1:]) if a >= first_step] or [0.010]
     w.shutdown()
     w.ask = lambda *a: None
-    w._confirm_discard = lambda: True
+    w.file.confirm_discard = lambda: True
     w.close()
     w.deleteLater()
     app.processEvents()

@@ -166,6 +166,11 @@ def _add_chat(sub, fmt) -> None:
     ch.add_argument("--max-new-tokens", type=int, default=128)
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ch.add_argument("--tuned-only", action="store_true", help="answer with the fine-tuned model only")
+    ch.add_argument("--json-lines", action="store_true",
+                    help="for programs driving a chat (the window does): read one JSON request per stdin line, "
+                         "{\"messages\": [...], \"max_new_tokens\": N}, or {\"stop\": true} to end the current "
+                         "answer; print JSON events (loaded, piece, answered, failed) on stdout; the model stays "
+                         "loaded until stdin closes")
     ch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 def _print_event(event, quiet: bool) -> None:
@@ -380,6 +385,11 @@ def _cmd_chat(args) -> int:
     from .tools.chat import ChatPair
     if args.max_new_tokens < 1:
         raise _usage("--max-new-tokens must be at least 1.")
+    if args.json_lines:
+        from .tools.chat import serve_json_lines
+        serve_json_lines(lambda: ChatPair(args.run), sys.stdin, lambda data: print(json.dumps(data), flush=True),
+                         tuned_only=args.tuned_only)
+        return EXIT_OK
     print("Loading the model and the adapter...", file=sys.stderr, flush=True)
     pair = ChatPair(args.run)
     sides = [(True, "fine-tuned")] if args.tuned_only else [(False, "base"), (True, "fine-tuned")]
@@ -417,6 +427,18 @@ def _cmd_doctor(args) -> int:
     else:
         print(report.to_text())
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _speaks_json(args) -> bool:
+    """Whether a program reads this command's stdout as JSON (it then gets failures there too)."""
+    return any(getattr(args, name, False) for name in ("events_json", "progress_json", "json", "json_lines"))
+
+
+def _print_failure_json(message: str, error_type: str) -> None:
+    """The last stdout line of a failed command in a JSON mode: the same ``failed`` event
+    ``train --events-json`` writes, so a driving program needs no stderr scraping."""
+    from . import events as ev
+    _print_json(ev.Failed(message=message, error_type=error_type))
 
 
 def quiet_libraries() -> None:
@@ -468,9 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"headtune: {exc}", file=sys.stderr)
-        if getattr(args, "events_json", False) and not getattr(exc, "reported", False):
-            from . import events as ev
-            _print_json(ev.Failed(message=str(exc), error_type=type(exc).__name__))
+        if _speaks_json(args) and not getattr(exc, "reported", False):
+            _print_failure_json(str(exc), type(exc).__name__)
         return exc.exit_code
     except KeyboardInterrupt:
         print("headtune: aborted.", file=sys.stderr)
@@ -478,8 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: keep the message short unless --debug
         if debug:
             traceback.print_exc()
-        print(f"headtune: unexpected error: {exc.__class__.__name__}: {exc}. Run again with --debug for "
-              "details, and please report it.", file=sys.stderr)
+        message = (f"unexpected error: {exc.__class__.__name__}: {exc}. Run again with --debug for details, and "
+                   "please report it.")
+        print(f"headtune: {message}", file=sys.stderr)
+        if _speaks_json(args) and not getattr(exc, "reported", False):
+            _print_failure_json(message[0].upper() + message[1:], type(exc).__name__)
         return EXIT_FAILED
 
 

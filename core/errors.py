@@ -46,5 +46,10 @@ class RunError(HeadtuneError):
     """A failure while the run was going (after the plan, data and model were accepted)."""
 
 
+class InternalError(RunError):
+    """An unexpected exception: a bug in Headtune or a library, not a problem with the user's input.
+    The message says so and where the traceback was saved."""
+
+
 class OutOfMemoryError(RunError):
     """The device ran out of memory; the message says what to change in the plan."""

@@ -7,6 +7,7 @@ A run folder (the plan's ``output.dir``) holds::
     init_untrained.json    rows reset by ``embeddings.init_untrained`` (when set)
     checkpoints/           resumable checkpoints, ``checkpoint-<step>/``
     adapter/               the trained adapter and tokenizer (written at the end and on stop)
+    error-traceback.txt    the traceback of an unexpected error (a bug), to report
 
 Training, export, chat, the window and the run list all ask this module, so the layout and the
 answer to "is this a run, can it resume, can it export" are written once.
@@ -26,6 +27,7 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 ADAPTER = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
+ERROR_LOG = "error-traceback.txt"
 
 
 class RunFolder:
@@ -57,6 +59,10 @@ class RunFolder:
     @property
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER
+
+    @property
+    def error_log(self) -> Path:
+        return self.path / ERROR_LOG
 
     # -- questions -----------------------------------------------------------------------
     def is_run(self) -> bool:

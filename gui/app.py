@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("HEADTUNE_ESTIMATE " + (f"{est.total_bytes} {est.fit}" if est is not None else "none"),
                       flush=True)
             print(f"HEADTUNE_READY {time.perf_counter() - _T0:.3f}", flush=True)
-            window._confirm_discard = lambda: True
+            window.file.confirm_discard = lambda: True
             window.close()
             if want_estimate and window.last_estimate is None:
                 app.exit(1)  # the smoke test fails: no estimate within the time limit

@@ -1,9 +1,11 @@
 """Help → System check: the ``headtune doctor`` report in a dialog, with "Copy diagnostics".
 
-The checks (``headtune.core.doctor.run_checks``) import torch and bitsandbytes and run a tiny
-quantised matmul, which takes seconds, so they run on a ``TaskWorker`` thread; the dialog shows
-"Checking…" meanwhile and stays responsive. The report text is exactly what ``headtune doctor``
-prints, so a bug report pasted from the window and one from the terminal read the same.
+The checks (``headtune doctor --json``) import torch and bitsandbytes and run a tiny quantised
+matmul in native kernels, which takes seconds and may crash on a broken install, so they run
+in a child process (``controllers.tools.DoctorController``); the dialog is the view: it shows
+"Checking…" meanwhile, then the report or what went wrong, and stays responsive. The report
+text is exactly what ``headtune doctor`` prints, so a bug report pasted from the window and one
+from the terminal read the same.
 """
 
 from __future__ import annotations
@@ -12,28 +14,21 @@ from PySide6.QtCore import Signal, Slot
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from .workers import TaskWorker, Threads
-
 _STATUS_COLOURS = {"ok": "#1b7f3b", "info": "#555555", "warning": "#a15c00", "error": "#b00020"}
 
 
-def run_system_check(output_dir: str):
-    from headtune.core.tools.doctor import run_checks
-    return run_checks(output_dir)
-
-
 class DoctorDialog(QDialog):
-    """Runs the system check off the UI thread and shows its report."""
+    """Shows the system check's report; ``check_requested`` asks for a (new) check."""
 
+    check_requested = Signal()
     checked = Signal(object)  # the Report, once a check has finished
     check_failed = Signal(str)
 
-    def __init__(self, threads: Threads, output_dir: str = "runs", parent: QWidget | None = None):
+    def __init__(self, output_dir: str = "runs", parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("doctorDialog")
         self.setWindowTitle("System check")
         self.resize(760, 560)
-        self._threads = threads
         self.output_dir = output_dir
         self.report = None
         self._running = False
@@ -53,7 +48,7 @@ class DoctorDialog(QDialog):
         close = QPushButton("Close")
         close.clicked.connect(self.close)
         self.copy_button.clicked.connect(self.copy_diagnostics)
-        self.again_button.clicked.connect(self.start_check)
+        self.again_button.clicked.connect(self.check_requested.emit)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.copy_button)
@@ -69,24 +64,15 @@ class DoctorDialog(QDialog):
     def running(self) -> bool:
         return self._running
 
-    @Slot()
-    def start_check(self) -> None:
-        if self._running:
-            return
+    def show_running(self) -> None:
         self._running = True
         self.copy_button.setEnabled(False)
         self.again_button.setEnabled(False)
         self.summary.setText("Checking this computer: versions, GPU, a tiny 4-bit and 8-bit bitsandbytes matmul, "
                              "bf16, memory and disk…")
         self.text.setPlainText("")
-        output_dir = self.output_dir
-        worker = TaskWorker(lambda: run_system_check(output_dir))
-        worker.succeeded.connect(self._on_worker_succeeded)
-        worker.failed.connect(self._on_worker_failed)
-        self._threads.start(worker)
 
-    @Slot(object, object)
-    def _on_worker_succeeded(self, _tag, report) -> None:
+    def show_report(self, report) -> None:
         self._running = False
         self.report = report
         worst = ("error" if any(c.status == "error" for c in report.checks) else
@@ -97,8 +83,7 @@ class DoctorDialog(QDialog):
         self.again_button.setEnabled(True)
         self.checked.emit(report)
 
-    @Slot(object, str)
-    def _on_worker_failed(self, _tag, message: str) -> None:
+    def show_failure(self, message: str) -> None:
         self._running = False
         self.report = None
         self.summary.setText(f"<b style='color:{_STATUS_COLOURS['error']}'>The system check could not finish.</b>")

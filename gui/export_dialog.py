@@ -4,27 +4,23 @@ The export runs in a child process, ``headtune export --progress-json`` (like tr
 merge holds a whole model in RAM, which goes back to the system when the child ends, and a
 crash or an out-of-memory kill cannot take the window with it. The export itself is atomic
 (a hidden temporary folder renamed at the end); Cancel kills the child and removes that folder.
+The dialog is a view: it asks for an export (``export_requested``) or a cancel, and
+``controllers.tools.ExportController`` runs the child and reports back through ``show_*``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import threading
-from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from .workers import Threads, train_command
+from .protocols import ExportDone, ExportProgressed
 
-FORMATS = [("gguf", "GGUF (llama.cpp, Ollama, LM Studio)"), ("merged", "Merged model (safetensors)"),
-           ("adapter", "Adapter only (PEFT)")]
+# The formats core offers (its registry), the most asked-for first.
+FIRST = "gguf"
 
 
 def default_destination(run_dir: str, fmt: str, gguf_type: str) -> str:
@@ -42,91 +38,26 @@ def export_args(run_dir: str, fmt: str, out: str, dtype: str | None, gguf_type: 
     return args
 
 
-class ExportWorker(QObject):
-    """Runs one ``headtune export`` child and reports progress, the result or the error."""
+@dataclass(frozen=True)
+class ExportRequest:
+    """One export as the dialog's options describe it."""
 
-    progressed = Signal(float, str)
-    succeeded = Signal(dict)
-    failed = Signal(str)
-    finished = Signal()
-
-    def __init__(self, args: list[str], out: str):
-        super().__init__()
-        self.args = args
-        self.out = Path(out).expanduser().resolve()  # as the export resolves it (its temp folder is beside)
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Safe from the UI thread."""
-        self._cancelled.set()
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()
-
-    @Slot()
-    def run(self) -> None:
-        try:
-            self._supervise()
-        except Exception as exc:
-            self.failed.emit(f"The export process could not run: {exc}")
-        finally:
-            self.finished.emit()
-
-    def _supervise(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", TOKENIZERS_PARALLELISM="false")
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
-        with self._lock:
-            if self._cancelled.is_set():
-                self.failed.emit("Export cancelled.")
-                return
-            self._proc = subprocess.Popen(train_command(self.args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                                          env=env, creationflags=flags)
-        proc = self._proc
-        tail: deque[str] = deque(maxlen=20)
-        reader = threading.Thread(target=lambda: [tail.append(s.rstrip()) for s in proc.stderr if s.strip()],
-                                  daemon=True)
-        reader.start()
-        result = None
-        for line in proc.stdout:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if "progress" in data:
-                self.progressed.emit(float(data["progress"]), str(data.get("message", "")))
-            elif "path" in data:
-                result = data
-        code = proc.wait()
-        reader.join(timeout=5)
-        if result is not None and code == 0:
-            self.succeeded.emit(result)
-            return
-        # Killed (cancel, or out of memory) before it could clean up: remove its temporary folder.
-        for partial in self.out.parent.glob(f".{self.out.name}.partial-*"):
-            shutil.rmtree(partial, ignore_errors=True)
-        if self._cancelled.is_set():
-            self.failed.emit("Export cancelled; nothing was written.")
-            return
-        message = next((s[len("headtune: "):] for s in reversed(tail) if s.startswith("headtune: ")), None)
-        self.failed.emit(message or f"The export process ended unexpectedly (exit code {code}); nothing was "
-                                    "written." + (" Its last output:\n" + "\n".join(tail) if tail else ""))
+    args: tuple[str, ...]  # the ``headtune`` arguments
+    out: str
 
 
 class ExportDialog(QDialog):
     """Choose format, dtype and destination for a run; export with a progress bar."""
 
-    exported = Signal(dict)
+    export_requested = Signal(object)  # ExportRequest
+    cancel_requested = Signal()
 
-    def __init__(self, threads: Threads, run_dir: str, parent: QWidget | None = None):
+    def __init__(self, run_dir: str, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("exportDialog")
         self.setWindowTitle("Export model")
         self.resize(640, 300)
-        self._threads = threads
-        self._worker: ExportWorker | None = None
+        self._running = False
         self._dest_edited = False
         self.run_dir = run_dir
         self.result: dict | None = None
@@ -137,8 +68,9 @@ class ExportDialog(QDialog):
         self.format_combo = QComboBox()
         self.format_combo.setObjectName("exportFormat")
         self.format_combo.setAccessibleName("Export format")
-        for value, label in FORMATS:
-            self.format_combo.addItem(label, value)
+        from headtune.core.tools.export import FORMATS
+        for fmt in sorted(FORMATS.values(), key=lambda f: f.name != FIRST):
+            self.format_combo.addItem(fmt.label, fmt.name)
         self.gguf_combo = QComboBox()
         self.gguf_combo.setObjectName("exportGgufType")
         self.gguf_combo.setAccessibleName("GGUF weight type")
@@ -202,7 +134,7 @@ class ExportDialog(QDialog):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return self._running
 
     def set_run(self, run_dir: str) -> None:
         if self.running:
@@ -241,25 +173,16 @@ class ExportDialog(QDialog):
             return
         args = export_args(self.run_dir, self.format_combo.currentData(), out, self.dtype_combo.currentData(),
                            self.gguf_combo.currentData(), self.overwrite_box.isChecked())
-        self.result = None
-        worker = ExportWorker(args, out)
-        worker.progressed.connect(self._on_worker_progressed)
-        worker.succeeded.connect(self._on_worker_succeeded)
-        worker.failed.connect(self._on_worker_failed)
-        worker.finished.connect(self._on_worker_finished)
-        self._worker = worker
-        self.progress.setValue(0)
-        self.status.setText("Starting the export…")
-        self._set_busy(True)
-        self._threads.start(worker)
+        self.export_requested.emit(ExportRequest(tuple(args), out))
 
     @Slot()
     def cancel_export(self) -> None:
-        if self._worker is not None:
+        if self.running:
             self.status.setText("Cancelling…")
-            self._worker.cancel()
+            self.cancel_requested.emit()
 
     def _set_busy(self, busy: bool) -> None:
+        self._running = busy
         self.export_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         for w in (self.format_combo, self.gguf_combo, self.dtype_combo, self.dest_edit, self.overwrite_box):
@@ -267,27 +190,28 @@ class ExportDialog(QDialog):
         if not busy:
             self._on_options_changed()
 
-    @Slot(float, str)
-    def _on_worker_progressed(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(round(fraction * 100)))
-        self.status.setText(message)
+    # -- what the controller reports -------------------------------------------------------
+    def show_started(self) -> None:
+        self.result = None
+        self.progress.setValue(0)
+        self.status.setText("Starting the export…")
+        self._set_busy(True)
 
-    @Slot(dict)
-    def _on_worker_succeeded(self, result: dict) -> None:
+    def show_progress(self, e: ExportProgressed) -> None:
+        self.progress.setValue(int(round(e.fraction * 100)))
+        self.status.setText(e.message)
+
+    def show_done(self, result: ExportDone) -> None:
         self.result = result
         self.progress.setValue(100)
-        self.status.setText(f"Exported to {result['path']} in {result['seconds']:.1f} s, peak RAM "
-                            f"{result['peak_rss_bytes'] / 2**30:.2f} GiB. " + " ".join(result.get("notes", [])))
-        self.exported.emit(result)
+        self.status.setText(f"Exported to {result.path} in {result.seconds:.1f} s, peak RAM "
+                            f"{result.peak_rss_bytes / 2**30:.2f} GiB. " + " ".join(result.notes))
 
-    @Slot(str)
-    def _on_worker_failed(self, message: str) -> None:
+    def show_failed(self, message: str) -> None:
         self.progress.setValue(0)
         self.status.setText(f"Export failed: {message}")
 
-    @Slot()
-    def _on_worker_finished(self) -> None:
-        self._worker = None
+    def show_ended(self) -> None:
         self._set_busy(False)
 
     def closeEvent(self, event) -> None:

@@ -1,10 +1,11 @@
 """Widgets bound to plan keys: each shows one dotted key, reports edits, and carries its help.
 
 A ``PlanFields`` collection is what the window edits: ``values()`` gives the plan as a nested
-mapping (what ``plan_from_dict`` reads), ``set_values`` fills every widget from one, and
-``changed`` fires on any user edit. Tooltips are the plan's help text, so the window and
-``headtune train --help`` say the same thing. Combo boxes show readable labels and keep the
-plan's value as item data.
+mapping (what ``plan_from_dict`` reads), ``set_values`` fills every widget from one,
+``changed`` fires on any user edit (``plan_model.PlanModel`` turns it into the plan's own
+``changed``), and ``highlight`` marks the widget a plan error is about. Tooltips are the plan's
+help text, so the window and ``headtune train --help`` say the same thing. Combo boxes show
+readable labels and keep the plan's value as item data.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDoubleValidator
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox, QWidget
 
-from headtune.core.plan import TARGET_PRESETS, choices_for, help_for
+from headtune.core.embeddings import MODES
+from headtune.core.plan import TARGET_PRESETS, choices_for, help_for, range_for
 
 # Readable labels for the plan's enumerated values.
 LABELS: dict[str, dict[str, str]] = {
@@ -27,15 +29,33 @@ LABELS: dict[str, dict[str, str]] = {
     "data.format": {"auto": "Detect automatically", "alpaca": "Alpaca (instruction/output)",
                     "messages": "Messages (role/content)", "sharegpt": "ShareGPT (from/value)",
                     "text": "Raw text (all tokens trained)"},
-    "embeddings.mode": {"full": "Full matrix", "tokens": "Selected token rows only", "lora": "LoRA on the matrix"},
+    "embeddings.mode": {name: mode.label for name, mode in MODES.items()},
     "embeddings.init_untrained": {"none": "Leave as they are", "mean": "Set to the mean row before training"},
     "training.lr_scheduler": {"linear": "Linear decay", "cosine": "Cosine", "constant": "Constant",
                               "constant_with_warmup": "Constant after warm-up"},
     "training.optimizer": {"adamw": "AdamW (32-bit states)", "adamw_8bit": "AdamW 8-bit",
                            "paged_adamw_8bit": "Paged AdamW 8-bit (GPU)"},
 }
+HIGHLIGHT_STYLE = "border: 2px solid #c0392b; border-radius: 3px;"
 TEMPLATE_LABELS = {"model": "The model's own", "chatml": "ChatML", "llama3": "Llama 3"}
 TARGET_LABELS = {"attention": "Attention", "attention+mlp": "Attention + MLP", "all-linear": "All linear layers"}
+
+
+def schema_bounds(key: str, lo: float | None, hi: float | None, resolution: float) -> tuple[float, float]:
+    """A widget's limits for ``key``: the plan schema's range where it states one (an open bound
+    moved in by the widget's ``resolution``), else ``lo``/``hi``."""
+    rng = range_for(key) or {}
+    if rng.get("ge") is not None:
+        lo = rng["ge"]
+    elif rng.get("gt") is not None:
+        lo = rng["gt"] + resolution
+    if rng.get("le") is not None:
+        hi = rng["le"]
+    elif rng.get("lt") is not None:
+        hi = rng["lt"] - resolution
+    if lo is None or hi is None:
+        raise ValueError(f"{key}: the schema states no {'lower' if lo is None else 'upper'} limit; give one")
+    return lo, hi
 
 
 class Field:
@@ -76,6 +96,23 @@ class PlanFields(QObject):
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.fields: dict[str, Field] = {}
+        self.highlighted: str | None = None
+
+    def highlight(self, key: str | None, message: str = "") -> None:
+        """Mark the widget of ``key`` as the one the plan's problem is about (None: no mark)."""
+        if self.highlighted == key:
+            return
+        old = self.fields.get(self.highlighted) if self.highlighted else None
+        if old is not None:
+            old.widget.setProperty("planError", False)
+            old.widget.setStyleSheet("")
+            old.widget.setToolTip(help_for(old.key))
+        self.highlighted = key if key in self.fields else None
+        new = self.fields.get(self.highlighted) if self.highlighted else None
+        if new is not None:
+            new.widget.setProperty("planError", True)
+            new.widget.setStyleSheet(HIGHLIGHT_STYLE)
+            new.widget.setToolTip(f"{message}\n\n{help_for(key)}" if message else help_for(key))
 
     def __getitem__(self, key: str) -> QWidget:
         return self.fields[key].widget
@@ -98,10 +135,12 @@ class PlanFields(QObject):
         _name(w, key, object_name, text)
         return self._add(Field(key, w, w.isChecked, lambda v: w.setChecked(bool(v)), w.toggled))
 
-    def spin(self, key: str, lo: int, hi: int, object_name: str | None = None, accessible: str | None = None,
-             step: int = 1, special: str = "") -> QSpinBox:
+    def spin(self, key: str, lo: int | None, hi: int | None, object_name: str | None = None,
+             accessible: str | None = None, step: int = 1, special: str = "") -> QSpinBox:
+        """``lo``/``hi``: the limits where the plan's schema states none (it wins where it does)."""
         w = QSpinBox()
-        w.setRange(lo, hi)
+        low, high = schema_bounds(key, lo, hi, 1)
+        w.setRange(int(low), int(high))
         w.setSingleStep(step)
         w.setAccelerated(True)
         if special:
@@ -109,10 +148,11 @@ class PlanFields(QObject):
         _name(w, key, object_name, accessible)
         return self._add(Field(key, w, w.value, lambda v: w.setValue(int(v)), w.valueChanged))
 
-    def dspin(self, key: str, lo: float, hi: float, decimals: int, step: float, object_name: str | None = None,
-              accessible: str | None = None) -> QDoubleSpinBox:
+    def dspin(self, key: str, lo: float | None, hi: float | None, decimals: int, step: float,
+              object_name: str | None = None, accessible: str | None = None) -> QDoubleSpinBox:
+        """``lo``/``hi``: the limits where the plan's schema states none (it wins where it does)."""
         w = QDoubleSpinBox()
-        w.setRange(lo, hi)
+        w.setRange(*schema_bounds(key, lo, hi, 10 ** -decimals))
         w.setDecimals(decimals)
         w.setSingleStep(step)
         _name(w, key, object_name, accessible)

@@ -1,8 +1,8 @@
 """The Token health panel: untrained-looking rows of the model, who uses them, the template check,
 and one-click fixes (train exactly those rows in tokens mode, or reset them to the mean row).
 
-The check itself is ``headtune.core.health.inspect_model`` (the same as ``headtune inspect``),
-run off the UI thread by the window.
+The check itself is ``headtune inspect MODEL --json``, run in a child process by
+``controllers.tools.HealthController``; this panel only shows it.
 """
 
 from __future__ import annotations

@@ -159,9 +159,9 @@ class DataPanel(QWidget):
         form.addRow("Format:", fields.combo("data.format", "dataFormatCombo", "Data format"))
         form.addRow("Chat template:", fields.editable_combo("data.chat_template", TEMPLATE_LABELS,
                                                             "chatTemplateCombo", "Chat template"))
-        form.addRow("Max sequence length:", fields.spin("data.max_seq_len", 16, 1_048_576, "maxSeqLenSpin",
+        form.addRow("Max sequence length:", fields.spin("data.max_seq_len", None, 1_048_576, "maxSeqLenSpin",
                                                         "Maximum sequence length", step=128))
-        form.addRow("Validation share:", fields.dspin("data.val_fraction", 0.0, 0.5, 3, 0.01, "valFractionSpin",
+        form.addRow("Validation share:", fields.dspin("data.val_fraction", None, None, 3, 0.01, "valFractionSpin",
                                                       "Validation share"))
         form.addRow("", fields.check("data.packing", "Pack short examples together", "packingCheck"))
         lay.addLayout(form)
@@ -296,17 +296,28 @@ class TrainingPanel(QWidget):
         lay = QVBoxLayout(inner)
         self.plan_error = _error_label("planErrorLabel")
         lay.addWidget(self.plan_error)
+        lay.addWidget(self._lora_group(fields))
+        lay.addWidget(self._embeddings_group(fields))
+        lay.addWidget(self._optimisation_group(fields))
+        lay.addWidget(self._memory_group(fields))
+        lay.addWidget(self._output_group(fields))
+        lay.addStretch(1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(_scroll(inner))
 
+    def _lora_group(self, fields: PlanFields) -> QGroupBox:
         lora = QGroupBox("LoRA")
         form = QFormLayout(lora)
-        form.addRow("Rank:", fields.spin("adapter.r", 1, 1024, "loraRankSpin", "LoRA rank"))
+        form.addRow("Rank:", fields.spin("adapter.r", None, 1024, "loraRankSpin", "LoRA rank"))
         form.addRow("Alpha:", fields.dspin("adapter.alpha", 0.01, 4096, 2, 1.0, "loraAlphaSpin", "LoRA alpha"))
-        form.addRow("Dropout:", fields.dspin("adapter.dropout", 0.0, 0.89, 3, 0.01, "loraDropoutSpin", "LoRA dropout"))
+        form.addRow("Dropout:", fields.dspin("adapter.dropout", None, None, 3, 0.01, "loraDropoutSpin", "LoRA dropout"))
         form.addRow("Target layers:", fields.editable_combo("adapter.target_modules", TARGET_LABELS,
                                                             "loraTargetsCombo", "LoRA target layers",
                                                             parse=parse_targets, show=show_targets))
-        lay.addWidget(lora)
+        return lora
 
+    def _embeddings_group(self, fields: PlanFields) -> QGroupBox:
         emb = QGroupBox("Token embeddings and LM head")
         form = QFormLayout(emb)
         checks = QHBoxLayout()
@@ -352,19 +363,20 @@ class TrainingPanel(QWidget):
         self.token_results.itemDoubleClicked.connect(self._on_token_results_activated)
         form.addRow("", self.token_results)
         self._token_ids_edit: QLineEdit = fields["embeddings.token_ids"]
-        lay.addWidget(emb)
+        return emb
 
+    def _optimisation_group(self, fields: PlanFields) -> QGroupBox:
         opt = QGroupBox("Optimisation")
         form = QFormLayout(opt)
-        form.addRow("Batch size:", fields.spin("training.batch_size", 1, 4096, "batchSizeSpin", "Batch size"))
-        form.addRow("Gradient accumulation:", fields.spin("training.grad_accum", 1, 4096, "gradAccumSpin",
+        form.addRow("Batch size:", fields.spin("training.batch_size", None, 4096, "batchSizeSpin", "Batch size"))
+        form.addRow("Gradient accumulation:", fields.spin("training.grad_accum", None, 4096, "gradAccumSpin",
                                                           "Gradient accumulation"))
         form.addRow("Epochs:", fields.dspin("training.epochs", 0.0, 1000.0, 2, 0.5, "epochsSpin", "Epochs"))
         form.addRow("Max steps (0 = epochs):", fields.spin("training.max_steps", 0, 10_000_000, "maxStepsSpin",
                                                            "Maximum steps", special="use epochs"))
         form.addRow("Learning rate:", fields.number("training.learning_rate", "learningRateEdit", "Learning rate"))
         form.addRow("Schedule:", fields.combo("training.lr_scheduler", "schedulerCombo", "Learning-rate schedule"))
-        form.addRow("Warm-up share:", fields.dspin("training.warmup_ratio", 0.0, 0.5, 3, 0.01, "warmupSpin", "Warm-up"))
+        form.addRow("Warm-up share:", fields.dspin("training.warmup_ratio", None, None, 3, 0.01, "warmupSpin", "Warm-up"))
         form.addRow("Weight decay:", fields.dspin("training.weight_decay", 0.0, 10.0, 4, 0.01, "weightDecaySpin",
                                                   "Weight decay"))
         form.addRow("Gradient clipping:", fields.dspin("training.max_grad_norm", 0.0, 1000.0, 2, 0.1,
@@ -373,13 +385,14 @@ class TrainingPanel(QWidget):
         form.addRow("", fields.check("training.gradient_checkpointing", "Gradient checkpointing",
                                      "gradientCheckpointingCheck"))
         form.addRow("Seed:", fields.spin("training.seed", 0, 2 ** 31 - 1, "seedSpin", "Seed"))
-        lay.addWidget(opt)
+        return opt
 
+    def _memory_group(self, fields: PlanFields) -> QGroupBox:
         # Lean memory (plan section memory:, core/training/lean.py); tooltips are the plan's help text.
         mem = QGroupBox("Memory")
         form = QFormLayout(mem)
         form.addRow("Loss:", fields.combo("memory.loss", "memoryLossCombo", "Loss computation"))
-        form.addRow("Loss chunk (tokens):", fields.spin("memory.loss_chunk_tokens", 16, 1_000_000,
+        form.addRow("Loss chunk (tokens):", fields.spin("memory.loss_chunk_tokens", None, 1_000_000,
                                                         "memoryChunkSpin", "Loss chunk tokens"))
         form.addRow("Matrix precision:", fields.combo("memory.matrix_dtype", "memoryDtypeCombo",
                                                       "Embedding and head precision"))
@@ -389,15 +402,16 @@ class TrainingPanel(QWidget):
                                      "memoryFrozenCopyCheck"))
         form.addRow("", fields.check("memory.fused_step", "Update the matrices inside backward (no clipping)",
                                      "memoryFusedStepCheck"))
-        lay.addWidget(mem)
+        return mem
 
+    def _output_group(self, fields: PlanFields) -> QGroupBox:
         ck = QGroupBox("Evaluation, checkpoints and output")
         form = QFormLayout(ck)
         form.addRow("Evaluate every (steps):", fields.spin("training.eval_every", 0, 10_000_000, "evalEverySpin",
                                                            "Evaluate every", special="never"))
         form.addRow("Save every (steps):", fields.spin("training.save_every", 0, 10_000_000, "saveEverySpin",
                                                        "Save every", special="never"))
-        form.addRow("Checkpoints kept:", fields.spin("training.save_total_limit", 1, 1000, "saveLimitSpin",
+        form.addRow("Checkpoints kept:", fields.spin("training.save_total_limit", None, 1000, "saveLimitSpin",
                                                      "Checkpoints kept"))
         out = fields.line("output.dir", "outputDirEdit", "Output folder")
         row = QHBoxLayout()
@@ -408,11 +422,7 @@ class TrainingPanel(QWidget):
         browse.clicked.connect(self.output_browse_requested.emit)
         row.addWidget(browse)
         form.addRow("Output folder:", row)
-        lay.addWidget(ck)
-        lay.addStretch(1)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(_scroll(inner))
+        return ck
 
     def show_tied(self, tied: bool | None) -> None:
         self.tied_note.setText("This model ties its embeddings and LM head: they are one matrix, so both boxes "

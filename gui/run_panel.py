@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
 
 from headtune.core import events as ev
 from headtune.core.estimate import GiB
+from headtune.core.runfolder import RunFolder
 
 SMOOTHING = 0.9  # weight of the exponential moving average drawn over the raw loss
 
@@ -308,7 +309,7 @@ class RunPanel(QWidget):
         self.reset(f"Run {Path(run_dir).name}")
         n = 0
         last_step = None
-        for e in ev.read_events(Path(run_dir) / "events.jsonl"):
+        for e in ev.read_events(RunFolder(run_dir).events_file):
             n += 1
             self.add_event(e)
             if isinstance(e, ev.Step):

@@ -1,30 +1,25 @@
-"""Work off the UI thread: worker objects moved to QThreads (worker objects on QThreads, cancellation by flag).
+"""Work off the UI thread: worker objects moved to QThreads.
 
 ``TaskWorker`` runs one function (reading a model's config, loading a tokenizer, previewing a
-dataset) and reports its result or its user-facing error. ``TrainingWorker`` runs a training
-job (in a child process, see its docstring) and re-emits its typed events as Qt signals. ``Threads`` owns the threads: it
+dataset) and reports its result or its user-facing error; child processes (training, export,
+chat, token health, the system check) are run by ``supervisor.Supervisor``, also a worker
+object on its own thread. ``Threads`` owns the threads: it
 wires ``started -> run``, ``finished -> quit`` and ``deleteLater``, keeps Python references
 alive until the thread has ended, and can wait for all of them (so no QThread outlives the
-window). Stopping a run is the job's flag, set directly from the UI thread; never a queued slot
-on the busy thread.
+window). Cancelling is a flag set directly from the UI thread; never a queued slot on the busy
+thread.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import threading
 import traceback
-from collections import deque
-from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from headtune.core import events as ev
 from headtune.core.errors import HeadtuneError
+
+from .supervisor import headtune_command
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -73,150 +68,8 @@ class TaskWorker(QObject):
             self.finished.emit()
 
 
-def train_command(args: list[str]) -> list[str]:
-    """The ``headtune`` command line for this installation (a frozen app is its own interpreter)."""
-    if getattr(sys, "frozen", False):
-        # The bundle has two programs and only `headtune` takes sub-commands; `headtune-gui` (the
-        # window without a console on Windows) would read `train` as a plan file.
-        exe = Path(sys.executable)
-        cli = exe.with_name("headtune" + exe.suffix)
-        return [str(cli if cli.is_file() else exe), *args]
-    return [sys.executable, "-m", "headtune.core.cli", *args]
-
-
-def _lower_priority(pid: int) -> None:
-    """Run training a notch below the window, so the window stays responsive while training uses
-    every core; with nothing else running, training speed is unchanged (measured in
-    benchmarks/window.py). Done before the child starts its worker threads, which inherit it."""
-    try:
-        import psutil
-        child = psutil.Process(pid)
-        if sys.platform == "win32":
-            child.nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
-        else:
-            child.nice(min(19, os.nice(0) + 5))
-    except Exception:
-        pass  # a priority is a nicety, never a reason to fail a run
-
-
-class TrainingWorker(QObject):
-    """Runs one training job and re-emits each of its events as a signal.
-
-    The worker lives on its own QThread (the window never blocks on it), and the job itself runs
-    in a child process, ``headtune train --events-json``, whose event lines the worker reads.
-    Measured reasons (benchmarks/window.py): training in a thread of the window's process ran
-    15-25% slower than ``headtune train`` on the CPU and its imports stalled the UI for most of
-    a second, as both threads fight over the GIL. A child process also keeps the window alive
-    if training crashes or is killed for memory, and returns all its memory when it ends.
-    Stopping writes ``stop`` to the child's stdin; the child stops after the current step with a
-    checkpoint, and also stops if the window goes away (stdin closes).
-    """
-
-    run_started = Signal(object)       # ev.Started
-    logged = Signal(object)            # ev.Log
-    step_logged = Signal(object)       # ev.Step
-    evaluated = Signal(object)         # ev.Eval
-    memory_sampled = Signal(object)    # ev.Memory
-    checkpoint_saved = Signal(object)  # ev.Checkpoint
-    run_finished = Signal(object)      # ev.Finished
-    run_stopped = Signal(object)       # ev.Stopped
-    failed = Signal(object)            # ev.Failed
-    finished = Signal()                # always last: the thread may quit
-
-    def __init__(self, plan, resume: bool = False):
-        super().__init__()
-        self.plan = plan
-        self.resume = resume
-        self._stop = threading.Event()
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-        self._signals = {ev.Started: self.run_started, ev.Log: self.logged, ev.Step: self.step_logged,
-                         ev.Eval: self.evaluated, ev.Memory: self.memory_sampled,
-                         ev.Checkpoint: self.checkpoint_saved, ev.Finished: self.run_finished,
-                         ev.Stopped: self.run_stopped, ev.Failed: self.failed}
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def request_stop(self) -> None:
-        """Safe from the UI thread: the run stops after the current step and saves."""
-        self._stop.set()
-        self._send_stop()
-
-    def _send_stop(self) -> None:
-        with self._lock:
-            proc = self._proc
-            if proc is None or proc.poll() is not None or proc.stdin is None:
-                return
-            try:
-                proc.stdin.write("stop\n")
-                proc.stdin.flush()
-            except (OSError, ValueError):
-                pass  # it is ending anyway
-
-    def _command(self, plan_file: str | None) -> list[str]:
-        if self.resume:
-            return train_command(["train", "--events-json", "--resume", self.plan.output.dir])
-        return train_command(["train", "--events-json", plan_file])
-
-    @Slot()
-    def run(self) -> None:
-        plan_file = None
-        try:
-            if not self.resume:
-                fd, plan_file = tempfile.mkstemp(prefix="headtune-plan-", suffix=".yaml")
-                os.close(fd)
-                self.plan.save(plan_file)
-            self._supervise(self._command(plan_file))
-        except Exception as exc:
-            traceback.print_exc()
-            self.failed.emit(ev.Failed(message=f"The training process could not run: {user_message(exc)}",
-                                       error_type=type(exc).__name__))
-        finally:
-            if plan_file:
-                Path(plan_file).unlink(missing_ok=True)
-            self.finished.emit()
-
-    def _supervise(self, cmd: list[str]) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", TOKENIZERS_PARALLELISM="false")
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
-        with self._lock:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                                          bufsize=1, env=env, creationflags=flags)
-        proc = self._proc
-        _lower_priority(proc.pid)
-        if self._stop.is_set():
-            self._send_stop()
-        tail: deque[str] = deque(maxlen=30)
-        reader = threading.Thread(target=self._read_stderr, args=(proc, tail), daemon=True)
-        reader.start()
-        ended = False
-        for line in proc.stdout:
-            try:
-                event = ev.event_from_dict(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                if line.strip():  # a library printing to stdout: keep it in the log
-                    self.logged.emit(ev.Log(message=line.rstrip()))
-                continue
-            ended = ended or isinstance(event, (ev.Finished, ev.Stopped, ev.Failed))
-            self._signals[type(event)].emit(event)
-        code = proc.wait()
-        reader.join(timeout=5)
-        if not ended:
-            last = "\n".join(tail)
-            self.failed.emit(ev.Failed(
-                message=f"The training process ended unexpectedly (exit code {code})."
-                        + (f" Its last output:\n{last}" if last else "")
-                        + "\nThe last checkpoint, if any, is kept; Resume continues from it.",
-                error_type="ProcessError"))
-
-    @staticmethod
-    def _read_stderr(proc, tail: deque) -> None:
-        for line in proc.stderr:
-            if line.strip():
-                tail.append(line.rstrip())
+# The command line of a child ``headtune`` (kept under this name for the packaging checks).
+train_command = headtune_command
 
 
 class Threads(QObject):
@@ -257,3 +110,53 @@ class Threads(QObject):
         for thread in list(self._live):
             ok = (thread.wait() if timeout_ms is None else thread.wait(timeout_ms)) and ok
         return ok
+
+
+class TaskRunner(QObject):
+    """Runs one-off functions on ``TaskWorker`` threads, by kind; only the latest result of each
+    kind is delivered (a stale one, from before the user typed something else, is dropped)."""
+
+    def __init__(self, threads: Threads, parent: QObject | None = None):
+        super().__init__(parent)
+        self._threads = threads
+        self._tag = 0
+        self._latest: dict[str, tuple] = {}
+        self._handlers: dict[tuple, tuple] = {}
+        self.closed = False
+
+    def run(self, kind: str, fn, on_done, on_error=None, needs_transformers: bool = True) -> None:
+        if self.closed:
+            return  # no new threads once the window has closed
+        self._tag += 1
+        tag = (kind, self._tag)
+        self._latest[kind] = tag
+        if needs_transformers:
+            fn = _after_transformers_ready(fn)
+        worker = TaskWorker(fn, tag)
+        worker.succeeded.connect(self._on_worker_succeeded)
+        worker.failed.connect(self._on_worker_failed)
+        self._handlers[tag] = (on_done, on_error)
+        self._threads.start(worker)
+
+    def forget(self, kind: str) -> None:
+        """Drop the result of the ``kind`` task still running, if any."""
+        self._latest.pop(kind, None)
+
+    @Slot(object, object)
+    def _on_worker_succeeded(self, tag, result) -> None:
+        on_done, _ = self._handlers.pop(tag, (None, None))
+        if on_done is not None and self._latest.get(tag[0]) == tag:
+            on_done(result)
+
+    @Slot(object, str)
+    def _on_worker_failed(self, tag, message: str) -> None:
+        _, on_error = self._handlers.pop(tag, (None, None))
+        if on_error is not None and self._latest.get(tag[0]) == tag:
+            on_error(message)
+
+
+def _after_transformers_ready(fn):
+    def run():
+        transformers_ready()
+        return fn()
+    return run

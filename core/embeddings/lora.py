@@ -7,7 +7,7 @@ from .base import ADAPTER, MatrixCost, MatrixFacts
 
 class LoraMode:
     name = "lora"
-    label = "LoRA"
+    label = "LoRA on the matrix"
     help = "lora (a low-rank update)"
     rows = False
 

@@ -12,7 +12,7 @@ from .base import ROWS, MatrixCost, MatrixFacts
 
 class TokensMode:
     name = "tokens"
-    label = "Selected token rows"
+    label = "Selected token rows only"
     help = "tokens (only the rows in token_ids and new_tokens)"
     rows = True
 

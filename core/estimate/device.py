@@ -29,14 +29,14 @@ def fit_verdict(total: int, capacity: int) -> str:
 def detect_capacity(device: str) -> tuple[int | None, str]:
     """(bytes, description) of the target's memory: the GPU's total, or this computer's RAM."""
     if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            return None, "no CUDA GPU detected"
         try:
-            import torch
-            if torch.cuda.is_available():
-                free, total = torch.cuda.mem_get_info()
-                return int(total), f"{torch.cuda.get_device_name()} ({total / GiB:.1f} GiB)"
-        except Exception:
-            pass
-        return None, "no CUDA GPU detected"
+            free, total = torch.cuda.mem_get_info()
+        except RuntimeError as exc:  # a GPU torch sees but cannot query: a driver problem, not "no GPU"
+            return None, f"the GPU's memory could not be read ({exc}); `headtune doctor` checks the driver"
+        return int(total), f"{torch.cuda.get_device_name()} ({total / GiB:.1f} GiB)"
     import psutil
     total = psutil.virtual_memory().total
     return int(total), f"this computer's RAM ({total / GiB:.1f} GiB)"

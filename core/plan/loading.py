@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -108,24 +107,19 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-# Migrations from older plan files: version N -> N+1, applied in order. A plan file without
-# schema_version is taken as the current version.
-MIGRATIONS: dict[int, typing.Callable[[dict], dict]] = {}
-
-
 def migrate(data: dict) -> dict:
+    """Check the plan format's version. There is one format so far; a plan file without
+    ``schema_version`` is taken as the current one, a newer one is refused. (Run folders written
+    before the ``memory:`` section existed are resumed with the stock memory options: see
+    ``core.training.job.resume_plan``.)"""
     if not isinstance(data, dict):
         raise PlanError("The plan must be a mapping of sections (model:, data:, ...).")
     version = data.get("schema_version", SCHEMA_VERSION)
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise PlanError(f"schema_version: {version!r} is not a plan format version.", "schema_version")
     if version > SCHEMA_VERSION:
         raise PlanError(f"schema_version: this plan was written by a newer Headtune (format {version}; "
                         f"this version reads up to {SCHEMA_VERSION}). Update Headtune.", "schema_version")
-    while version < SCHEMA_VERSION:
-        data = MIGRATIONS[version](dict(data))
-        version += 1
-        data["schema_version"] = version
     data["schema_version"] = SCHEMA_VERSION
     return data
 

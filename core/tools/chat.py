@@ -9,8 +9,11 @@ two answers, and stop between tokens. Greedy by default: the comparison is the s
 from __future__ import annotations
 
 import contextlib
+import json
+import queue
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 
 class ChatPair:
@@ -68,3 +71,52 @@ class ChatPair:
 
     def answer(self, messages: list[dict], tuned: bool = True, **kw) -> str:
         return "".join(self.stream(messages, tuned=tuned, **kw))
+
+
+def serve_json_lines(load_pair, lines: Iterable[str], write: Callable[[dict], None], tuned_only: bool = False) -> None:
+    """``headtune chat --json-lines``: answer JSON requests read from ``lines`` until they end.
+
+    ``load_pair()`` loads the model once (``{"type": "loaded"}`` follows); each request
+    ``{"messages": [...], "max_new_tokens": N, "temperature": T}`` is answered by the base and the
+    fine-tuned model alternately, token by token (``{"type": "piece", "tuned": bool, "text": s}``),
+    then ``{"type": "answered", "stopped": bool}``. ``{"stop": true}`` ends the answer being
+    written (or the next one) after the current token. Requests are read on a thread, so a stop
+    arrives while an answer streams.
+    """
+    requests: queue.Queue = queue.Queue()
+    stop_upto = [0]  # every request numbered up to this one is to stop
+
+    def read() -> None:
+        n = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except ValueError:
+                continue  # not a request; the driving program only writes JSON
+            if request.get("stop"):
+                stop_upto[0] = n
+            else:
+                n += 1
+                requests.put((n, request))
+        requests.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    pair = load_pair()
+    write({"type": "loaded"})
+    sides = (True,) if tuned_only else (False, True)
+    while (item := requests.get()) is not None:
+        n, request = item
+        streams = {tuned: pair.stream(request["messages"], tuned=tuned,
+                                      max_new_tokens=int(request.get("max_new_tokens", 128)),
+                                      temperature=float(request.get("temperature", 0.0))) for tuned in sides}
+        while streams and stop_upto[0] < n:
+            for tuned in list(streams):
+                try:
+                    write({"type": "piece", "tuned": tuned, "text": next(streams[tuned])})
+                except StopIteration:
+                    del streams[tuned]
+                if stop_upto[0] >= n:
+                    break
+        write({"type": "answered", "stopped": bool(streams)})

@@ -57,9 +57,6 @@ class DataPreview:
     template_source: str
     segments: list[tuple[str, str]] = field(default_factory=list)  # first example: (text, trained|masked|cut)
 
-    @property
-    def truncated_share(self) -> float:
-        return self.truncated / len(self.lengths) if self.lengths else 0.0
 
 
 def _cell(value, limit: int = 120) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import events as ev
-from ..errors import HeadtuneError, OutOfMemoryError, PlanError, RunError
+from ..errors import HeadtuneError, InternalError, OutOfMemoryError, PlanError, RunError
 from ..plan import Plan, load_plan
 from ..runfolder import RunFolder, checkpoint_step
 from ..data.examples import Collator, PreparedData, prepare
@@ -169,7 +169,9 @@ class TrainingJob:
             if _is_oom(exc):
                 err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan))
             else:
-                err = RunError(f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}")
+                err = InternalError(f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}. This is "
+                                    f"an unexpected error, not a problem with the plan{self._save_traceback(exc)}; "
+                                    "please report it.")
             self.emit(ev.Failed(message=str(err), step=self.step or None, error_type=type(err).__name__))
             err.reported = True
             raise err from exc
@@ -178,6 +180,18 @@ class TrainingJob:
                 self._file_sink.close()
                 self._file_sink = None
             release_bnb_overrides()
+
+    def _save_traceback(self, exc: BaseException) -> str:
+        """Write the traceback of an unexpected error into the run folder (when it exists); the
+        clause the message adds about it."""
+        if not (self.is_main_process and self.run_dir.is_dir()):
+            return ""
+        import traceback
+        try:
+            self.folder.error_log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        except OSError:
+            return ""
+        return f" (the traceback is in {self.folder.error_log})"
 
     @property
     def is_main_process(self) -> bool:

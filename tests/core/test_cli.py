@@ -83,8 +83,12 @@ def test_failure_during_run_exit_1_and_debug_traceback(tmp_path, tiny_untied, al
     assert main(["train", str(plan)]) == 1
     err = capsys.readouterr().err
     assert "Training failed at step 0: RuntimeError: simulated kernel failure" in err and "Traceback" not in err
+    # A bug, not bad input: said so, with the traceback kept in the run folder for the report.
+    log = tmp_path / "run" / "error-traceback.txt"
+    assert "unexpected error" in err and str(log) in err and "please report it" in err
+    assert "simulated kernel failure" in log.read_text() and "Traceback" in log.read_text()
     events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
-    assert events[-1]["type"] == "failed"
+    assert events[-1]["type"] == "failed" and events[-1]["error_type"] == "InternalError"
     plan2 = tmp_path / "p2.yaml"
     plan2.write_text(plan.read_text().replace(str(tmp_path / "run"), str(tmp_path / "run2")))
     assert main(["--debug", "train", str(plan2)]) == 1
@@ -157,3 +161,18 @@ def test_events_json_reports_bad_input_as_a_failed_event(tmp_path, tiny_untied, 
     assert code == 2
     assert [e["type"] for e in events] == ["failed"]
     assert "training.batch_size" in events[0]["message"] and "Traceback" not in err
+
+
+def test_json_modes_end_a_failure_with_a_failed_line(tmp_path, capsys):
+    missing = str(tmp_path / "nowhere")
+    assert main(["export", missing, "--format", "adapter", "--out", str(tmp_path / "out"), "--progress-json"]) == 2
+    captured = capsys.readouterr()
+    last = json.loads(captured.out.strip().splitlines()[-1])
+    assert last["type"] == "failed" and last["error_type"] and missing in last["message"]
+    assert missing in captured.err  # the person at a terminal still reads it there
+    assert main(["inspect", missing, "--json"]) == 2
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["type"] == "failed" and missing in last["message"]
+    # Without a JSON mode, stdout stays empty.
+    assert main(["export", missing, "--format", "adapter", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().out == ""

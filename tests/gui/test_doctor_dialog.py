@@ -1,8 +1,9 @@
-"""Help → System check in the window: runs off the UI thread, shows the doctor's report, copies it."""
+"""Help → System check in the window: runs in a child process, shows the doctor's report, copies it."""
 
 from __future__ import annotations
 
-import threading
+import json
+import sys
 
 import pytest
 import torch
@@ -11,8 +12,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QPlainTextEdit, QPushButton
 
 from headtune.core.tools import doctor
-from headtune.core.errors import HeadtuneError
-from headtune.gui import doctor_dialog
+from headtune.gui import doctor_dialog, protocols
 from headtune.gui.app import app_icon
 from headtune.gui.main_window import MainWindow
 
@@ -29,16 +29,25 @@ def window(qtbot, tmp_path):
     assert not w.threads.running(), "a QThread outlived its test"
 
 
+def python_child(code: str) -> list[str]:
+    """A child command that runs ``code`` (in place of a real ``headtune`` sub-command)."""
+    return [sys.executable, "-c", code]
+
+
 def test_system_check_from_the_help_menu(window, qtbot, monkeypatch, tmp_path):
-    threads = []
-    real = doctor_dialog.run_system_check
+    commands = []
+    real = protocols.doctor_args
 
     def recording(output_dir):
-        threads.append(threading.get_ident())
-        return real(output_dir)
+        commands.append(real(output_dir))
+        return commands[-1]
 
-    monkeypatch.setattr(doctor_dialog, "run_system_check", recording)
-    window._set_value("output.dir", str(tmp_path / "runs" / "first"))
+    def not_here(*a, **kw):
+        raise AssertionError("the system check ran in the window's process")
+
+    monkeypatch.setattr(protocols, "doctor_args", recording)
+    monkeypatch.setattr(doctor, "run_checks", not_here)  # only a child process may run it
+    window.plan.set("output.dir", str(tmp_path / "runs" / "first"))
     help_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Help")
     action = next(a for a in help_menu.actions() if a.objectName() == "systemCheckAction")
     action.trigger()
@@ -49,7 +58,7 @@ def test_system_check_from_the_help_menu(window, qtbot, monkeypatch, tmp_path):
     with qtbot.waitSignal(dialog.checked, timeout=180_000) as blocker:
         pass
     report = blocker.args[0]
-    assert threads and threads[0] != threading.get_ident()  # ran on a worker thread, not the UI thread
+    assert commands and commands[0][-4:] == ["doctor", "--json", "--output", str(tmp_path / "runs" / "first")]
     text = dialog.findChild(QPlainTextEdit, "doctorReport").toPlainText()
     assert text == report.to_text()
     assert report.output_dir == str(tmp_path.resolve())  # the plan's output folder (its nearest existing parent)
@@ -64,10 +73,10 @@ def test_system_check_from_the_help_menu(window, qtbot, monkeypatch, tmp_path):
 
 
 def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
-    def fail(output_dir):
-        raise HeadtuneError("The check broke: torch could not be imported.")
-
-    monkeypatch.setattr(doctor_dialog, "run_system_check", fail)
+    failed = json.dumps({"type": "failed", "message": "The check broke: torch could not be imported.",
+                         "error_type": "HeadtuneError"})
+    monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(
+        f"import sys; print({failed!r}); sys.exit(1)"))
     dialog = window.show_system_check()
     with qtbot.waitSignal(dialog.check_failed, timeout=30_000):
         pass
@@ -81,10 +90,27 @@ def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
                          cuda_driver=None, device="cpu", ram_total_bytes=1, ram_available_bytes=1, output_dir=".",
                          disk_free_bytes=1, disk_total_bytes=1,
                          checks=[doctor.Check("GPU", "warning", "No GPU: none here", "Install one.")])
-    monkeypatch.setattr(doctor_dialog, "run_system_check", lambda output_dir: fake)
+    printed = json.dumps(fake.to_dict(), indent=2)
+    monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(f"print({printed!r})"))
     with qtbot.waitSignal(dialog.checked, timeout=30_000):
         qtbot.mouseClick(dialog.again_button, Qt.MouseButton.LeftButton)
     assert dialog.text.toPlainText() == fake.to_text() and "Install one." in fake.to_text()
+
+
+def test_a_check_that_crashes_natively_leaves_the_window_up(window, qtbot, monkeypatch):
+    # What a broken bitsandbytes kernel does: the process dies on a signal, with no report.
+    monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(
+        "import os, signal, sys; print('loading kernels', file=sys.stderr, flush=True); "
+        "os.kill(os.getpid(), signal.SIGSEGV)"))
+    dialog = window.show_system_check()
+    with qtbot.waitSignal(dialog.check_failed, timeout=30_000) as blocker:
+        pass
+    message = blocker.args[0]
+    assert "The system check process ended unexpectedly (SIGSEGV" in message and "native code" in message
+    assert "loading kernels" in message  # the last words of the child, for the bug report
+    assert "could not finish" in dialog.summary.text() and dialog.again_button.isEnabled()
+    assert window.isVisible()
+    qtbot.waitUntil(lambda: not window.threads.running(), timeout=10_000)
 
 
 def test_app_icon_has_every_size(qapp):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
@@ -39,7 +41,7 @@ def test_export_dialog_exports_with_progress_and_refuses_an_existing_folder(make
     select_run(w, qtbot, run)
     assert button.isEnabled()
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-    dialog = w._export_dialog
+    dialog = w.export.dialog
     assert dialog.isVisible() and dialog.run_dir == str(run)
     dialog.format_combo.setCurrentIndex(dialog.format_combo.findData("merged"))
     assert dialog.dest_edit.text() == str(tmp_path / "runs" / "first-merged")
@@ -72,19 +74,28 @@ def test_chat_tab_streams_both_answers(make_window, qtbot, finished_run, tmp_pat
     w = make_window(finished_run)
     run = tmp_path / "runs" / "first"
     select_run(w, qtbot, run)
-    chat = w.chat_panel
-    assert chat.send_button.isEnabled() and chat.run_dir == str(run)
+    chat, talk = w.chat_panel, w.chat
+    assert chat.send_button.isEnabled() and talk.run_dir == str(run)
     w.run_panel.tabs.setCurrentWidget(chat)
     chat.prompt.setPlainText("Name colour number 3.")
     chat.max_tokens.setValue(8)
     qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
-    assert chat.running and not chat.send_button.isEnabled()
-    qtbot.waitUntil(lambda: not chat.running, timeout=120_000)
+    assert talk.running and not chat.send_button.isEnabled()
+    qtbot.waitUntil(lambda: not talk.running, timeout=120_000)
+    assert chat.status.text().startswith("Done"), chat.status.text()
     pair = ChatPair(run, device="cpu")
     messages = [{"role": "user", "content": "Name colour number 3."}]
     assert chat.base_output.toPlainText() == pair.answer(messages, tuned=False, max_new_tokens=8)
     assert chat.tuned_output.toPlainText() == pair.answer(messages, tuned=True, max_new_tokens=8)
     assert chat.base_output.toPlainText() != chat.tuned_output.toPlainText()
-    assert chat._pair is not None  # kept for the next prompt
-    chat.release_model()  # what starting a training run does
-    assert chat._pair is None and chat._pair_for is None
+    pid = talk.child_pid
+    assert talk.model_loaded and pid not in (None, os.getpid())  # kept for the next prompt, in a child process
+    # A second prompt reuses the loaded model: no new child is started.
+    chat.prompt.setPlainText("Name colour number 4.")
+    qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not talk.running, timeout=120_000)
+    assert talk.child_pid == pid and chat.status.text().startswith("Done")
+    talk.release_model()  # what starting a training run does
+    assert not talk.model_loaded
+    qtbot.waitUntil(lambda: not talk.child_alive, timeout=30_000)  # the child has ended, its memory freed
+    assert chat.status.text().startswith("Done")  # ending it on purpose is no failure

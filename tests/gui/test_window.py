@@ -23,7 +23,7 @@ NO = QMessageBox.StandardButton
 
 
 def loaded(w: MainWindow) -> bool:
-    return w.data_panel.preview is not None and w._summary is not None and not w.threads.running()
+    return w.data_panel.preview is not None and w.preview.summary is not None and not w.threads.running()
 
 
 def estimate_gib(w: MainWindow) -> float:
@@ -91,7 +91,7 @@ def test_required_object_names_and_readable_combos(make_window):
 
 def test_ticking_train_embeddings_raises_the_estimate(make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path):
     w = make_window(plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run"))
-    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
     before = estimate_gib(w)
     w.plan_tabs.setCurrentWidget(w.training_panel)
     box = w.findChild(QCheckBox, "trainEmbeddingsCheck")
@@ -106,7 +106,7 @@ def test_ticking_train_embeddings_raises_the_estimate(make_window, qtbot, tiny_l
 
 def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_tied, alpaca_file, tmp_path):
     w = make_window(plan_dict(tiny_tied, alpaca_file, tmp_path / "run"))
-    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
     w.plan_tabs.setCurrentWidget(w.training_panel)
     assert w.training_panel.tied_note.isVisible() and "one matrix" in w.training_panel.tied_note.text()
     qtbot.mouseClick(w.findChild(QCheckBox, "trainLmHeadCheck"), Qt.MouseButton.LeftButton)
@@ -121,11 +121,11 @@ def test_advice_applies_with_one_click(make_window, qtbot, tiny_llama3_vocab, al
     data = plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8},
                      memory={"loss": "standard"})
     w = make_window(data, detect=False)
-    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
     total = w.last_estimate.total_bytes
     # Pretend this computer has a little less RAM than the plan needs.
     w.memory_panel.set_targets(None, int(total * 0.8), preferred="ram")
-    w._update_estimate()
+    w.estimate.update_estimate()
     assert "Does not fit" in w.memory_panel.verdict.text()
     apply = w.findChild(QPushButton, "applyAdvice0")
     assert apply is not None
@@ -140,7 +140,7 @@ def test_advice_applies_with_one_click(make_window, qtbot, tiny_llama3_vocab, al
 
 def test_find_tokens_by_text_and_train_their_rows(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
-    qtbot.waitUntil(lambda: w._tokenizer is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.tokenizer is not None, timeout=60_000)
     w.plan_tabs.setCurrentWidget(w.training_panel)
     qtbot.keyClicks(w.training_panel.token_search, "<|im_end|>")
     results = w.training_panel.token_results
@@ -148,20 +148,19 @@ def test_find_tokens_by_text_and_train_their_rows(make_window, qtbot, tiny_untie
     item = results.item(0)
     assert "<|im_end|>" in item.text()
     results.itemDoubleClicked.emit(item)
-    assert w.values()["embeddings"]["token_ids"] == [w._tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert w.values()["embeddings"]["token_ids"] == [w.preview.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert "'<|im_end|>'" in w.training_panel.token_rows.text()
     # Rows listed but neither box ticked: the plan says what to do, Start is off.
     assert "train_embeddings" in w.training_panel.plan_error.text()
     assert not w.findChild(QPushButton, "startButton").isEnabled()
-    w.fields.fields["embeddings.mode"].set("tokens")
+    w.plan.set("embeddings.mode", "tokens")  # a change made in code is heard like an edit
     qtbot.mouseClick(w.findChild(QCheckBox, "trainEmbeddingsCheck"), Qt.MouseButton.LeftButton)
-    w._on_fields_changed("embeddings.mode")
     assert w.training_panel.plan_error.isHidden()
 
 
 def _run_window(make_window, qtbot, data: dict) -> MainWindow:
     w = make_window(data)
-    qtbot.waitUntil(lambda: w._summary is not None and not w.threads.running(), timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None and not w.threads.running(), timeout=60_000)
     qtbot.mouseClick(w.findChild(QPushButton, "startButton"), Qt.MouseButton.LeftButton)
     assert w.running and w.findChild(QPushButton, "stopButton").isEnabled()
     return w
@@ -274,7 +273,7 @@ def test_save_and_open_plan_round_trip(make_window, qtbot, tiny_untied, alpaca_f
 
 def test_unsaved_changes_are_not_lost_silently(make_window, tiny_untied, alpaca_file, tmp_path):
     w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
-    w.fields.fields["training.batch_size"].set(5)
+    w.plan.set("training.batch_size", 5)
     asked = []
     w.ask = lambda *a: asked.append(a[0]) or NO.Cancel
     assert not w.close() and w.isVisible() and asked == ["Unsaved plan"]
@@ -294,7 +293,7 @@ def test_closing_during_a_run_stops_and_saves(make_window, qtbot, tiny_untied, a
 
 def test_settings_remember_recent_models(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
-    qtbot.waitUntil(lambda: w._summary is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
     assert w.settings.value("recent/models", [], list)[0] == str(tiny_untied)
     w.shutdown()
     w2 = make_window()

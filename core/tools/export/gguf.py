@@ -84,7 +84,7 @@ def modelfile(gguf_name: str, tokenizer, template: str) -> str:
 
 class GgufFormat:
     name = "gguf"
-    label = "GGUF for llama.cpp / Ollama / LM Studio"
+    label = "GGUF (llama.cpp, Ollama, LM Studio)"
     merges = True
 
     def default_dtype(self, gguf_type: str) -> str:
