@@ -61,6 +61,7 @@ def make_rows(n: int, seed: int) -> list[dict]:
 
 def evaluate(model, tokenizer, features: list[dict], tag_ids: set[int]) -> dict:
     import torch
+
     from headtune.core.data.examples import Collator
     from headtune.core.data.reading import IGNORE_INDEX
     model.eval()
@@ -89,11 +90,11 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
 
-    from headtune.core.training.job import TrainingJob
     from headtune.core.estimate import plan_estimate
-    from headtune.core.training.memtrack import measure_peak
     from headtune.core.model.sources import DEMO_MODEL_ID, load_tokenizer, resolve_source
     from headtune.core.plan import plan_from_dict
+    from headtune.core.training.job import TrainingJob
+    from headtune.core.training.memtrack import measure_peak
 
     tok = load_tokenizer(resolve_source(DEMO_MODEL_ID))
     tag_ids = {tok.convert_tokens_to_ids(OPEN), tok.convert_tokens_to_ids(CLOSE)}

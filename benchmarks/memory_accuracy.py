@@ -127,11 +127,11 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    from headtune.core.estimate import ModelShape, estimate, read_model_config
-    from headtune.core.training.memtrack import measure_peak
-    from headtune.core.plan import plan_from_dict
-
     import torch
+
+    from headtune.core.estimate import ModelShape, estimate, read_model_config
+    from headtune.core.plan import plan_from_dict
+    from headtune.core.training.memtrack import measure_peak
     # On a CUDA machine the same grid compares with torch.cuda.max_memory_allocated.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {device}")

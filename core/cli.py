@@ -258,8 +258,8 @@ def _usage(msg: str) -> _UsageError:
 
 def _plan_from_args(args, missing: str):
     """The plan named by ``PLAN`` or ``--demo`` (exactly one), with ``--set`` overrides."""
-    from .tools.demo import demo_plan
     from .plan import load_plan
+    from .tools.demo import demo_plan
     if args.plan and args.demo:
         raise _usage("give either a plan file or --demo, not both.")
     if args.demo:
@@ -270,8 +270,8 @@ def _plan_from_args(args, missing: str):
 
 
 def _cmd_inspect(args) -> int:
-    from .tools.health import inspect_model
     from .plan import DataSpec, plan_from_dict
+    from .tools.health import inspect_model
     spec = None
     if args.data:
         # Validated like a plan's data section (format and template names, length range).

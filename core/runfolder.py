@@ -91,7 +91,7 @@ class RunFolder:
         from transformers.trainer_utils import get_last_checkpoint
         return get_last_checkpoint(str(self.checkpoints_dir))
 
-    def require_run(self) -> "RunFolder":
+    def require_run(self) -> RunFolder:
         """This folder, if it is a run folder (else a ``BadInputError`` saying why)."""
         if not self.path.is_dir():
             raise BadInputError(f"{self.path} does not exist or is not a folder. Give the run folder of a training "
@@ -100,7 +100,7 @@ class RunFolder:
             raise BadInputError(f"{self.path} is not a Headtune run folder: it has no {PLAN}.")
         return self
 
-    def require_adapter(self) -> "RunFolder":
+    def require_adapter(self) -> RunFolder:
         """This folder, if it is a run folder with a saved adapter (else a ``BadInputError``)."""
         self.require_run()
         if not self.has_adapter():

@@ -10,7 +10,8 @@ readable labels and keep the plan's value as item data.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDoubleValidator

@@ -11,9 +11,24 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                               QListWidgetItem, QPushButton, QScrollArea, QTableWidget, QTableWidgetItem,
-                               QTextBrowser, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .fields import TARGET_LABELS, TEMPLATE_LABELS, PlanFields, parse_targets, show_targets
 
@@ -175,10 +190,9 @@ class DataPanel(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(140)
         lay.addWidget(self.table)
-        legend = QLabel("One example as the model sees it: <span style='%s'>trained tokens</span>, "
-                        "<span style='%s'>masked (prompt) tokens</span>, <span style='%s'>cut by the "
-                        "maximum length</span>" % (SEGMENT_STYLES["trained"], SEGMENT_STYLES["masked"],
-                                                    SEGMENT_STYLES["cut"]))
+        legend = QLabel(f"One example as the model sees it: <span style='{SEGMENT_STYLES['trained']}'>trained "
+                        f"tokens</span>, <span style='{SEGMENT_STYLES['masked']}'>masked (prompt) tokens</span>, "
+                        f"<span style='{SEGMENT_STYLES['cut']}'>cut by the maximum length</span>")
         legend.setWordWrap(True)
         lay.addWidget(legend)
         self.example = QTextBrowser()

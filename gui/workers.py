@@ -21,7 +21,6 @@ from headtune.core.errors import HeadtuneError
 
 from .supervisor import headtune_command
 
-
 _IMPORT_LOCK = threading.Lock()
 
 

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import build_model, build_tokenizer, write_jsonl, ALPACA_ROWS  # noqa: E402
+from helpers import ALPACA_ROWS, build_model, build_tokenizer, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="session")

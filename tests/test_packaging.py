@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from headtune.core import APP_ID
-from headtune.core import __version__
+from headtune.core import APP_ID, __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGING = ROOT / "packaging"

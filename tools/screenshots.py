@@ -42,8 +42,8 @@ def main() -> int:
     from PySide6.QtGui import QPainter
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from headtune.core.tools.demo import demo_plan
     from headtune.core.plan import Plan, with_overrides
+    from headtune.core.tools.demo import demo_plan
     from headtune.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([])

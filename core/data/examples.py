@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import DataError
 from ..model.templates import assistant_spans, resolve_template

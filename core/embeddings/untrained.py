@@ -8,7 +8,6 @@ token-health view reports them; ``embeddings.init_untrained: mean`` resets them 
 
 from __future__ import annotations
 
-
 # A row is "far below typical" when its L2 norm is under this share of the median row norm.
 NORM_RATIO = 0.1
 

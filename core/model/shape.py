@@ -31,7 +31,7 @@ class ModelShape:
     max_positions: int = 0
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "ModelShape":
+    def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
         cfg = dict(cfg.get("text_config") or {}, **{k: v for k, v in cfg.items() if k != "text_config"})
         try:
             hidden = int(cfg["hidden_size"])

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ..errors import DataError, HeadtuneError
 
-
 # Used when the model has no chat template of its own (documented in the README).
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "

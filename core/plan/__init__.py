@@ -9,8 +9,22 @@ from __future__ import annotations
 
 from .checks import bitsandbytes_problem, validate
 from .loading import apply_overrides, load_plan, migrate, plan_from_dict, resolve_paths, with_overrides
-from .schema import (SCHEMA_VERSION, TARGET_PRESETS, AdapterSpec, DataSpec, EmbeddingsSpec, MemorySpec, ModelSpec,
-                     OutputSpec, Plan, TrainingSpec, all_keys, choices_for, help_for, range_for)
+from .schema import (
+                     SCHEMA_VERSION,
+                     TARGET_PRESETS,
+                     AdapterSpec,
+                     DataSpec,
+                     EmbeddingsSpec,
+                     MemorySpec,
+                     ModelSpec,
+                     OutputSpec,
+                     Plan,
+                     TrainingSpec,
+                     all_keys,
+                     choices_for,
+                     help_for,
+                     range_for,
+)
 
 __all__ = ["SCHEMA_VERSION", "TARGET_PRESETS", "AdapterSpec", "DataSpec", "EmbeddingsSpec", "MemorySpec", "ModelSpec",
            "OutputSpec", "Plan", "TrainingSpec", "all_keys", "apply_overrides", "bitsandbytes_problem",

@@ -18,8 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from ..errors import PlanError
-from .checks import validate
 from ..model.templates import BUILTIN_TEMPLATES
+from .checks import validate
 from .schema import SCHEMA_VERSION, Plan, _hints, all_keys
 
 BUILTIN_TEMPLATE_NAMES = tuple(BUILTIN_TEMPLATES)

@@ -13,7 +13,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
@@ -86,7 +86,7 @@ class AdapterSpec:
     r: int = _f(16, "LoRA rank: size of the low-rank update; higher learns more and uses more memory.", ge=1)
     alpha: float = _f(32.0, "LoRA alpha: the update is scaled by alpha / r.", gt=0)
     dropout: float = _f(0.05, "Dropout on the LoRA input during training (0 to 0.9).", ge=0.0, lt=0.9)
-    target_modules: Union[str, list[str]] = _f(
+    target_modules: str | list[str] = _f(
         "all-linear", "Which layers get LoRA: attention, attention+mlp, all-linear, or an explicit list of "
                       "module names (e.g. [q_proj, v_proj]).")
 
@@ -98,7 +98,7 @@ class EmbeddingsSpec:
                                     "embeddings both are one matrix, trained once.")
     mode: str = _f("full", "How to train them: " + ", ".join(m.help for m in MODES.values()) + ".",
                     choices=MODE_NAMES)
-    learning_rate: Union[float, None] = _f(None, "Learning rate for embedding/head parameters (own parameter "
+    learning_rate: float | None = _f(None, "Learning rate for embedding/head parameters (own parameter "
                                                  "group); empty = the training learning rate.", gt=0)
     token_ids: list[int] = _f([], "Token ids whose rows are trained in tokens mode.")
     new_tokens: list[str] = _f([], "Token strings to add to the tokenizer; their rows start at the mean of "

@@ -12,8 +12,8 @@ import contextlib
 import json
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 
 class ChatPair:

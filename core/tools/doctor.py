@@ -20,9 +20,9 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 
@@ -207,9 +207,6 @@ def _older(found: str, minimum: str) -> bool:
 
 def _check_python() -> Check:
     found = platform.python_version()
-    if sys.version_info < (3, 10):
-        return Check("Python", ERROR, f"Python {found} is too old", "Install Python 3.10 or newer and reinstall "
-                                                                     "Headtune with it.")
     return Check("Python", OK, f"Python {found} ({platform.python_implementation()})")
 
 

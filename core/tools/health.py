@@ -21,7 +21,6 @@ from ..errors import ModelError
 from ..model.sources import load_tokenizer, resolve_source
 from ..model.templates import SAMPLE_CONVERSATION, resolve_template, template_end_token
 
-
 EMBEDDING_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
 HEAD_KEYS = ("lm_head.weight", "output.weight", "embed_out.weight")
 

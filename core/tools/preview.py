@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..data.examples import tokenize_example
 from ..data.reading import IGNORE_INDEX, load_examples, read_rows
-from ..model.templates import resolve_template
 from ..errors import DataError
 from ..model.shape import ModelShape, read_model_config
 from ..model.sources import resolve_source
+from ..model.templates import resolve_template
 
 
 @dataclass(frozen=True)

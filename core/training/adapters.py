@@ -10,8 +10,8 @@ training, save and reload.
 
 from __future__ import annotations
 
-from ..errors import PlanError
 from ..embeddings.setup import EmbeddingSetup
+from ..errors import PlanError
 from ..model.sources import embedding_module_names
 from ..plan.memory_options import resolve as resolve_memory_options
 from . import lean

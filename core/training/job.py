@@ -18,19 +18,19 @@ import math
 import os
 import shutil
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .. import events as ev
-from ..errors import HeadtuneError, InternalError, OutOfMemoryError, PlanError, RunError
-from ..plan import Plan, load_plan
-from ..runfolder import RunFolder, checkpoint_step
 from ..data.examples import Collator, PreparedData, prepare
 from ..embeddings import setup as setup_mod
 from ..embeddings.setup import embedding_parameter_names
 from ..embeddings.untrained import init_untrained_mean
+from ..errors import HeadtuneError, InternalError, OutOfMemoryError, PlanError, RunError
 from ..model import sources
+from ..plan import Plan, load_plan
 from ..plan.memory_options import resolve as resolve_memory_options
+from ..runfolder import RunFolder, checkpoint_step
 from . import adapters, lean
 from .trainer import memory_sample, release_bnb_overrides
 

@@ -38,7 +38,6 @@ import weakref
 from ..data.reading import IGNORE_INDEX
 from ..plan.memory_options import Effective
 
-
 # -- building the model ------------------------------------------------------------------------
 
 def matrix_parameters(model) -> list:

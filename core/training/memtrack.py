@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import weakref
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -96,7 +95,7 @@ def cuda_peak():
         result["reserved_peak"] = torch.cuda.max_memory_reserved()
 
 
-def run_with_peak(plan) -> tuple[dict, "TrainingJob"]:
+def run_with_peak(plan) -> tuple[dict, TrainingJob]:
     """Run ``plan`` as a ``TrainingJob`` and return ({device, peak_bytes} (and reserved_peak_bytes on
     CUDA), the finished job): the tensor peak over the training loop."""
     from .job import TrainingJob

@@ -7,8 +7,8 @@ and turns a stop request into "save a checkpoint, then end" at the next step bou
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 import time
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -20,8 +20,8 @@ from headtune.core import events as ev
 from headtune.core.errors import HeadtuneError, PlanError
 from headtune.core.plan import Plan, resolve_paths
 
-from ..plan_model import PlanModel
 from .. import protocols
+from ..plan_model import PlanModel
 from ..protocols import TrainingProtocol
 from ..supervisor import Supervisor
 

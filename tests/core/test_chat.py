@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from helpers import plan_dict
+from headtune.core.plan import plan_from_dict
 from headtune.core.tools.chat import ChatPair
 from headtune.core.training.job import TrainingJob
-from headtune.core.plan import plan_from_dict
+from helpers import plan_dict
 
 MESSAGES = [{"role": "user", "content": "Name colour number 3."}]
 
@@ -79,6 +79,7 @@ class FakePair:
 
 def test_json_lines_answers_each_request_with_both_models_and_keeps_the_model():
     import json as _json
+
     from headtune.core.tools.chat import serve_json_lines
     pair, loads, out = FakePair(), [], []
     lines = [_json.dumps({"messages": [{"role": "user", "content": "one"}], "max_new_tokens": 2}) + "\n", "\n",
@@ -97,6 +98,7 @@ def test_json_lines_answers_each_request_with_both_models_and_keeps_the_model():
 def test_json_lines_stop_ends_the_current_answer():
     import json as _json
     import threading
+
     from headtune.core.tools.chat import serve_json_lines
     gate = threading.Event()
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from helpers import plan_dict, write_jsonl, ALPACA_ROWS
 from headtune.core.cli import main
+from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 
 
 def write_plan(tmp_path, model_dir, data_file, **sections):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from headtune.core.data import examples, reading
-from headtune.core.model import templates
 from headtune.core.errors import DataError
+from headtune.core.model import templates
 from headtune.core.plan import DataSpec
 
 

@@ -15,16 +15,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import psutil
 import pytest
+import tomllib
 import torch
 
 from headtune.core import __version__
-from headtune.core.tools import doctor
 from headtune.core.cli import main
+from headtune.core.tools import doctor
 
 ROOT = Path(__file__).resolve().parents[2]
 GiB = 1024 ** 3

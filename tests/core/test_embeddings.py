@@ -10,12 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 from headtune.core.embeddings.setup import init_new_rows
-from headtune.core.training.job import TrainingJob
 from headtune.core.plan import plan_from_dict
+from headtune.core.training.job import TrainingJob
 from headtune.core.training.trained import load_trained
-
+from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from headtune.core.embeddings.untrained import init_untrained_mean, untrained_rows
-from headtune.core.tools.health import check_template, inspect_model
 from headtune.core.model.sources import load_tokenizer, resolve_source
 from headtune.core.plan import DataSpec
-
+from headtune.core.tools.health import check_template, inspect_model
 from helpers import ALPACA_ROWS, write_jsonl
 
 

@@ -152,16 +152,12 @@ def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
 def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_untied, mode, which, extra):
     """The estimate's count of trainable parameters equals the real PEFT model's, in every mode."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from headtune.core.embeddings.setup import resolve_embeddings
-    from headtune.core.training.adapters import build_peft_model, count_parameters
+    from headtune.core.embeddings.setup import add_new_tokens, init_new_rows, resolve_embeddings
     from headtune.core.estimate import read_model_config
     from headtune.core.plan import plan_from_dict
-
-    from transformers import AutoTokenizer
-
-    from headtune.core.embeddings.setup import add_new_tokens, init_new_rows
+    from headtune.core.training.adapters import build_peft_model, count_parameters
     folder = tiny_tied if which == "tied" else tiny_untied
     rows = {"token_ids": [5, 6, 7]} if mode == "tokens" else {}
     p = plan_from_dict({"model": {"name_or_path": str(folder), "dtype": "float32"}, "data": {"path": "d.jsonl"},

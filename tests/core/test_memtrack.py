@@ -25,8 +25,8 @@ def test_counts_each_storage_once_and_notices_release():
 
 
 def test_measure_peak_runs_a_plan(tmp_path, tiny_untied, alpaca_file):
-    from helpers import plan_dict
     from headtune.core.plan import plan_from_dict
+    from helpers import plan_dict
     plan = plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
     result = measure_peak(plan, steps=2)
     weights = (tiny_untied / "model.safetensors").stat().st_size  # bf16 on disk, float32 in the run

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from headtune.core.model import sources as models
 from headtune.core.errors import ModelError
+from headtune.core.model import sources as models
 
 
 def test_local_folder_and_file_problems(tmp_path, tiny_tied):

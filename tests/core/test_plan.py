@@ -8,7 +8,16 @@ import pytest
 import yaml
 
 from headtune.core.errors import PlanError
-from headtune.core.plan import SCHEMA_VERSION, Plan, all_keys, apply_overrides, choices_for, help_for, load_plan, plan_from_dict
+from headtune.core.plan import (
+    SCHEMA_VERSION,
+    Plan,
+    all_keys,
+    apply_overrides,
+    choices_for,
+    help_for,
+    load_plan,
+    plan_from_dict,
+)
 
 
 def minimal(tmp_path, **extra):

@@ -11,7 +11,6 @@ from headtune.core.events import Eval, Finished, JsonlSink, Started, Step, Stopp
 from headtune.core.model.sources import load_tokenizer, resolve_source
 from headtune.core.plan import DataSpec
 from headtune.core.tools.preview import find_tokens, model_summary, preview_data, search_vocab
-
 from helpers import ALPACA_ROWS, write_jsonl
 
 

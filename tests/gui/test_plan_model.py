@@ -7,13 +7,12 @@ import sys
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLineEdit, QMessageBox, QPushButton, QSpinBox
 
-from headtune.core.tools import health
 from headtune.core.errors import PlanError
 from headtune.core.plan import Plan, plan_from_dict
+from headtune.core.tools import health
 from headtune.gui import protocols
 from headtune.gui.fields import PlanFields
 from headtune.gui.plan_model import PlanModel
-
 from helpers import plan_dict
 
 
