@@ -37,10 +37,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 OPEN, CLOSE = "<issue_start>", "<issue_closed>"
 CITIES = ["Paris", "Rome", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Quito", "Seoul", "Lagos", "Perth", "Bern"]
-TOOLS = {"get_weather": "What is the weather like in {c}?", "get_time": "What time is it in {c} right now?",
-         "get_population": "How many people live in {c}?"}
-CHAT = [("Say hello.", "Hello! How can I help you today?"), ("Thank you!", "You're welcome."),
-        ("What is 2 + 3?", "2 + 3 is 5."), ("Name a colour.", "Blue."), ("Goodbye.", "Goodbye, have a nice day!")]
+TOOLS = {
+    "get_weather": "What is the weather like in {c}?",
+    "get_time": "What time is it in {c} right now?",
+    "get_population": "How many people live in {c}?",
+}
+CHAT = [
+    ("Say hello.", "Hello! How can I help you today?"),
+    ("Thank you!", "You're welcome."),
+    ("What is 2 + 3?", "2 + 3 is 5."),
+    ("Name a colour.", "Blue."),
+    ("Goodbye.", "Goodbye, have a nice day!"),
+]
 
 
 def make_rows(n: int, seed: int) -> list[dict]:
@@ -51,8 +59,14 @@ def make_rows(n: int, seed: int) -> list[dict]:
             tool = rng.choice(list(TOOLS))
             city = rng.choice(CITIES)
             call = json.dumps({"tool": tool, "city": city})
-            rows.append({"messages": [{"role": "user", "content": TOOLS[tool].format(c=city)},
-                                      {"role": "assistant", "content": f"{OPEN}{call}{CLOSE}"}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": TOOLS[tool].format(c=city)},
+                        {"role": "assistant", "content": f"{OPEN}{call}{CLOSE}"},
+                    ]
+                }
+            )
         else:
             q, a = rng.choice(CHAT)
             rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
@@ -64,12 +78,13 @@ def evaluate(model, tokenizer, features: list[dict], tag_ids: set[int]) -> dict:
 
     from headtune.core.data.examples import Collator
     from headtune.core.data.reading import IGNORE_INDEX
+
     model.eval()
     total_loss, n_tok, tag_ok, tag_n, all_ok = 0.0, 0, 0, 0, 0
     collate = Collator(tokenizer.pad_token_id)
     with torch.no_grad():
         for i in range(0, len(features), 8):
-            batch = collate(features[i:i + 8])
+            batch = collate(features[i : i + 8])
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             pred, gold = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
             mask = gold != IGNORE_INDEX
@@ -80,8 +95,12 @@ def evaluate(model, tokenizer, features: list[dict], tag_ids: set[int]) -> dict:
             tags = mask & torch.isin(gold, torch.tensor(sorted(tag_ids)))
             tag_n += int(tags.sum())
             tag_ok += int((pred[tags] == gold[tags]).sum())
-    return {"val_loss": total_loss / n_tok, "tag_accuracy": tag_ok / max(1, tag_n), "tag_positions": tag_n,
-            "token_accuracy": all_ok / n_tok}
+    return {
+        "val_loss": total_loss / n_tok,
+        "tag_accuracy": tag_ok / max(1, tag_n),
+        "tag_positions": tag_n,
+        "token_accuracy": all_ok / n_tok,
+    }
 
 
 def main() -> int:
@@ -105,15 +124,32 @@ def main() -> int:
         "model": {"name_or_path": DEMO_MODEL_ID, "dtype": "float32"},
         "data": {"path": str(data), "max_seq_len": 128, "val_fraction": 0.15},
         "adapter": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "training": {"batch_size": 8, "max_steps": args.steps, "learning_rate": 3e-4, "lr_scheduler": "constant",
-                     "warmup_ratio": 0.0, "eval_every": 0, "save_every": 0, "seed": 7},
+        "training": {
+            "batch_size": 8,
+            "max_steps": args.steps,
+            "learning_rate": 3e-4,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "eval_every": 0,
+            "save_every": 0,
+            "seed": 7,
+        },
     }
     settings = {
         "LoRA only": {},
-        "LoRA + full embeddings/head": {"train_embeddings": True, "train_lm_head": True, "mode": "full",
-                                        "learning_rate": 1e-4},
-        "LoRA + tokens mode (2 tag rows)": {"train_embeddings": True, "train_lm_head": True, "mode": "tokens",
-                                            "token_ids": sorted(tag_ids), "learning_rate": 1e-3},
+        "LoRA + full embeddings/head": {
+            "train_embeddings": True,
+            "train_lm_head": True,
+            "mode": "full",
+            "learning_rate": 1e-4,
+        },
+        "LoRA + tokens mode (2 tag rows)": {
+            "train_embeddings": True,
+            "train_lm_head": True,
+            "mode": "tokens",
+            "token_ids": sorted(tag_ids),
+            "learning_rate": 1e-3,
+        },
     }
     rows = []
     for name, emb in settings.items():
@@ -134,24 +170,42 @@ def main() -> int:
         rows.append((name, metrics, peak["peak_bytes"], est.total_bytes, peak["trainable_params"]))
         print(f"done: {name} {metrics}", file=sys.stderr, flush=True)
 
-    gib = 1024 ** 3
-    head = ("setting", "val loss", "tag accuracy", "reply-token accuracy", "trainable params",
-            "measured peak (GiB)", "estimate (GiB)")
+    gib = 1024**3
+    head = (
+        "setting",
+        "val loss",
+        "tag accuracy",
+        "reply-token accuracy",
+        "trainable params",
+        "measured peak (GiB)",
+        "estimate (GiB)",
+    )
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
     else:
-        print(f"SmolLM2-135M-Instruct, {args.steps} steps, batch 8, seed 7; tag positions in validation: "
-              f"{rows[0][1]['tag_positions']}\n")
+        print(
+            f"SmolLM2-135M-Instruct, {args.steps} steps, batch 8, seed 7; tag positions in validation: "
+            f"{rows[0][1]['tag_positions']}\n"
+        )
         print(f"{head[0]:34} {head[1]:>9} {head[2]:>13} {head[3]:>21} {head[4]:>17} {head[5]:>20} {head[6]:>15}")
     for name, m, peak, est, trainable in rows:
-        cells = (name, f"{m['val_loss']:.4f}", f"{m['tag_accuracy']:.1%}", f"{m['token_accuracy']:.1%}",
-                 f"{trainable:,}", f"{peak / gib:.3f}", f"{est / gib:.3f}")
+        cells = (
+            name,
+            f"{m['val_loss']:.4f}",
+            f"{m['tag_accuracy']:.1%}",
+            f"{m['token_accuracy']:.1%}",
+            f"{trainable:,}",
+            f"{peak / gib:.3f}",
+            f"{est / gib:.3f}",
+        )
         if args.markdown:
             print("| " + " | ".join(cells) + " |")
         else:
-            print(f"{cells[0]:34} {cells[1]:>9} {cells[2]:>13} {cells[3]:>21} {cells[4]:>17} {cells[5]:>20} "
-                  f"{cells[6]:>15}")
+            print(
+                f"{cells[0]:34} {cells[1]:>9} {cells[2]:>13} {cells[3]:>21} {cells[4]:>17} {cells[5]:>20} "
+                f"{cells[6]:>15}"
+            )
     return 0
 
 

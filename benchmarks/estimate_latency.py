@@ -23,11 +23,16 @@ def main() -> int:
     from headtune.core.plan import with_overrides
 
     shape = ModelShape.from_config(LLAMA3_8B)
-    plans = [with_overrides(base_plan(), o) for o in (
-        [], ["model.quantization=4bit"],
-        ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true"],
-        ["embeddings.train_embeddings=true", "embeddings.mode=tokens", "embeddings.token_ids=[1, 2, 3]"],
-        ["data.max_seq_len=2048", "training.batch_size=4", "training.gradient_checkpointing=false"])]
+    plans = [
+        with_overrides(base_plan(), o)
+        for o in (
+            [],
+            ["model.quantization=4bit"],
+            ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true"],
+            ["embeddings.train_embeddings=true", "embeddings.mode=tokens", "embeddings.token_ids=[1, 2, 3]"],
+            ["data.max_seq_len=2048", "training.batch_size=4", "training.gradient_checkpointing=false"],
+        )
+    ]
     print(f"{'what':34} {'median ms':>10} {'p95 ms':>8}")
     for label, kwargs in (("estimate", {}), ("estimate + fit advisor (12 GiB)", {"capacity_bytes": 12 * GiB})):
         times = []

@@ -30,24 +30,68 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="headtune-export-bench-"))
     run = Path(args.run) if args.run else work / "demo"
     if not args.run:
-        subprocess.run([sys.executable, "-m", "headtune.core.cli", "train", "--demo", "--quiet",
-                        "--set", f"output.dir={run}", "--set", f"training.max_steps={args.steps}",
-                        "--set", "training.batch_size=2", "--set", "training.eval_every=0",
-                        "--set", "training.save_every=0"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "headtune.core.cli",
+                "train",
+                "--demo",
+                "--quiet",
+                "--set",
+                f"output.dir={run}",
+                "--set",
+                f"training.max_steps={args.steps}",
+                "--set",
+                "training.batch_size=2",
+                "--set",
+                "training.eval_every=0",
+                "--set",
+                "training.save_every=0",
+            ],
+            check=True,
+        )
     rows = []
-    for fmt, extra in (("adapter", []), ("merged", ["--dtype", "bfloat16"]), ("merged", ["--dtype", "float32"]),
-                       ("gguf", ["--gguf-type", "f16"]), ("gguf", ["--gguf-type", "q8_0"])):
+    for fmt, extra in (
+        ("adapter", []),
+        ("merged", ["--dtype", "bfloat16"]),
+        ("merged", ["--dtype", "float32"]),
+        ("gguf", ["--gguf-type", "f16"]),
+        ("gguf", ["--gguf-type", "q8_0"]),
+    ):
         out = work / f"{fmt}-{'-'.join(extra[1:]) or 'x'}"
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "headtune.core.cli", "export", str(run), "--format", fmt,
-                               "--out", str(out), "--progress-json", *extra], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "headtune.core.cli",
+                "export",
+                str(run),
+                "--format",
+                fmt,
+                "--out",
+                str(out),
+                "--progress-json",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return 1
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append((fmt + (f" {extra[1]}" if extra else ""), result["seconds"], wall,
-                     result["peak_rss_bytes"] / 2**30, folder_bytes(out) / 2**20))
+        rows.append(
+            (
+                fmt + (f" {extra[1]}" if extra else ""),
+                result["seconds"],
+                wall,
+                result["peak_rss_bytes"] / 2**30,
+                folder_bytes(out) / 2**20,
+            )
+        )
     print(f"Run: {run}\n")
     print("| export | export time (s) | process wall time (s) | peak RAM of the process (GiB) | size (MiB) |")
     print("|---|---|---|---|---|")

@@ -41,9 +41,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import WORDS, build_model, build_tokenizer, plan_dict, write_jsonl  # noqa: E402
 
 V = 128_256
-MiB = 1024 ** 2
-STOCK = {"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer",
-         "fused_step": False}
+MiB = 1024**2
+STOCK = {
+    "loss": "standard",
+    "frozen_copy": True,
+    "matrix_dtype": "peft",
+    "matrix_states": "trainer",
+    "fused_step": False,
+}
 LEAN = {"loss": "chunked", "frozen_copy": False, "matrix_dtype": "model", "matrix_states": "8bit", "fused_step": False}
 ROWS = {
     "stock": {},
@@ -62,26 +67,43 @@ EXACT = {"chunked loss", "no frozen copy", "fused step"}
 
 def make_plan(model_dir, data, out, memory: dict, steps: int, seq: int, chunk: int = 256):
     from headtune.core.plan import plan_from_dict
-    d = plan_dict(model_dir, data, out, data={"val_fraction": 0.0, "max_seq_len": seq},
-                  model={"name_or_path": str(model_dir), "quantization": "4bit", "dtype": "bfloat16"},
-                  adapter={"r": 8, "alpha": 16, "dropout": 0.0},
-                  embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
-                  training={"batch_size": 1, "max_steps": steps, "learning_rate": 1e-3, "max_grad_norm": 0.0,
-                            "optimizer": "adamw_8bit", "gradient_checkpointing": True, "lr_scheduler": "constant",
-                            "warmup_ratio": 0.0, "eval_every": 0, "save_every": 0},
-                  memory={**STOCK, "loss_chunk_tokens": chunk, **memory})
+
+    d = plan_dict(
+        model_dir,
+        data,
+        out,
+        data={"val_fraction": 0.0, "max_seq_len": seq},
+        model={"name_or_path": str(model_dir), "quantization": "4bit", "dtype": "bfloat16"},
+        adapter={"r": 8, "alpha": 16, "dropout": 0.0},
+        embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
+        training={
+            "batch_size": 1,
+            "max_steps": steps,
+            "learning_rate": 1e-3,
+            "max_grad_norm": 0.0,
+            "optimizer": "adamw_8bit",
+            "gradient_checkpointing": True,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "eval_every": 0,
+            "save_every": 0,
+        },
+        memory={**STOCK, "loss_chunk_tokens": chunk, **memory},
+    )
     return plan_from_dict(d)
 
 
 def run(plan):
     """(peak bytes over the whole run, losses per step) of a real run of ``plan``."""
     from headtune.core.training.memtrack import run_with_peak
+
     result, job = run_with_peak(plan)
     peak = result["peak_bytes"]
     losses = [h["loss"] for h in job.trainer.state.log_history if "loss" in h]
     notes = list(job.lean.notes)
     del job
     import gc
+
     gc.collect()
     return peak, losses, notes
 
@@ -91,13 +113,19 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--seq", type=int, default=48)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=16, help="memory.loss_chunk_tokens (below --seq, so chunks are "
-                    "full: the estimate assumes every token of a chunk is labelled)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=16,
+        help="memory.loss_chunk_tokens (below --seq, so chunks are "
+        "full: the estimate assumes every token of a chunk is labelled)",
+    )
     ap.add_argument("--rows", nargs="*", help="only these rows (names as printed)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     args = ap.parse_args()
 
     from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     import torch
@@ -109,14 +137,16 @@ def main() -> int:
     tok = build_tokenizer(work / "tok")
     model_dir = build_model(work / "model", tok, V, tied=False, hidden=args.hidden, layers=2)
     # Long answers, so every step fills the sequence with trained tokens.
-    rows = [{"instruction": f"Repeat the words ({i}).", "output": " ".join(WORDS[i % 7:] * 30)} for i in range(40)]
+    rows = [{"instruction": f"Repeat the words ({i}).", "output": " ".join(WORDS[i % 7 :] * 30)} for i in range(40)]
     data = write_jsonl(work / "d.jsonl", rows)
     shape = ModelShape.from_config(read_model_config(str(model_dir)))
     names = [n for n in ROWS if not args.rows or n in args.rows]
     if "stock" not in names:
         names.insert(0, "stock")
-    print(f"device {device}; V={V}, hidden {args.hidden}, 2 layers, 4-bit NF4 + bf16, seq {args.seq}, batch 1, "
-          f"{args.steps} steps")
+    print(
+        f"device {device}; V={V}, hidden {args.hidden}, 2 layers, 4-bit NF4 + bf16, seq {args.seq}, batch 1, "
+        f"{args.steps} steps"
+    )
     results = {}
     for name in names:
         plan = make_plan(model_dir, data, work / "run", ROWS[name], args.steps, args.seq, args.chunk)
@@ -125,29 +155,37 @@ def main() -> int:
         peak, losses, notes = run(plan)
         est = estimate(plan, shape, device)
         results[name] = (peak, losses, est, notes)
-        print(f"{name:32} peak {peak / MiB:8.1f} MiB  estimate/measured {est.tensors_peak_bytes / peak:.3f} "
-              f"[{est.peak_phase}]  losses {' '.join(f'{x:.4f}' for x in losses[:4])} ...  {time.time() - t0:.0f}s",
-              flush=True)
+        print(
+            f"{name:32} peak {peak / MiB:8.1f} MiB  estimate/measured {est.tensors_peak_bytes / peak:.3f} "
+            f"[{est.peak_phase}]  losses {' '.join(f'{x:.4f}' for x in losses[:4])} ...  {time.time() - t0:.0f}s",
+            flush=True,
+        )
         for note in notes:
             print("   ", note)
     stock_peak, stock_losses = results["stock"][0], results["stock"][1]
-    lines = ["| technique | exact? | measured peak MiB | vs stock | estimate / measured | max abs loss diff vs stock "
-             f"({args.steps} steps) | final loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| technique | exact? | measured peak MiB | vs stock | estimate / measured | max abs loss diff vs stock "
+        f"({args.steps} steps) | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, (peak, losses, est, _) in results.items():
         diff = max(abs(a - b) for a, b in zip(losses, stock_losses)) if name != "stock" else 0.0
         exact = "—" if name == "stock" else ("yes" if name in EXACT else "no")
-        lines.append(f"| {name} | {exact} | {peak / MiB:.1f} | {peak / stock_peak:.3f} | "
-                     f"{est.tensors_peak_bytes / peak:.3f} | {diff:.2e} | {losses[-1]:.4f} |")
+        lines.append(
+            f"| {name} | {exact} | {peak / MiB:.1f} | {peak / stock_peak:.3f} | "
+            f"{est.tensors_peak_bytes / peak:.3f} | {diff:.2e} | {losses[-1]:.4f} |"
+        )
     table = "\n".join(lines)
     print()
     print(table)
     if args.markdown:
-        head = (f"Generated by `python benchmarks/lean_memory.py --hidden {args.hidden} --seq {args.seq} --steps "
-                f"{args.steps} --chunk {args.chunk} --markdown {args.markdown}` on {device}. Model: 2-layer Llama-style, vocabulary "
-                f"{V:,}, hidden {args.hidden}, untied, 4-bit NF4 with bfloat16; LoRA r8 on all linear layers; "
-                f"embeddings and LM head trained in full; batch 1, seq {args.seq}, gradient checkpointing, "
-                f"8-bit AdamW, lr 1e-3 constant, no clipping; chunked loss in chunks of {args.chunk} tokens.\n\n")
+        head = (
+            f"Generated by `python benchmarks/lean_memory.py --hidden {args.hidden} --seq {args.seq} --steps "
+            f"{args.steps} --chunk {args.chunk} --markdown {args.markdown}` on {device}. Model: 2-layer Llama-style, vocabulary "
+            f"{V:,}, hidden {args.hidden}, untied, 4-bit NF4 with bfloat16; LoRA r8 on all linear layers; "
+            f"embeddings and LM head trained in full; batch 1, seq {args.seq}, gradient checkpointing, "
+            f"8-bit AdamW, lr 1e-3 constant, no clipping; chunked loss in chunks of {args.chunk} tokens.\n\n"
+        )
         Path(args.markdown).write_text("# Lean memory: measured\n\n" + head + table + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import WORDS, build_model, build_tokenizer, plan_dict, write_jsonl  # noqa: E402
 
 V = 128_256
-MiB = 1024 ** 2
+MiB = 1024**2
 
 
 def grid() -> list[dict]:
@@ -59,8 +59,16 @@ def grid() -> list[dict]:
         for mode in ("full", "tokens", "lora"):
             for seq in (128, 512):
                 rows_ = {"embeddings.token_ids": [5, 17, 42, 100, 200]} if mode == "tokens" else {}
-                add(model, **{"data.max_seq_len": seq, "embeddings.train_embeddings": True,
-                              "embeddings.train_lm_head": True, "embeddings.mode": mode, **rows_})
+                add(
+                    model,
+                    **{
+                        "data.max_seq_len": seq,
+                        "embeddings.train_embeddings": True,
+                        "embeddings.train_lm_head": True,
+                        "embeddings.mode": mode,
+                        **rows_,
+                    },
+                )
     # One matrix at a time, untied.
     for which in ("embeddings.train_embeddings", "embeddings.train_lm_head"):
         for mode in ("full", "lora"):
@@ -69,23 +77,63 @@ def grid() -> list[dict]:
     for quant in ("8bit", "4bit"):
         for model in ("untied64", "tied64"):
             add(model, **{"data.max_seq_len": 256, "model.quantization": quant})
-            add(model, **{"data.max_seq_len": 256, "model.quantization": quant, "embeddings.train_embeddings": True,
-                          "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+            add(
+                model,
+                **{
+                    "data.max_seq_len": 256,
+                    "model.quantization": quant,
+                    "embeddings.train_embeddings": True,
+                    "embeddings.train_lm_head": True,
+                    "embeddings.mode": "full",
+                },
+            )
     add("untied64", **{"data.max_seq_len": 256, "model.quantization": "4bit", "model.double_quant": False})
     # Optimizers.
     for model in ("untied64", "tied64"):
-        add(model, **{"data.max_seq_len": 256, "training.optimizer": "adamw_8bit", "embeddings.train_embeddings": True,
-                      "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+        add(
+            model,
+            **{
+                "data.max_seq_len": 256,
+                "training.optimizer": "adamw_8bit",
+                "embeddings.train_embeddings": True,
+                "embeddings.train_lm_head": True,
+                "embeddings.mode": "full",
+            },
+        )
     add("untied64", **{"data.max_seq_len": 256, "training.optimizer": "adamw_8bit"})
     # Bigger batches, no checkpointing, bf16 with embeddings.
-    add("untied64", **{"data.max_seq_len": 512, "training.batch_size": 2, "training.gradient_checkpointing": False,
-                       "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add(
+        "untied64",
+        **{
+            "data.max_seq_len": 512,
+            "training.batch_size": 2,
+            "training.gradient_checkpointing": False,
+            "embeddings.train_lm_head": True,
+            "embeddings.mode": "full",
+        },
+    )
     add("tied64", **{"data.max_seq_len": 1024, "training.batch_size": 2})
-    add("untied64", **{"data.max_seq_len": 128, "training.batch_size": 4, "model.dtype": "bfloat16",
-                       "embeddings.train_embeddings": True, "embeddings.train_lm_head": True,
-                       "embeddings.mode": "full"})
-    add("tied64", **{"data.max_seq_len": 128, "training.batch_size": 2, "model.dtype": "bfloat16",
-                     "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add(
+        "untied64",
+        **{
+            "data.max_seq_len": 128,
+            "training.batch_size": 4,
+            "model.dtype": "bfloat16",
+            "embeddings.train_embeddings": True,
+            "embeddings.train_lm_head": True,
+            "embeddings.mode": "full",
+        },
+    )
+    add(
+        "tied64",
+        **{
+            "data.max_seq_len": 128,
+            "training.batch_size": 2,
+            "model.dtype": "bfloat16",
+            "embeddings.train_lm_head": True,
+            "embeddings.mode": "full",
+        },
+    )
     add("untied64", **{"data.max_seq_len": 256, "adapter.r": 64})
     # A wider model, where the matrices outweigh the logits: the optimizer and embedding phases.
     full_both = {"embeddings.train_embeddings": True, "embeddings.train_lm_head": True, "embeddings.mode": "full"}
@@ -97,13 +145,19 @@ def grid() -> list[dict]:
     return rows
 
 
-MODELS = {"untied64": (64, False), "tied64": (64, True), "untied128": (128, False), "untied512": (512, False),
-          "tied512": (512, True)}
+MODELS = {
+    "untied64": (64, False),
+    "tied64": (64, True),
+    "untied128": (128, False),
+    "untied512": (512, False),
+    "tied512": (512, True),
+}
 
 
 def peers(shape, plan) -> tuple[int, int]:
     """Bytes predicted by the two peer rules for the same plan."""
     from headtune.core.estimate import DTYPE_BYTES
+
     params = shape.total_params
     dt = DTYPE_BYTES[plan.model.dtype]
     weights = params * dt
@@ -124,6 +178,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
@@ -132,6 +187,7 @@ def main() -> int:
     from headtune.core.estimate import ModelShape, estimate, read_model_config
     from headtune.core.plan import plan_from_dict
     from headtune.core.training.memtrack import measure_peak
+
     # On a CUDA machine the same grid compares with torch.cuda.max_memory_allocated.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {device}")
@@ -142,8 +198,10 @@ def main() -> int:
     rows = grid()[:8] if args.quick else grid()
     if args.model:
         rows = [r for r in rows if r["model"] == args.model]
-    header = f"{'#':>2} {'model':9} {'plan (changes from LoRA r4, fp32, GC on, batch 1)':78} {'measured':>9} " \
-             f"{'estimate':>9} {'ratio':>6} {'accel':>7} {'unsloth':>7}"
+    header = (
+        f"{'#':>2} {'model':9} {'plan (changes from LoRA r4, fp32, GC on, batch 1)':78} {'measured':>9} "
+        f"{'estimate':>9} {'ratio':>6} {'accel':>7} {'unsloth':>7}"
+    )
     print(header)
     table = []
     for n, row in enumerate(rows, 1):
@@ -152,13 +210,17 @@ def main() -> int:
         if model not in folders:
             hidden, tied = MODELS[model]
             folders[model] = build_model(work / model, tok, V, tied=tied, hidden=hidden, layers=2)
-        d = plan_dict(folders[model], data, work / "run", data={"val_fraction": 0.0},
-                      adapter={"r": 4, "alpha": 8, "dropout": 0.0},
-                      training={"batch_size": 1, "learning_rate": 1e-3},
-                      # The stock memory recipe these rows were measured with (the lean options have
-                      # their own benchmark, benchmarks/lean_memory.py).
-                      memory={"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft",
-                              "matrix_states": "trainer"})
+        d = plan_dict(
+            folders[model],
+            data,
+            work / "run",
+            data={"val_fraction": 0.0},
+            adapter={"r": 4, "alpha": 8, "dropout": 0.0},
+            training={"batch_size": 1, "learning_rate": 1e-3},
+            # The stock memory recipe these rows were measured with (the lean options have
+            # their own benchmark, benchmarks/lean_memory.py).
+            memory={"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer"},
+        )
         for key, value in row.items():
             section, leaf = key.split(".")
             d.setdefault(section, {})[leaf] = value
@@ -171,35 +233,56 @@ def main() -> int:
         ratio = est.tensors_peak_bytes / measured
         accel, unsloth = peers(shape, plan)
         desc = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in row.items())
-        line = (f"{n:>2} {model:9} {desc:78} {measured / MiB:8.0f}M {est.tensors_peak_bytes / MiB:8.0f}M "
-                f"{ratio:6.3f} {accel / measured:6.2f}x {unsloth / measured:6.2f}x")
+        line = (
+            f"{n:>2} {model:9} {desc:78} {measured / MiB:8.0f}M {est.tensors_peak_bytes / MiB:8.0f}M "
+            f"{ratio:6.3f} {accel / measured:6.2f}x {unsloth / measured:6.2f}x"
+        )
         print(line + f"  [{est.peak_phase}, {time.time() - t0:.0f}s]", flush=True)
-        table.append((n, model, desc, measured, est.tensors_peak_bytes, ratio, accel / measured, unsloth / measured,
-                      est.peak_phase))
+        table.append(
+            (
+                n,
+                model,
+                desc,
+                measured,
+                est.tensors_peak_bytes,
+                ratio,
+                accel / measured,
+                unsloth / measured,
+                est.peak_phase,
+            )
+        )
     ratios = [r[5] for r in table]
     worst = max(ratios, key=lambda r: abs(r - 1))
     within = sum(abs(r - 1) <= 0.10 for r in ratios)
-    summary = (f"rows {len(ratios)}; estimate/measured median {statistics.median(ratios):.3f}, worst {worst:.3f}, "
-               f"within ±10%: {within}/{len(ratios)}; accel rule median "
-               f"{statistics.median(r[6] for r in table):.2f}x; unsloth rule median "
-               f"{statistics.median(r[7] for r in table):.2f}x")
+    summary = (
+        f"rows {len(ratios)}; estimate/measured median {statistics.median(ratios):.3f}, worst {worst:.3f}, "
+        f"within ±10%: {within}/{len(ratios)}; accel rule median "
+        f"{statistics.median(r[6] for r in table):.2f}x; unsloth rule median "
+        f"{statistics.median(r[7] for r in table):.2f}x"
+    )
     print(summary)
     if args.markdown:
-        intro = ("# Memory estimate vs measured peak (CPU)\n\n"
-                 "Generated by `python benchmarks/memory_accuracy.py --markdown docs/memory-accuracy.md`. Each row "
-                 "ran 3 real optimizer steps on a 2-layer Llama-style model with the real 128,256-token vocabulary "
-                 "(hidden size 64, 128 or 512; tied and untied), LoRA r4 on all linear layers, float32, gradient "
-                 "checkpointing on and batch 1 unless the row says otherwise. *measured*: the peak of live tensor "
-                 "bytes (on CPU: `headtune.core.memtrack.LiveTensorTracker`; on CUDA: "
-                 "`torch.cuda.max_memory_allocated`), here on " + device + "; *estimate*: `headtune estimate`'s "
-                 "`tensors_peak_bytes` for the same device. Peer rules for the same rows, as multiples of the "
-                 "measured peak: *weights×4* (accelerate `estimate-memory`'s training figure) and the "
-                 "*Unsloth badge* (params × 0.9 + 1.4 GB).\n\n")
-        out = ["| # | model | plan | measured MiB | estimate MiB | ratio | weights×4 | Unsloth badge | peak phase |",
-               "|---|---|---|---|---|---|---|---|---|"]
+        intro = (
+            "# Memory estimate vs measured peak (CPU)\n\n"
+            "Generated by `python benchmarks/memory_accuracy.py --markdown docs/memory-accuracy.md`. Each row "
+            "ran 3 real optimizer steps on a 2-layer Llama-style model with the real 128,256-token vocabulary "
+            "(hidden size 64, 128 or 512; tied and untied), LoRA r4 on all linear layers, float32, gradient "
+            "checkpointing on and batch 1 unless the row says otherwise. *measured*: the peak of live tensor "
+            "bytes (on CPU: `headtune.core.memtrack.LiveTensorTracker`; on CUDA: "
+            "`torch.cuda.max_memory_allocated`), here on " + device + "; *estimate*: `headtune estimate`'s "
+            "`tensors_peak_bytes` for the same device. Peer rules for the same rows, as multiples of the "
+            "measured peak: *weights×4* (accelerate `estimate-memory`'s training figure) and the "
+            "*Unsloth badge* (params × 0.9 + 1.4 GB).\n\n"
+        )
+        out = [
+            "| # | model | plan | measured MiB | estimate MiB | ratio | weights×4 | Unsloth badge | peak phase |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for n, model, desc, meas, est_b, ratio, acc, uns, phase in table:
-            out.append(f"| {n} | {model} | {desc} | {meas / MiB:.0f} | {est_b / MiB:.0f} | {ratio:.3f} | {acc:.2f}x | "
-                       f"{uns:.2f}x | {phase} |")
+            out.append(
+                f"| {n} | {model} | {desc} | {meas / MiB:.0f} | {est_b / MiB:.0f} | {ratio:.3f} | {acc:.2f}x | "
+                f"{uns:.2f}x | {phase} |"
+            )
         out.append("")
         out.append(summary)
         Path(args.markdown).write_text(intro + "\n".join(out) + "\n")

@@ -45,8 +45,14 @@ def launch_times(n: int, workdir: Path) -> tuple[list[float], list[float]]:
     shown, ready = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "headtune.gui.launcher"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env, cwd=workdir)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "headtune.gui.launcher"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
         marks = {}
         for line in proc.stdout:
             if line.startswith(("HEADTUNE_SHOWN", "HEADTUNE_READY")):
@@ -67,10 +73,23 @@ def steps_per_s(run_dir: Path) -> float:
 
 def cli_run(plan_file: Path) -> float:
     run_dir = plan_file.parent / "cli-out"
-    subprocess.run([sys.executable, "-m", "headtune.core.cli", "train", str(plan_file), "--quiet",
-                    "--set", f"output.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "headtune.core.cli",
+            "train",
+            str(plan_file),
+            "--quiet",
+            "--set",
+            f"output.dir={run_dir}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     sps = steps_per_s(run_dir)
     import shutil
+
     shutil.rmtree(run_dir)
     return sps
 
@@ -103,6 +122,7 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
         timer.start()
     loop = QEventLoop()
     import psutil
+
     me = psutil.Process()
     cpu0, wall0 = me.cpu_times(), time.perf_counter()
     w.runs.start_run()
@@ -123,6 +143,7 @@ def window_run(app, plan_data: dict, run_dir: Path, heartbeat: bool) -> tuple[fl
     app.processEvents()
     sps = steps_per_s(run_dir)
     import shutil
+
     shutil.rmtree(run_dir)
     return sps, (max(gaps_all) - 0.010) * 1000, (max(gaps_steps) - 0.010) * 1000, own_cpu
 
@@ -141,6 +162,7 @@ def main() -> int:
     launches, reps, stall_runs, steps = (3, 2, 1, 30) if args.quick else (5, 6, 2, 40)
 
     from PySide6.QtWidgets import QApplication
+
     app = QApplication.instance() or QApplication([])
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,20 +172,27 @@ def main() -> int:
         model = build_model(tmp / "model", tok, vocab_size=512, tied=False, hidden=HIDDEN, layers=4)
         rows = ALPACA_ROWS * 8
         data_file = write_jsonl(tmp / "data.jsonl", rows)
-        plan_data = plan_dict(model, data_file, tmp / "unused", training={
-            "max_steps": steps, "batch_size": 8, "eval_every": 0, "save_every": 0, "learning_rate": 1e-3})
+        plan_data = plan_dict(
+            model,
+            data_file,
+            tmp / "unused",
+            training={"max_steps": steps, "batch_size": 8, "eval_every": 0, "save_every": 0, "learning_rate": 1e-3},
+        )
         plan_data["data"]["max_seq_len"] = 128
         from headtune.core.plan import plan_from_dict
+
         plan_file = tmp / "plan.yaml"
         plan_from_dict(plan_data).save(plan_file)
         cli, win, stall_all, stall_steps, beat_sps, own_cpu = [], [], [], [], [], []
         for i in range(reps):  # throughput: alternated, and the order flips each round
+
             def in_window(i=i):
                 sps, _, _, cpu = window_run(app, plan_data, tmp / f"win-{i}", heartbeat=False)
                 win.append(sps)
                 own_cpu.append(cpu)
+
             pair = [in_window, lambda: cli.append(cli_run(plan_file))]
-            for run in (pair if i % 2 == 0 else pair[::-1]):
+            for run in pair if i % 2 == 0 else pair[::-1]:
                 run()
         for i in range(stall_runs):  # responsiveness, with the heartbeat
             sps, s_all, s_steps, _ = window_run(app, plan_data, tmp / f"beat-{i}", heartbeat=True)
@@ -171,8 +200,10 @@ def main() -> int:
             stall_steps.append(s_steps)
             beat_sps.append(sps)
 
-    print(f"Window benchmark ({launches} launches; {reps} x {steps}-step runs each way, alternated; "
-          f"{stall_runs} more in the window with the heartbeat)\n")
+    print(
+        f"Window benchmark ({launches} launches; {reps} x {steps}-step runs each way, alternated; "
+        f"{stall_runs} more in the window with the heartbeat)\n"
+    )
     print(f"{'measure':52} {'value':>12} {'target':>10}")
     print(f"{'launch to window shown, median (s)':52} {statistics.median(times):12.2f} {'<= 2.00':>10}")
     print(f"{'launch to window shown, worst (s)':52} {max(times):12.2f}")

@@ -23,6 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def _plan_keys_help() -> str:
     from .plan import all_keys, choices_for, help_for
+
     lines = ["plan keys for --set (values are parsed as YAML):"]
     for key in all_keys():
         if key == "schema_version":
@@ -36,10 +37,12 @@ def _plan_keys_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
-        prog="headtune", formatter_class=fmt,
+        prog="headtune",
+        formatter_class=fmt,
         description="Fine-tune open LLMs with LoRA/QLoRA, including the token embeddings and the LM head. "
-                    "Without a command, the window opens on the built-in demo plan.",
-        epilog="Run `headtune COMMAND --help` for the options of a command.")
+        "Without a command, the window opens on the built-in demo plan.",
+        epilog="Run `headtune COMMAND --help` for the options of a command.",
+    )
     p.add_argument("--version", action="store_true", help="print the versions of Headtune and its libraries")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,63 +52,104 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_gui(sub, fmt) -> None:
-    g = sub.add_parser("gui", help="open the window (optionally on a plan)", formatter_class=fmt,
-                       description="Open the Headtune window, optionally with a saved plan loaded.")
+    g = sub.add_parser(
+        "gui",
+        help="open the window (optionally on a plan)",
+        formatter_class=fmt,
+        description="Open the Headtune window, optionally with a saved plan loaded.",
+    )
     g.add_argument("plan", nargs="?", help="a plan YAML file to open")
 
 
 def _add_train(sub, fmt) -> None:
-    t = sub.add_parser("train", help="run a plan (fine-tune) from the command line", formatter_class=fmt,
-                       description="Fine-tune a model as a YAML plan describes. Progress goes to stdout, one line "
-                                   "per step; Ctrl+C stops after the current step and saves a checkpoint and the "
-                                   "adapter (press it twice to abort).",
-                       epilog=_plan_keys_help())
+    t = sub.add_parser(
+        "train",
+        help="run a plan (fine-tune) from the command line",
+        formatter_class=fmt,
+        description="Fine-tune a model as a YAML plan describes. Progress goes to stdout, one line "
+        "per step; Ctrl+C stops after the current step and saves a checkpoint and the "
+        "adapter (press it twice to abort).",
+        epilog=_plan_keys_help(),
+    )
     t.add_argument("plan", nargs="?", help="the plan YAML file (omit with --demo or --resume)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a plan key, e.g. --set training.max_steps=20 (repeatable)")
-    t.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its latest checkpoint (only the step budget "
-                        "may change, with --set training.max_steps=N or training.epochs=N)")
-    t.add_argument("--demo", action="store_true",
-                   help="train the built-in demo plan (SmolLM2-135M-Instruct on the bundled dataset) into "
-                        "./runs/demo-DATE-TIME")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a plan key, e.g. --set training.max_steps=20 (repeatable)",
+    )
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest checkpoint (only the step budget "
+        "may change, with --set training.max_steps=N or training.epochs=N)",
+    )
+    t.add_argument(
+        "--demo",
+        action="store_true",
+        help="train the built-in demo plan (SmolLM2-135M-Instruct on the bundled dataset) into ./runs/demo-DATE-TIME",
+    )
     t.add_argument("--quiet", action="store_true", help="print only the final result")
-    t.add_argument("--events-json", action="store_true",
-                   help="for programs driving a run (the window does): print every event as one JSON line on "
-                        "stdout and nothing else there; a line 'stop' on stdin, or stdin closing, stops the "
-                        "run after the current step with a checkpoint")
+    t.add_argument(
+        "--events-json",
+        action="store_true",
+        help="for programs driving a run (the window does): print every event as one JSON line on "
+        "stdout and nothing else there; a line 'stop' on stdin, or stdin closing, stops the "
+        "run after the current step with a checkpoint",
+    )
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_estimate(sub, fmt) -> None:
-    es = sub.add_parser("estimate", help="predict the memory a plan needs, and whether it fits", formatter_class=fmt,
-                        description="Predict the peak memory of a plan before any weights load: a breakdown by "
-                                    "category (GiB), whether it fits the GPU (or this computer's RAM with "
-                                    "--device cpu), and changes that make it fit. Reads only the model's config.",
-                        epilog="categories: weights_frozen, weights_trainable, gradients, optimizer_states, "
-                               "activations, logits_loss, transient (they sum to tensors_peak_bytes); the CUDA "
-                               "overhead and paged optimizer states are reported apart.")
+    es = sub.add_parser(
+        "estimate",
+        help="predict the memory a plan needs, and whether it fits",
+        formatter_class=fmt,
+        description="Predict the peak memory of a plan before any weights load: a breakdown by "
+        "category (GiB), whether it fits the GPU (or this computer's RAM with "
+        "--device cpu), and changes that make it fit. Reads only the model's config.",
+        epilog="categories: weights_frozen, weights_trainable, gradients, optimizer_states, "
+        "activations, logits_loss, transient (they sum to tensors_peak_bytes); the CUDA "
+        "overhead and paged optimizer states are reported apart.",
+    )
     es.add_argument("plan", nargs="?", help="the plan YAML file (or --demo)")
-    es.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a plan key (repeatable), as for train")
+    es.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a plan key (repeatable), as for train",
+    )
     es.add_argument("--demo", action="store_true", help="estimate the built-in demo plan")
-    es.add_argument("--device", choices=("cuda", "cpu"),
-                    help="where the run will train (default: cuda when a GPU is present, else cpu)")
-    es.add_argument("--gpu-memory", metavar="SIZE",
-                    help="capacity to check against, e.g. 12GiB (default: the detected GPU's total memory, "
-                         "or this computer's RAM for cpu)")
+    es.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        help="where the run will train (default: cuda when a GPU is present, else cpu)",
+    )
+    es.add_argument(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="capacity to check against, e.g. 12GiB (default: the detected GPU's total memory, "
+        "or this computer's RAM for cpu)",
+    )
     es.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     es.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_inspect(sub, fmt) -> None:
-    ins = sub.add_parser("inspect", help="token health: untrained embedding/head rows, who uses them, template check",
-                         formatter_class=fmt,
-                         description="Find embedding (and untied LM-head) rows that look untrained: norms far below "
-                                     "a typical row, or rows identical to others. Lists them with ids and strings, "
-                                     "counts their use by the chat template and (with --data) the dataset, checks "
-                                     "that replies end with the end-of-turn token, and says what to do. Reads the "
-                                     "weights' two matrices directly; no model is built.")
+    ins = sub.add_parser(
+        "inspect",
+        help="token health: untrained embedding/head rows, who uses them, template check",
+        formatter_class=fmt,
+        description="Find embedding (and untied LM-head) rows that look untrained: norms far below "
+        "a typical row, or rows identical to others. Lists them with ids and strings, "
+        "counts their use by the chat template and (with --data) the dataset, checks "
+        "that replies end with the end-of-turn token, and says what to do. Reads the "
+        "weights' two matrices directly; no model is built.",
+    )
     ins.add_argument("model", help="hub id, model folder or .gguf file")
     ins.add_argument("--data", metavar="DATASET", help="a dataset file or hub id to count token use and check labels")
     ins.add_argument("--format", default="auto", help="the dataset's format (default: detect)")
@@ -116,15 +160,22 @@ def _add_inspect(sub, fmt) -> None:
 
 
 def _add_doctor(sub, fmt) -> None:
-    doc = sub.add_parser("doctor", help="system check: GPU, drivers, bitsandbytes 4/8-bit, bf16, free RAM and disk",
-                         formatter_class=fmt,
-                         description="Check whether this computer can train: library versions, the GPU torch sees "
-                                     "(name, total and free memory, compute capability, driver and CUDA versions), "
-                                     "a real bitsandbytes 4-bit and 8-bit matmul and 8-bit optimizer step, bf16, "
-                                     "free RAM and free disk in the output folder. Each problem comes with a fix. "
-                                     "Exit code 1 when a check fails (a missing GPU is a warning, not a failure).")
-    doc.add_argument("--output", default="runs", metavar="DIR",
-                     help="the folder runs are written to, whose free disk is checked (default: ./runs)")
+    doc = sub.add_parser(
+        "doctor",
+        help="system check: GPU, drivers, bitsandbytes 4/8-bit, bf16, free RAM and disk",
+        formatter_class=fmt,
+        description="Check whether this computer can train: library versions, the GPU torch sees "
+        "(name, total and free memory, compute capability, driver and CUDA versions), "
+        "a real bitsandbytes 4-bit and 8-bit matmul and 8-bit optimizer step, bf16, "
+        "free RAM and free disk in the output folder. Each problem comes with a fix. "
+        "Exit code 1 when a check fails (a missing GPU is a warning, not a failure).",
+    )
+    doc.add_argument(
+        "--output",
+        default="runs",
+        metavar="DIR",
+        help="the folder runs are written to, whose free disk is checked (default: ./runs)",
+    )
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     doc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -132,53 +183,75 @@ def _add_doctor(sub, fmt) -> None:
 def _add_export(sub, fmt) -> None:
     from .tools.export import DTYPES, FORMATS, GGUF_TYPES
 
-    ex = sub.add_parser("export", help="export a finished or stopped run (adapter, merged model, GGUF)",
-                        formatter_class=fmt,
-                        description="Export a run folder's result: the PEFT adapter, a merged model (the base in "
-                                    "16-bit with the adapter and trained embeddings/head merged in), or a GGUF file "
-                                    "for llama.cpp, Ollama and LM Studio (with an Ollama Modelfile). Every export "
-                                    "has a model card (README.md) with the loss curve. The export is written to a "
-                                    "temporary folder and renamed into place, so a failure leaves nothing behind.")
+    ex = sub.add_parser(
+        "export",
+        help="export a finished or stopped run (adapter, merged model, GGUF)",
+        formatter_class=fmt,
+        description="Export a run folder's result: the PEFT adapter, a merged model (the base in "
+        "16-bit with the adapter and trained embeddings/head merged in), or a GGUF file "
+        "for llama.cpp, Ollama and LM Studio (with an Ollama Modelfile). Every export "
+        "has a model card (README.md) with the loss curve. The export is written to a "
+        "temporary folder and renamed into place, so a failure leaves nothing behind.",
+    )
     ex.add_argument("run", metavar="RUN_DIR", help="the run folder (the plan's output.dir)")
-    ex.add_argument("--format", required=True, choices=tuple(FORMATS),
-                    help="; ".join(f"{f.name}: {f.label}" for f in FORMATS.values()))
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=tuple(FORMATS),
+        help="; ".join(f"{f.name}: {f.label}" for f in FORMATS.values()),
+    )
     ex.add_argument("--out", required=True, metavar="PATH", help="the folder to create")
-    ex.add_argument("--dtype", choices=DTYPES,
-                    help="weights of the merged model (default bfloat16; float16 for --gguf-type f16)")
+    ex.add_argument(
+        "--dtype", choices=DTYPES, help="weights of the merged model (default bfloat16; float16 for --gguf-type f16)"
+    )
     ex.add_argument("--gguf-type", choices=GGUF_TYPES, default="q8_0", help="GGUF weights (default q8_0)")
-    ex.add_argument("--overwrite", action="store_true", help="replace PATH if it exists (only once the new "
-                                                             "export is complete)")
-    ex.add_argument("--progress-json", action="store_true",
-                    help="for programs driving an export (the window does): print progress and the result as "
-                         "JSON lines on stdout")
+    ex.add_argument(
+        "--overwrite", action="store_true", help="replace PATH if it exists (only once the new export is complete)"
+    )
+    ex.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="for programs driving an export (the window does): print progress and the result as JSON lines on stdout",
+    )
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_chat(sub, fmt) -> None:
-    ch = sub.add_parser("chat", help="chat with a run: the base model and the fine-tuned one side by side",
-                        formatter_class=fmt,
-                        description="Answer prompts with the run's base model and with the fine-tuned model, one "
-                                    "after the other, tokens streaming. Type a prompt and press Enter; an empty "
-                                    "line or Ctrl+D quits. Greedy decoding unless --temperature is given.")
+    ch = sub.add_parser(
+        "chat",
+        help="chat with a run: the base model and the fine-tuned one side by side",
+        formatter_class=fmt,
+        description="Answer prompts with the run's base model and with the fine-tuned model, one "
+        "after the other, tokens streaming. Type a prompt and press Enter; an empty "
+        "line or Ctrl+D quits. Greedy decoding unless --temperature is given.",
+    )
     ch.add_argument("run", metavar="RUN_DIR", help="the run folder")
     ch.add_argument("--prompt", action="append", default=[], help="answer this prompt and exit (repeatable)")
     ch.add_argument("--system", help="a system message for every prompt")
     ch.add_argument("--max-new-tokens", type=int, default=128)
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ch.add_argument("--tuned-only", action="store_true", help="answer with the fine-tuned model only")
-    ch.add_argument("--json-lines", action="store_true",
-                    help="for programs driving a chat (the window does): read one JSON request per stdin line, "
-                         "{\"messages\": [...], \"max_new_tokens\": N}, or {\"stop\": true} to end the current "
-                         "answer; print JSON events (loaded, piece, answered, failed) on stdout; the model stays "
-                         "loaded until stdin closes")
+    ch.add_argument(
+        "--json-lines",
+        action="store_true",
+        help="for programs driving a chat (the window does): read one JSON request per stdin line, "
+        '{"messages": [...], "max_new_tokens": N}, or {"stop": true} to end the current '
+        "answer; print JSON events (loaded, piece, answered, failed) on stdout; the model stays "
+        "loaded until stdin closes",
+    )
     ch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
 
 def _print_event(event, quiet: bool) -> None:
     from . import events as ev
+
     if isinstance(event, ev.Step) and not quiet:
         gn = f" grad_norm {event.grad_norm:.3f}" if event.grad_norm is not None else ""
-        print(f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
-              f"{gn}  {event.tokens_per_s:.0f} tok/s", flush=True)
+        print(
+            f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
+            f"{gn}  {event.tokens_per_s:.0f} tok/s",
+            flush=True,
+        )
     elif isinstance(event, ev.Eval) and not quiet:
         print(f"eval  step {event.step}  eval_loss {event.eval_loss:.4f}", flush=True)
     elif isinstance(event, ev.Checkpoint) and not quiet:
@@ -224,8 +297,12 @@ def _cmd_train(args) -> int:
         presses.append(time.time())
         if len(presses) > 1:
             raise KeyboardInterrupt
-        print("\nStopping after this step (a checkpoint and the adapter are saved). Press Ctrl+C again to "
-              "abort without saving.", file=sys.stderr, flush=True)
+        print(
+            "\nStopping after this step (a checkpoint and the adapter are saved). Press Ctrl+C again to "
+            "abort without saving.",
+            file=sys.stderr,
+            flush=True,
+        )
         job.request_stop()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -234,12 +311,15 @@ def _cmd_train(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     from . import events as ev
+
     assert isinstance(result, (ev.Stopped, ev.Finished))
     if isinstance(result, ev.Stopped) and not result.adapter_path:
         print("Stopped before training started; nothing was written.")
     elif isinstance(result, ev.Stopped):
-        print(f"Stopped at step {result.step}. Adapter: {result.adapter_path or '(none)'}. Resume with "
-              f"`headtune train --resume {plan.output.dir}`.")
+        print(
+            f"Stopped at step {result.step}. Adapter: {result.adapter_path or '(none)'}. Resume with "
+            f"`headtune train --resume {plan.output.dir}`."
+        )
     else:
         losses = f" train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
         if result.eval_loss is not None:
@@ -260,6 +340,7 @@ def _plan_from_args(args, missing: str):
     """The plan named by ``PLAN`` or ``--demo`` (exactly one), with ``--set`` overrides."""
     from .plan import load_plan
     from .tools.demo import demo_plan
+
     if args.plan and args.demo:
         raise _usage("give either a plan file or --demo, not both.")
     if args.demo:
@@ -272,12 +353,21 @@ def _plan_from_args(args, missing: str):
 def _cmd_inspect(args) -> int:
     from .plan import DataSpec, plan_from_dict
     from .tools.health import inspect_model
+
     spec = None
     if args.data:
         # Validated like a plan's data section (format and template names, length range).
-        spec = plan_from_dict({"data": {"path": args.data, "format": args.format,
-                                        "chat_template": args.chat_template, "max_seq_len": args.max_seq_len}},
-                              check=False).data
+        spec = plan_from_dict(
+            {
+                "data": {
+                    "path": args.data,
+                    "format": args.format,
+                    "chat_template": args.chat_template,
+                    "max_seq_len": args.max_seq_len,
+                }
+            },
+            check=False,
+        ).data
         if spec.max_seq_len < 16:
             raise _usage("--max-seq-len must be at least 16.")
     r = inspect_model(args.model, spec if isinstance(spec, DataSpec) else None)
@@ -292,8 +382,10 @@ def _cmd_inspect(args) -> int:
             uses.append(f"template x{r.template_counts[row.id]}")
         if r.data_counts.get(row.id):
             uses.append(f"data x{r.data_counts[row.id]} ({r.data_trained_counts.get(row.id, 0)} trained)")
-        print(f"  {row.id:>7}  {row.token!r:28} {row.matrix:19} {'; '.join(row.reasons)}"
-              + (f"  [used: {', '.join(uses)}]" if uses else ""))
+        print(
+            f"  {row.id:>7}  {row.token!r:28} {row.matrix:19} {'; '.join(row.reasons)}"
+            + (f"  [used: {', '.join(uses)}]" if uses else "")
+        )
     if len(r.flagged) > 50:
         print(f"  … and {len(r.flagged) - 50} more (--json lists all)")
     if r.template is not None:
@@ -315,6 +407,7 @@ def _cmd_estimate(args) -> int:
     device = args.device
     if device is None:
         import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     capacity: int | None
     if args.gpu_memory:
@@ -326,15 +419,27 @@ def _cmd_estimate(args) -> int:
     ram, ram_where = memory.detect_capacity("cpu")
     cpu_total = memory.estimate(plan, shape, "cpu", advise=False).total_bytes
     if args.json:
-        print(json.dumps({**est.to_dict(), "common_gpus": gpus,
-                          "cpu_training": {"total_bytes": cpu_total, "ram_bytes": ram,
-                                           "fit": memory.fit_verdict(cpu_total, ram) if ram else None}},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    **est.to_dict(),
+                    "common_gpus": gpus,
+                    "cpu_training": {
+                        "total_bytes": cpu_total,
+                        "ram_bytes": ram,
+                        "fit": memory.fit_verdict(cpu_total, ram) if ram else None,
+                    },
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     g = memory.gib
-    print(f"Memory estimate for {plan.model.name_or_path} on {device}: {shape.total_params / 1e9:.2f} B parameters, "
-          f"vocabulary {shape.vocab:,}, {'tied' if shape.tied else 'untied'} embeddings; "
-          f"{est.trainable_params:,} trainable.")
+    print(
+        f"Memory estimate for {plan.model.name_or_path} on {device}: {shape.total_params / 1e9:.2f} B parameters, "
+        f"vocabulary {shape.vocab:,}, {'tied' if shape.tied else 'untied'} embeddings; "
+        f"{est.trainable_params:,} trainable."
+    )
     print(f"  {'category':<22}{'GiB':>8}")
     for name in memory.CATEGORIES:
         print(f"  {name:<22}{g(est.breakdown[name]):8.2f}")
@@ -343,8 +448,10 @@ def _cmd_estimate(args) -> int:
         print(f"  {'CUDA overhead':<22}{g(est.overhead_bytes):8.2f}   (context, workspaces, allocator slack)")
     print(f"  {'total':<22}{g(est.total_bytes):8.2f}")
     if est.paged_optimizer_states_bytes:
-        print(f"  {'paged optimizer states':<22}{g(est.paged_optimizer_states_bytes):8.2f}   (pageable to CPU "
-              "memory, outside the total)")
+        print(
+            f"  {'paged optimizer states':<22}{g(est.paged_optimizer_states_bytes):8.2f}   (pageable to CPU "
+            "memory, outside the total)"
+        )
     if not capacity:
         print(f"No capacity to check against: {where}. Give one with --gpu-memory.")
     if capacity:
@@ -355,8 +462,10 @@ def _cmd_estimate(args) -> int:
             mark = "fits" if adv.total_bytes <= capacity else "still too big"
             print(f"  {i}. {change}: {g(adv.total_bytes):.2f} GiB ({mark}) - {adv.why}")
     sizes = [f"{size.replace('GiB', ' GiB')} {verdict}" for size, verdict in gpus.items()]
-    print("Common GPUs: " + ", ".join(sizes) + f"; CPU training in {ram_where}: "
-          f"{memory.fit_verdict(cpu_total, ram) if ram else 'unknown'}.")
+    print(
+        "Common GPUs: " + ", ".join(sizes) + f"; CPU training in {ram_where}: "
+        f"{memory.fit_verdict(cpu_total, ram) if ram else 'unknown'}."
+    )
     return EXIT_OK
 
 
@@ -369,26 +478,41 @@ def _cmd_export(args) -> int:
         else:
             print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 
-    result = export_run(args.run, args.format, args.out, dtype=args.dtype, gguf_type=args.gguf_type,
-                        overwrite=args.overwrite, progress=progress)
+    result = export_run(
+        args.run,
+        args.format,
+        args.out,
+        dtype=args.dtype,
+        gguf_type=args.gguf_type,
+        overwrite=args.overwrite,
+        progress=progress,
+    )
     if args.progress_json:
         print(result_json(result), flush=True)
         return EXIT_OK
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"Exported {result.format} to {result.path} in {result.seconds:.1f} s (peak RAM "
-          f"{result.peak_rss_bytes / 2**30:.2f} GiB): {', '.join(result.files)}")
+    print(
+        f"Exported {result.format} to {result.path} in {result.seconds:.1f} s (peak RAM "
+        f"{result.peak_rss_bytes / 2**30:.2f} GiB): {', '.join(result.files)}"
+    )
     return EXIT_OK
 
 
 def _cmd_chat(args) -> int:
     from .tools.chat import ChatPair
+
     if args.max_new_tokens < 1:
         raise _usage("--max-new-tokens must be at least 1.")
     if args.json_lines:
         from .tools.chat import serve_json_lines
-        serve_json_lines(lambda: ChatPair(args.run), sys.stdin, lambda data: print(json.dumps(data), flush=True),
-                         tuned_only=args.tuned_only)
+
+        serve_json_lines(
+            lambda: ChatPair(args.run),
+            sys.stdin,
+            lambda data: print(json.dumps(data), flush=True),
+            tuned_only=args.tuned_only,
+        )
         return EXIT_OK
     print("Loading the model and the adapter...", file=sys.stderr, flush=True)
     pair = ChatPair(args.run)
@@ -396,11 +520,13 @@ def _cmd_chat(args) -> int:
 
     def answer(prompt: str) -> None:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": prompt}]
+            {"role": "user", "content": prompt}
+        ]
         for tuned, label in sides:
             print(f"[{label}] ", end="", flush=True)
-            for piece in pair.stream(messages, tuned=tuned, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature):
+            for piece in pair.stream(
+                messages, tuned=tuned, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+            ):
                 print(piece, end="", flush=True)
             print(flush=True)
 
@@ -421,6 +547,7 @@ def _cmd_chat(args) -> int:
 
 def _cmd_doctor(args) -> int:
     from .tools.doctor import run_checks
+
     report = run_checks(args.output)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -438,19 +565,22 @@ def _print_failure_json(message: str, error_type: str) -> None:
     """The last stdout line of a failed command in a JSON mode: the same ``failed`` event
     ``train --events-json`` writes, so a driving program needs no stderr scraping."""
     from . import events as ev
+
     _print_json(ev.Failed(message=message, error_type=error_type))
 
 
 def quiet_libraries() -> None:
     import logging
     import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(peft|transformers|torch|bitsandbytes)")
-    for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
+    for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
+
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     except Exception:
@@ -463,11 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     if args.version:
         from .tools.doctor import version_lines
+
         print("\n".join(version_lines()))
         return EXIT_OK
     if args.command in (None, "gui"):  # the window belongs to the `headtune` program (headtune.gui.launcher)
-        print("headtune: this command line runs sub-commands only; the window opens with `headtune` or "
-              "`headtune gui`.", file=sys.stderr)
+        print(
+            "headtune: this command line runs sub-commands only; the window opens with `headtune` or `headtune gui`.",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     if not debug:
         quiet_libraries()
@@ -499,8 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: keep the message short unless --debug
         if debug:
             traceback.print_exc()
-        message = (f"unexpected error: {exc.__class__.__name__}: {exc}. Run again with --debug for details, and "
-                   "please report it.")
+        message = (
+            f"unexpected error: {exc.__class__.__name__}: {exc}. Run again with --debug for details, and "
+            "please report it."
+        )
         print(f"headtune: {message}", file=sys.stderr)
         if _speaks_json(args) and not getattr(exc, "reported", False):
             _print_failure_json(message[0].upper() + message[1:], type(exc).__name__)

@@ -119,7 +119,8 @@ class Failed(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    c.type: c for c in (Started, Log, Step, Eval, Memory, Checkpoint, Finished, Stopped, Failed)}
+    c.type: c for c in (Started, Log, Step, Eval, Memory, Checkpoint, Finished, Stopped, Failed)
+}
 
 Sink = Callable[[Event], None]
 
@@ -170,7 +171,7 @@ class RunSummary:
     """What a run folder's events say about it (for the window's runs list)."""
 
     path: str
-    state: str            # finished, stopped, failed, or incomplete (running, or killed)
+    state: str  # finished, stopped, failed, or incomplete (running, or killed)
     step: int
     total_steps: int
     last_loss: float | None
@@ -197,5 +198,13 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary | None:
             state, step = e.type, e.step
         elif isinstance(e, Failed):
             state, message = "failed", e.message
-    return RunSummary(path=str(run_dir), state=state, step=step, total_steps=total, last_loss=loss,
-                      eval_loss=eval_loss, started=started, message=message)
+    return RunSummary(
+        path=str(run_dir),
+        state=state,
+        step=step,
+        total_steps=total,
+        last_loss=loss,
+        eval_loss=eval_loss,
+        started=started,
+        message=message,
+    )

@@ -89,13 +89,16 @@ class RunFolder:
         if not self.checkpoints_dir.is_dir():
             return None
         from transformers.trainer_utils import get_last_checkpoint
+
         return get_last_checkpoint(str(self.checkpoints_dir))
 
     def require_run(self) -> RunFolder:
         """This folder, if it is a run folder (else a ``BadInputError`` saying why)."""
         if not self.path.is_dir():
-            raise BadInputError(f"{self.path} does not exist or is not a folder. Give the run folder of a training "
-                                "run (the plan's output.dir).")
+            raise BadInputError(
+                f"{self.path} does not exist or is not a folder. Give the run folder of a training "
+                "run (the plan's output.dir)."
+            )
         if not self.is_run():
             raise BadInputError(f"{self.path} is not a Headtune run folder: it has no {PLAN}.")
         return self
@@ -104,9 +107,11 @@ class RunFolder:
         """This folder, if it is a run folder with a saved adapter (else a ``BadInputError``)."""
         self.require_run()
         if not self.has_adapter():
-            raise BadInputError(f"{self.path} has no saved adapter yet ({ADAPTER}/ is missing). It is written when "
-                                "a run finishes or is stopped; a run that is still going can be stopped and "
-                                "exported.")
+            raise BadInputError(
+                f"{self.path} has no saved adapter yet ({ADAPTER}/ is missing). It is written when "
+                "a run finishes or is stopped; a run that is still going can be stopped and "
+                "exported."
+            )
         return self
 
 
@@ -118,6 +123,6 @@ def checkpoint_step(path: str | os.PathLike | None) -> int | None:
     if not name.startswith(CHECKPOINT_PREFIX):
         return None
     try:
-        return int(name[len(CHECKPOINT_PREFIX):])
+        return int(name[len(CHECKPOINT_PREFIX) :])
     except ValueError:
         return None

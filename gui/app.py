@@ -25,8 +25,9 @@ def _install_hooks(window_getter) -> None:
     def show(text: str) -> None:
         window = window_getter()
         if window is not None:
-            window.show_error("Unexpected error", text + "\n\nPlease report this with the details printed "
-                                                         "in the terminal.")
+            window.show_error(
+                "Unexpected error", text + "\n\nPlease report this with the details printed in the terminal."
+            )
 
     def excepthook(exc_type, exc, tb):
         traceback.print_exception(exc_type, exc, tb)
@@ -53,11 +54,12 @@ def app_icon():
     from PySide6.QtGui import QIcon
 
     from headtune.core import APP_ID
+
     folder = resources.files("headtune.resources").joinpath("icons")
     icon = QIcon()
     for item in sorted(folder.iterdir(), key=lambda p: p.name):
         if item.name.startswith(APP_ID + "-") and item.name.endswith(".png"):
-            size = int(item.name[len(APP_ID) + 1:-4])
+            size = int(item.name[len(APP_ID) + 1 : -4])
             icon.addFile(str(item), QSize(size, size))
     icon.addFile(str(folder.joinpath(APP_ID + ".svg")))
     return icon
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("Headtune")
     app.setOrganizationName("Headtune")
     from headtune.core import APP_ID
+
     app.setDesktopFileName(APP_ID)
     app.setWindowIcon(app_icon())
     window = MainWindow()
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             window.open_plan(args.plan)  # shows its own dialog on failure
         else:
             from headtune.core.tools.demo import demo_plan
+
             window.set_plan(demo_plan())
     except HeadtuneError as exc:
         window.show_error("Cannot load the demo plan", str(exc))
@@ -114,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 est = window.last_estimate
                 sizes = sorted(s.width() for s in app.windowIcon().availableSizes())
                 print(f"HEADTUNE_ICON {','.join(map(str, sizes))}", flush=True)
-                print("HEADTUNE_ESTIMATE " + (f"{est.total_bytes} {est.fit}" if est is not None else "none"),
-                      flush=True)
+                print(
+                    "HEADTUNE_ESTIMATE " + (f"{est.total_bytes} {est.fit}" if est is not None else "none"), flush=True
+                )
             print(f"HEADTUNE_READY {time.perf_counter() - _T0:.3f}", flush=True)
             window.file.confirm_discard = lambda: True
             window.close()
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 app.exit(1)  # the smoke test fails: no estimate within the time limit
             else:
                 app.quit()
+
         QTimer.singleShot(0, shown)
     code = app.exec()
     window.shutdown()

@@ -94,8 +94,9 @@ class ChatPanel(QWidget):
     def show_run(self, run_dir: str | None) -> None:
         """The run chatted with (a folder with a saved adapter), or None."""
         self._has_run = bool(run_dir)
-        self.run_label.setText(f"Run: {run_dir}" if run_dir else
-                               "No run with a saved adapter: train one, or pick one in the Runs tab.")
+        self.run_label.setText(
+            f"Run: {run_dir}" if run_dir else "No run with a saved adapter: train one, or pick one in the Runs tab."
+        )
         self._update_buttons()
 
     def show_busy(self, busy: bool, status: str) -> None:

@@ -68,15 +68,15 @@ class DoctorDialog(QDialog):
         self._running = True
         self.copy_button.setEnabled(False)
         self.again_button.setEnabled(False)
-        self.summary.setText("Checking this computer: versions, GPU, a tiny 4-bit and 8-bit bitsandbytes matmul, "
-                             "bf16, memory and disk…")
+        self.summary.setText(
+            "Checking this computer: versions, GPU, a tiny 4-bit and 8-bit bitsandbytes matmul, bf16, memory and disk…"
+        )
         self.text.setPlainText("")
 
     def show_report(self, report) -> None:
         self._running = False
         self.report = report
-        worst = ("error" if any(c.status == "error" for c in report.checks) else
-                 "warning" if report.problems else "ok")
+        worst = "error" if any(c.status == "error" for c in report.checks) else "warning" if report.problems else "ok"
         self.summary.setText(f"<b style='color:{_STATUS_COLOURS[worst]}'>{report.summary}</b>")
         self.text.setPlainText(report.to_text())
         self.copy_button.setEnabled(True)

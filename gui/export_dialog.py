@@ -81,6 +81,7 @@ class ExportDialog(QDialog):
         self.format_combo.setObjectName("exportFormat")
         self.format_combo.setAccessibleName("Export format")
         from headtune.core.tools.export import FORMATS
+
         for fmt in sorted(FORMATS.values(), key=lambda f: f.name != FIRST):
             self.format_combo.addItem(fmt.label, fmt.name)
         self.gguf_combo = QComboBox()
@@ -171,8 +172,9 @@ class ExportDialog(QDialog):
         folder = QFileDialog.getExistingDirectory(self, "Export into folder", str(Path(self.run_dir).parent))
         if folder:
             fmt = self.format_combo.currentData()
-            self.dest_edit.setText(str(Path(folder) / Path(default_destination(self.run_dir, fmt,
-                                                                              self.gguf_combo.currentData())).name))
+            self.dest_edit.setText(
+                str(Path(folder) / Path(default_destination(self.run_dir, fmt, self.gguf_combo.currentData())).name)
+            )
             self._dest_edited = True
 
     @Slot()
@@ -183,8 +185,14 @@ class ExportDialog(QDialog):
         if not out:
             self.status.setText("Choose a destination folder.")
             return
-        args = export_args(self.run_dir, self.format_combo.currentData(), out, self.dtype_combo.currentData(),
-                           self.gguf_combo.currentData(), self.overwrite_box.isChecked())
+        args = export_args(
+            self.run_dir,
+            self.format_combo.currentData(),
+            out,
+            self.dtype_combo.currentData(),
+            self.gguf_combo.currentData(),
+            self.overwrite_box.isChecked(),
+        )
         self.export_requested.emit(ExportRequest(tuple(args), out))
 
     @Slot()
@@ -216,8 +224,10 @@ class ExportDialog(QDialog):
     def show_done(self, result: ExportDone) -> None:
         self.result = result
         self.progress.setValue(100)
-        self.status.setText(f"Exported to {result.path} in {result.seconds:.1f} s, peak RAM "
-                            f"{result.peak_rss_bytes / 2**30:.2f} GiB. " + " ".join(result.notes))
+        self.status.setText(
+            f"Exported to {result.path} in {result.seconds:.1f} s, peak RAM "
+            f"{result.peak_rss_bytes / 2**30:.2f} GiB. " + " ".join(result.notes)
+        )
 
     def show_failed(self, message: str) -> None:
         self.progress.setValue(0)

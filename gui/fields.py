@@ -22,20 +22,29 @@ from headtune.core.plan import TARGET_PRESETS, choices_for, help_for, range_for
 
 # Readable labels for the plan's enumerated values.
 LABELS: dict[str, dict[str, str]] = {
-    "model.quantization": {"none": "None (16/32-bit weights)", "8bit": "8-bit (LLM.int8)",
-                           "4bit": "4-bit NF4 (QLoRA)"},
+    "model.quantization": {"none": "None (16/32-bit weights)", "8bit": "8-bit (LLM.int8)", "4bit": "4-bit NF4 (QLoRA)"},
     "model.dtype": {"bfloat16": "bfloat16", "float16": "float16 (GPU only)", "float32": "float32"},
-    "model.attn_implementation": {"sdpa": "SDPA (PyTorch)", "eager": "Eager",
-                                  "flash_attention_2": "FlashAttention 2"},
-    "data.format": {"auto": "Detect automatically", "alpaca": "Alpaca (instruction/output)",
-                    "messages": "Messages (role/content)", "sharegpt": "ShareGPT (from/value)",
-                    "text": "Raw text (all tokens trained)"},
+    "model.attn_implementation": {"sdpa": "SDPA (PyTorch)", "eager": "Eager", "flash_attention_2": "FlashAttention 2"},
+    "data.format": {
+        "auto": "Detect automatically",
+        "alpaca": "Alpaca (instruction/output)",
+        "messages": "Messages (role/content)",
+        "sharegpt": "ShareGPT (from/value)",
+        "text": "Raw text (all tokens trained)",
+    },
     "embeddings.mode": {name: mode.label for name, mode in MODES.items()},
     "embeddings.init_untrained": {"none": "Leave as they are", "mean": "Set to the mean row before training"},
-    "training.lr_scheduler": {"linear": "Linear decay", "cosine": "Cosine", "constant": "Constant",
-                              "constant_with_warmup": "Constant after warm-up"},
-    "training.optimizer": {"adamw": "AdamW (32-bit states)", "adamw_8bit": "AdamW 8-bit",
-                           "paged_adamw_8bit": "Paged AdamW 8-bit (GPU)"},
+    "training.lr_scheduler": {
+        "linear": "Linear decay",
+        "cosine": "Cosine",
+        "constant": "Constant",
+        "constant_with_warmup": "Constant after warm-up",
+    },
+    "training.optimizer": {
+        "adamw": "AdamW (32-bit states)",
+        "adamw_8bit": "AdamW 8-bit",
+        "paged_adamw_8bit": "Paged AdamW 8-bit (GPU)",
+    },
 }
 HIGHLIGHT_STYLE = "border: 2px solid #c0392b; border-radius: 3px;"
 TEMPLATE_LABELS = {"model": "The model's own", "chatml": "ChatML", "llama3": "Llama 3"}
@@ -62,8 +71,7 @@ def schema_bounds(key: str, lo: float | None, hi: float | None, resolution: floa
 class Field:
     """One widget showing one plan key."""
 
-    def __init__(self, key: str, widget: QWidget, get: Callable[[], Any], set: Callable[[Any], None],
-                 signal) -> None:
+    def __init__(self, key: str, widget: QWidget, get: Callable[[], Any], set: Callable[[Any], None], signal) -> None:
         self.key, self.widget, self.get, self._set, self.signal = key, widget, get, set, signal
 
     def set(self, value: Any) -> None:
@@ -124,8 +132,9 @@ class PlanFields(QObject):
         return f.widget
 
     # -- factories -----------------------------------------------------------------------
-    def line(self, key: str, object_name: str | None = None, accessible: str | None = None,
-             placeholder: str = "") -> QLineEdit:
+    def line(
+        self, key: str, object_name: str | None = None, accessible: str | None = None, placeholder: str = ""
+    ) -> QLineEdit:
         w = QLineEdit()
         w.setPlaceholderText(placeholder)
         _name(w, key, object_name, accessible)
@@ -136,8 +145,16 @@ class PlanFields(QObject):
         _name(w, key, object_name, text)
         return self._add(Field(key, w, w.isChecked, lambda v: w.setChecked(bool(v)), w.toggled))
 
-    def spin(self, key: str, lo: int | None, hi: int | None, object_name: str | None = None,
-             accessible: str | None = None, step: int = 1, special: str = "") -> QSpinBox:
+    def spin(
+        self,
+        key: str,
+        lo: int | None,
+        hi: int | None,
+        object_name: str | None = None,
+        accessible: str | None = None,
+        step: int = 1,
+        special: str = "",
+    ) -> QSpinBox:
         """``lo``/``hi``: the limits where the plan's schema states none (it wins where it does)."""
         w = QSpinBox()
         low, high = schema_bounds(key, lo, hi, 1)
@@ -149,18 +166,27 @@ class PlanFields(QObject):
         _name(w, key, object_name, accessible)
         return self._add(Field(key, w, w.value, lambda v: w.setValue(int(v)), w.valueChanged))
 
-    def dspin(self, key: str, lo: float | None, hi: float | None, decimals: int, step: float,
-              object_name: str | None = None, accessible: str | None = None) -> QDoubleSpinBox:
+    def dspin(
+        self,
+        key: str,
+        lo: float | None,
+        hi: float | None,
+        decimals: int,
+        step: float,
+        object_name: str | None = None,
+        accessible: str | None = None,
+    ) -> QDoubleSpinBox:
         """``lo``/``hi``: the limits where the plan's schema states none (it wins where it does)."""
         w = QDoubleSpinBox()
-        w.setRange(*schema_bounds(key, lo, hi, 10 ** -decimals))
+        w.setRange(*schema_bounds(key, lo, hi, 10**-decimals))
         w.setDecimals(decimals)
         w.setSingleStep(step)
         _name(w, key, object_name, accessible)
         return self._add(Field(key, w, w.value, lambda v: w.setValue(float(v)), w.valueChanged))
 
-    def number(self, key: str, object_name: str | None = None, accessible: str | None = None,
-               optional: bool = False) -> QLineEdit:
+    def number(
+        self, key: str, object_name: str | None = None, accessible: str | None = None, optional: bool = False
+    ) -> QLineEdit:
         """A float typed as text (learning rates read best as 2e-4); empty means None if optional."""
         w = QLineEdit()
         v = QDoubleValidator(0.0, 1e6, 12, w)
@@ -178,10 +204,16 @@ class PlanFields(QObject):
                 return float(text)
             except ValueError:
                 return text  # the plan's validation names the key
+
         return self._add(Field(key, w, get, lambda x: w.setText("" if x is None else f"{x:g}"), w.textChanged))
 
-    def combo(self, key: str, object_name: str | None = None, accessible: str | None = None,
-              labels: dict[str, str] | None = None) -> QComboBox:
+    def combo(
+        self,
+        key: str,
+        object_name: str | None = None,
+        accessible: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> QComboBox:
         w = QComboBox()
         labels = labels or LABELS.get(key, {})
         for value in choices_for(key) or ():
@@ -191,11 +223,18 @@ class PlanFields(QObject):
         def set_(v):
             i = _combo_find(w, v)
             w.setCurrentIndex(max(0, i))
+
         return self._add(Field(key, w, w.currentData, set_, w.currentIndexChanged))
 
-    def editable_combo(self, key: str, labels: dict[str, str], object_name: str | None = None,
-                       accessible: str | None = None, parse: Callable[[str], Any] = str.strip,
-                       show: Callable[[Any], str] = str) -> QComboBox:
+    def editable_combo(
+        self,
+        key: str,
+        labels: dict[str, str],
+        object_name: str | None = None,
+        accessible: str | None = None,
+        parse: Callable[[str], Any] = str.strip,
+        show: Callable[[Any], str] = str,
+    ) -> QComboBox:
         """Presets with readable labels, or free text (a file path, a list of module names)."""
         w = QComboBox()
         w.setEditable(True)
@@ -215,10 +254,12 @@ class PlanFields(QObject):
                 w.setCurrentIndex(i)
             else:
                 w.setEditText(show(v))
+
         return self._add(Field(key, w, get, set_, w.currentTextChanged))
 
-    def token_list(self, key: str, ints: bool, object_name: str | None = None,
-                   accessible: str | None = None, placeholder: str = "") -> QLineEdit:
+    def token_list(
+        self, key: str, ints: bool, object_name: str | None = None, accessible: str | None = None, placeholder: str = ""
+    ) -> QLineEdit:
         """A comma-separated list (token strings, or token ids)."""
         w = QLineEdit()
         w.setPlaceholderText(placeholder)
@@ -232,12 +273,14 @@ class PlanFields(QObject):
                 return [int(x) for x in items]
             except ValueError:
                 return items  # validation names the key
+
         return self._add(Field(key, w, get, lambda v: w.setText(", ".join(str(x) for x in v or [])), w.textChanged))
 
     # -- whole plan ----------------------------------------------------------------------
     def values(self, base: dict | None = None) -> dict:
         """The plan mapping: ``base`` (keys without widgets) updated from every widget."""
         import copy
+
         out = copy.deepcopy(base or {})
         for key, f in self.fields.items():
             section, leaf = key.split(".")

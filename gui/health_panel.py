@@ -25,17 +25,21 @@ class TokenHealthPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         lay = QVBoxLayout(self)
-        intro = QLabel("Base models ship embedding rows that were never trained (special and reserved tokens). "
-                       "If your template or data uses them, LoRA alone cannot fix them: train those rows, or "
-                       "start them from the average row.")
+        intro = QLabel(
+            "Base models ship embedding rows that were never trained (special and reserved tokens). "
+            "If your template or data uses them, LoRA alone cannot fix them: train those rows, or "
+            "start them from the average row."
+        )
         intro.setWordWrap(True)
         lay.addWidget(intro)
         row = QHBoxLayout()
         self.check_button = QPushButton("Check tokens")
         self.check_button.setObjectName("checkTokensButton")
         self.check_button.setAccessibleName("Check the model's tokens")
-        self.check_button.setToolTip("Read the model's embedding (and head) rows and look for untrained ones; "
-                                     "count their use by the chat template and the dataset.")
+        self.check_button.setToolTip(
+            "Read the model's embedding (and head) rows and look for untrained ones; "
+            "count their use by the chat template and the dataset."
+        )
         self.check_button.clicked.connect(self.check_requested.emit)
         row.addWidget(self.check_button)
         self.summary = QLabel("Not checked yet.")
@@ -93,13 +97,20 @@ class TokenHealthPanel(QWidget):
         self.check_button.setEnabled(True)
         set_error(self.error, None)
         used = r.used_ids
-        self.summary.setText(f"{len(r.flagged)} of {r.vocab:,} rows look untrained; {len(used)} of them are used by "
-                             f"the template or the data ({'tied' if r.tied else 'untied'} embeddings and head).")
+        self.summary.setText(
+            f"{len(r.flagged)} of {r.vocab:,} rows look untrained; {len(used)} of them are used by "
+            f"the template or the data ({'tied' if r.tied else 'untied'} embeddings and head)."
+        )
         self.table.setRowCount(len(r.flagged))
         for i, row in enumerate(r.flagged):
-            cells = (str(row.id), repr(row.token), row.matrix, "; ".join(row.reasons),
-                     str(r.template_counts.get(row.id, 0)),
-                     f"{r.data_counts.get(row.id, 0)} ({r.data_trained_counts.get(row.id, 0)})")
+            cells = (
+                str(row.id),
+                repr(row.token),
+                row.matrix,
+                "; ".join(row.reasons),
+                str(r.template_counts.get(row.id, 0)),
+                f"{r.data_counts.get(row.id, 0)} ({r.data_trained_counts.get(row.id, 0)})",
+            )
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(text)
@@ -109,9 +120,11 @@ class TokenHealthPanel(QWidget):
             t = r.template
             share = t.trained_tokens / max(1, t.trained_tokens + t.masked_tokens)
             problems = "".join(f"<li>{html.escape(p)}</li>" for p in t.problems) or "<li>no problems found</li>"
-            self.template.setText(f"<b>Template check</b> on {t.rows_checked} rows: end token "
-                                  f"<code>{html.escape(str(t.end_token))}</code>, {share:.0%} of tokens trained."
-                                  f"<ul>{problems}</ul>")
+            self.template.setText(
+                f"<b>Template check</b> on {t.rows_checked} rows: end token "
+                f"<code>{html.escape(str(t.end_token))}</code>, {share:.0%} of tokens trained."
+                f"<ul>{problems}</ul>"
+            )
         else:
             self.template.setText("Choose a dataset to check the template and the labels too.")
         self.verdict.setText(f"<b>{r.verdict.capitalize()}.</b> {html.escape(r.recommendation)}")

@@ -21,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .app import main as gui_main
     except ImportError as exc:
-        print(f"headtune: the window cannot start: {exc}. Install PySide6-Essentials and pyqtgraph.",
-              file=sys.stderr)
+        print(f"headtune: the window cannot start: {exc}. Install PySide6-Essentials and pyqtgraph.", file=sys.stderr)
         return EXIT_BAD_INPUT
     return gui_main([args.plan] if getattr(args, "plan", None) else [])
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Slot
-from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from headtune.core.plan import Plan
@@ -28,6 +27,7 @@ from .controllers.tools import DoctorController, ExportController, HealthControl
 from .fields import PlanFields
 from .health_panel import TokenHealthPanel
 from .memory_panel import MemoryPanel
+from .menus import build_menus
 from .plan_model import PlanModel
 from .plan_panels import DataPanel, ModelPanel, TrainingPanel
 from .run_panel import RunPanel
@@ -39,8 +39,13 @@ __all__ = ["MainWindow", "fresh_run_dir"]
 class MainWindow(QMainWindow):
     """The views, the menus, and the wiring of the plan model to the controllers."""
 
-    def __init__(self, plan: Plan | None = None, plan_path: str | None = None,
-                 settings: QSettings | None = None, detect: bool = True):
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        plan_path: str | None = None,
+        settings: QSettings | None = None,
+        detect: bool = True,
+    ):
         super().__init__()
         self.setWindowTitle("Headtune")
         self.setObjectName("mainWindow")
@@ -53,7 +58,7 @@ class MainWindow(QMainWindow):
         self._error_box: QMessageBox | None = None
         self._detect = detect
         self._build_views()
-        self._build_menus()
+        build_menus(self)
         self.plan = PlanModel(self.fields, self)  # the defaults, before anything listens
         self._build_controllers()
         self._restore_settings()
@@ -73,8 +78,12 @@ class MainWindow(QMainWindow):
         self.chat_panel = ChatPanel()
         self.plan_tabs = QTabWidget()
         self.plan_tabs.setObjectName("planTabs")
-        for panel, title in ((self.model_panel, "Model"), (self.data_panel, "Data"),
-                             (self.training_panel, "Training"), (self.health_panel, "Token health")):
+        for panel, title in (
+            (self.model_panel, "Model"),
+            (self.data_panel, "Data"),
+            (self.training_panel, "Training"),
+            (self.health_panel, "Token health"),
+        ):
             self.plan_tabs.addTab(panel, title)
         self.run_panel.tabs.addTab(self.chat_panel, "Chat")
         right = QWidget()
@@ -96,10 +105,17 @@ class MainWindow(QMainWindow):
     def _build_controllers(self) -> None:
         self.file = PlanFileController(self.plan, self)
         self.estimate = EstimateController(self.plan, self.memory_panel, self.training_panel, self.tasks, self)
-        self.preview = PreviewController(self.plan, self.model_panel, self.data_panel, self.training_panel,
-                                         self.tasks, self)
-        self.runs = RunController(self.plan, self.run_panel, self.estimate,
-                                  {"start": self.start_action, "stop": self.stop_action}, self.threads, self)
+        self.preview = PreviewController(
+            self.plan, self.model_panel, self.data_panel, self.training_panel, self.tasks, self
+        )
+        self.runs = RunController(
+            self.plan,
+            self.run_panel,
+            self.estimate,
+            {"start": self.start_action, "stop": self.stop_action},
+            self.threads,
+            self,
+        )
         self.export = ExportController(self.threads, self)
         self.chat = ChatController(self.chat_panel, self.threads, self)
         self.health = HealthController(self.plan, self.health_panel, self.threads, self)
@@ -131,41 +147,6 @@ class MainWindow(QMainWindow):
     @property
     def plots_built(self) -> bool:
         return self.run_panel.plots_built and self.data_panel.plots_built
-
-    # -- menus ---------------------------------------------------------------------------
-    def _build_menus(self) -> None:
-        file_menu = self.menuBar().addMenu("&File")
-        for text, shortcut, name in (("&New plan", QKeySequence.StandardKey.New, "new_plan"),
-                                     ("&Open plan…", QKeySequence.StandardKey.Open, "open_plan"),
-                                     ("&Save plan", QKeySequence.StandardKey.Save, "save_plan"),
-                                     ("Save plan &as…", QKeySequence.StandardKey.SaveAs, "save_plan_as")):
-            # The plan file's controller, looked up when triggered (not the checked flag as a path).
-            self._action(file_menu, text, lambda _checked=False, name=name: getattr(self.file, name)(), shortcut)
-        file_menu.addSeparator()
-        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
-        run_menu = self.menuBar().addMenu("&Run")
-        self.start_action = self._action(run_menu, "&Start", lambda _checked=False: self.runs.start_run(),
-                                         "Ctrl+Return")
-        self.stop_action = self._action(run_menu, "S&top", lambda _checked=False: self.stop_run())
-        help_menu = self.menuBar().addMenu("&Help")
-        self.system_check_action = self._action(help_menu, "&System check…",
-                                                lambda _checked=False: self.show_system_check())
-        self.system_check_action.setObjectName("systemCheckAction")
-        self._action(help_menu, "&About Headtune", self._about)
-
-    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
-        action = QAction(text, self)
-        if shortcut is not None:
-            action.setShortcut(shortcut)
-        action.triggered.connect(slot)
-        menu.addAction(action)
-        return action
-
-    def _about(self) -> None:
-        from headtune.core import __version__
-        QMessageBox.about(self, "About Headtune",
-                          f"<b>Headtune {__version__}</b><p>Fine-tune open LLMs with LoRA/QLoRA, including the "
-                          "token embeddings and the LM head, on your own computer.</p><p>Apache-2.0.</p>")
 
     # -- dialogs and messages (one place, so tests can answer them) ----------------------
     def show_error(self, title: str, text: str) -> None:
@@ -267,10 +248,12 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         if self.running and not self._close_when_done:
-            answer = self.ask("A run is going", "Training is running. Stop it (a checkpoint and the adapter are "
-                              "saved) and close when it has stopped?",
-                              QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-                              QMessageBox.StandardButton.Yes)
+            answer = self.ask(
+                "A run is going",
+                "Training is running. Stop it (a checkpoint and the adapter are saved) and close when it has stopped?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                QMessageBox.StandardButton.Yes,
+            )
             if answer == QMessageBox.StandardButton.Yes:
                 self._close_when_done = True
                 self.stop_run()

@@ -14,17 +14,30 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSize
 from headtune.core.estimate import CATEGORIES, COMMON_GPUS_GIB, GiB
 
 CATEGORY_LABELS = {
-    "weights_frozen": "Frozen weights", "weights_trainable": "Trainable weights", "gradients": "Gradients",
-    "optimizer_states": "Optimizer states", "activations": "Activations", "logits_loss": "Logits and loss",
-    "transient": "Temporary buffers", "overhead": "CUDA context and allocator",
+    "weights_frozen": "Frozen weights",
+    "weights_trainable": "Trainable weights",
+    "gradients": "Gradients",
+    "optimizer_states": "Optimizer states",
+    "activations": "Activations",
+    "logits_loss": "Logits and loss",
+    "transient": "Temporary buffers",
+    "overhead": "CUDA context and allocator",
 }
 CATEGORY_COLORS = {
-    "weights_frozen": "#6c7a89", "weights_trainable": "#2e86de", "gradients": "#10ac84",
-    "optimizer_states": "#f39c12", "activations": "#8e44ad", "logits_loss": "#e74c3c",
-    "transient": "#95a5a6", "overhead": "#34495e",
+    "weights_frozen": "#6c7a89",
+    "weights_trainable": "#2e86de",
+    "gradients": "#10ac84",
+    "optimizer_states": "#f39c12",
+    "activations": "#8e44ad",
+    "logits_loss": "#e74c3c",
+    "transient": "#95a5a6",
+    "overhead": "#34495e",
 }
-VERDICTS = {"fits": ("Fits", "#1e8449"), "tight": ("Tight: under 10% to spare", "#b9770e"),
-            "no": ("Does not fit", "#c0392b")}
+VERDICTS = {
+    "fits": ("Fits", "#1e8449"),
+    "tight": ("Tight: under 10% to spare", "#b9770e"),
+    "no": ("Does not fit", "#c0392b"),
+}
 RAM_TARGET = "ram"
 
 
@@ -107,8 +120,10 @@ class MemoryPanel(QWidget):
         self.target_combo = QComboBox()
         self.target_combo.setObjectName("capacityCombo")
         self.target_combo.setAccessibleName("Memory target")
-        self.target_combo.setToolTip("The memory the run must fit in: your GPU, a common GPU size, or this "
-                                     "computer's RAM when training on the CPU.")
+        self.target_combo.setToolTip(
+            "The memory the run must fit in: your GPU, a common GPU size, or this "
+            "computer's RAM when training on the CPU."
+        )
         top.addWidget(self.target_combo)
         lay.addLayout(top)
         self.bar = MemoryBar()
@@ -145,8 +160,11 @@ class MemoryPanel(QWidget):
             self.target_combo.addItem(f"This GPU: {gpu[1]}", f"gpu:{gpu[0]}")
         for g in COMMON_GPUS_GIB + (48, 80):
             self.target_combo.addItem(f"{g} GiB GPU", f"gpu:{g * GiB}")
-        ram_text = f"This computer's RAM ({ram_bytes / GiB:.1f} GiB), CPU training" if ram_bytes else \
-            "This computer's RAM, CPU training"
+        ram_text = (
+            f"This computer's RAM ({ram_bytes / GiB:.1f} GiB), CPU training"
+            if ram_bytes
+            else "This computer's RAM, CPU training"
+        )
         self.target_combo.addItem(ram_text, RAM_TARGET)
         i = self.target_combo.findData(current) if current else -1
         if i < 0:
@@ -177,17 +195,27 @@ class MemoryPanel(QWidget):
         total = est.total_bytes
         self.estimate_label.setText(
             f"Estimated peak: <b>{fmt_gib(total)} GiB</b> of {capacity / GiB:.1f} GiB ({where})"
-            + (f" <span style='color:gray'>{note}</span>" if note else ""))
+            + (f" <span style='color:gray'>{note}</span>" if note else "")
+        )
         segs = segments_of(est)
         self.bar.set_data(segs, capacity)
-        self.legend.setText("&nbsp;&nbsp; ".join(
-            f"<span style='color:{CATEGORY_COLORS[c]}'>■</span> {CATEGORY_LABELS[c]} {fmt_gib(b)}"
-            for c, b in segs) + " GiB"
-            + (f"&nbsp;&nbsp; (+ {est.paged_optimizer_states_bytes / GiB:.2f} GiB paged optimizer states in "
-               "CPU memory)" if est.paged_optimizer_states_bytes else ""))
+        self.legend.setText(
+            "&nbsp;&nbsp; ".join(
+                f"<span style='color:{CATEGORY_COLORS[c]}'>■</span> {CATEGORY_LABELS[c]} {fmt_gib(b)}" for c, b in segs
+            )
+            + " GiB"
+            + (
+                f"&nbsp;&nbsp; (+ {est.paged_optimizer_states_bytes / GiB:.2f} GiB paged optimizer states in "
+                "CPU memory)"
+                if est.paged_optimizer_states_bytes
+                else ""
+            )
+        )
         text, color = VERDICTS.get(est.fit or "fits", VERDICTS["fits"])
-        self.verdict.setText(f"<b style='color:{color}'>{text}</b>" + (
-            " Changes that would make it fit:" if est.fit == "no" and est.advice else ""))
+        self.verdict.setText(
+            f"<b style='color:{color}'>{text}</b>"
+            + (" Changes that would make it fit:" if est.fit == "no" and est.advice else "")
+        )
         self._set_advice(est.advice if est.fit != "fits" else [], capacity)
 
     def _set_advice(self, advice, capacity: int) -> None:

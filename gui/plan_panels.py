@@ -97,6 +97,7 @@ class PathRow(QWidget):
 
     def set_recent(self, entries: list[str]) -> None:
         from PySide6.QtWidgets import QMenu
+
         menu = QMenu(self.recent)
         for entry in entries:
             menu.addAction(entry, lambda e=entry: self.recent_chosen.emit(e))
@@ -109,8 +110,9 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         inner = QWidget()
         lay = QVBoxLayout(inner)
-        edit = fields.line("model.name_or_path", "modelPathEdit", "Model",
-                           "Hub id (org/name), model folder, or .gguf file")
+        edit = fields.line(
+            "model.name_or_path", "modelPathEdit", "Model", "Hub id (org/name), model folder, or .gguf file"
+        )
         self.path_row = PathRow(edit, "Choose a model folder or a .gguf file.")
         lay.addWidget(QLabel("<b>Base model</b>"))
         lay.addWidget(self.path_row)
@@ -119,9 +121,16 @@ class ModelPanel(QWidget):
         info = QGroupBox("About this model (from its configuration, no weights loaded)")
         form = QFormLayout(info)
         self.info: dict[str, QLabel] = {}
-        for key, label in (("architecture", "Architecture"), ("params", "Parameters"), ("vocab", "Vocabulary"),
-                           ("hidden", "Hidden size"), ("layers", "Layers"), ("context", "Context length"),
-                           ("tied", "Embeddings and LM head"), ("source", "Loaded from")):
+        for key, label in (
+            ("architecture", "Architecture"),
+            ("params", "Parameters"),
+            ("vocab", "Vocabulary"),
+            ("hidden", "Hidden size"),
+            ("layers", "Layers"),
+            ("context", "Context length"),
+            ("tied", "Embeddings and LM head"),
+            ("source", "Loaded from"),
+        ):
             w = QLabel("–")
             w.setObjectName(f"modelInfo_{key}")
             w.setAccessibleName(label)
@@ -144,12 +153,20 @@ class ModelPanel(QWidget):
 
     def show_summary(self, s) -> None:
         set_error(self.error, None)
-        values = {"architecture": s.architecture, "params": f"{s.params / 1e9:.2f} B" if s.params >= 1e9 else
-                  f"{s.params / 1e6:.1f} M", "vocab": f"{s.vocab:,} tokens", "hidden": f"{s.hidden:,}",
-                  "layers": str(s.layers), "context": f"{s.context:,} tokens" if s.context else "not stated",
-                  "tied": "tied: one shared matrix" if s.tied else "separate matrices (untied)",
-                  "source": {"folder": "a local folder", "hub": "the Hugging Face hub",
-                             "gguf": "a GGUF file (de-quantised once for training)"}.get(s.source, s.source)}
+        values = {
+            "architecture": s.architecture,
+            "params": f"{s.params / 1e9:.2f} B" if s.params >= 1e9 else f"{s.params / 1e6:.1f} M",
+            "vocab": f"{s.vocab:,} tokens",
+            "hidden": f"{s.hidden:,}",
+            "layers": str(s.layers),
+            "context": f"{s.context:,} tokens" if s.context else "not stated",
+            "tied": "tied: one shared matrix" if s.tied else "separate matrices (untied)",
+            "source": {
+                "folder": "a local folder",
+                "hub": "the Hugging Face hub",
+                "gguf": "a GGUF file (de-quantised once for training)",
+            }.get(s.source, s.source),
+        }
         for k, v in values.items():
             self.info[k].setText(v)
 
@@ -164,7 +181,9 @@ class DataPanel(QWidget):
         super().__init__(parent)
         inner = QWidget()
         lay = QVBoxLayout(inner)
-        edit = fields.line("data.path", "datasetPathEdit", "Dataset", "A .jsonl/.json/.csv/.parquet/.txt file or a hub id")
+        edit = fields.line(
+            "data.path", "datasetPathEdit", "Dataset", "A .jsonl/.json/.csv/.parquet/.txt file or a hub id"
+        )
         self.path_row = PathRow(edit, "Choose a data file.")
         lay.addWidget(QLabel("<b>Training data</b>"))
         lay.addWidget(self.path_row)
@@ -172,12 +191,18 @@ class DataPanel(QWidget):
         lay.addWidget(self.error)
         form = QFormLayout()
         form.addRow("Format:", fields.combo("data.format", "dataFormatCombo", "Data format"))
-        form.addRow("Chat template:", fields.editable_combo("data.chat_template", TEMPLATE_LABELS,
-                                                            "chatTemplateCombo", "Chat template"))
-        form.addRow("Max sequence length:", fields.spin("data.max_seq_len", None, 1_048_576, "maxSeqLenSpin",
-                                                        "Maximum sequence length", step=128))
-        form.addRow("Validation share:", fields.dspin("data.val_fraction", None, None, 3, 0.01, "valFractionSpin",
-                                                      "Validation share"))
+        form.addRow(
+            "Chat template:",
+            fields.editable_combo("data.chat_template", TEMPLATE_LABELS, "chatTemplateCombo", "Chat template"),
+        )
+        form.addRow(
+            "Max sequence length:",
+            fields.spin("data.max_seq_len", None, 1_048_576, "maxSeqLenSpin", "Maximum sequence length", step=128),
+        )
+        form.addRow(
+            "Validation share:",
+            fields.dspin("data.val_fraction", None, None, 3, 0.01, "valFractionSpin", "Validation share"),
+        )
         form.addRow("", fields.check("data.packing", "Pack short examples together", "packingCheck"))
         lay.addLayout(form)
         self.summary = QLabel("Choose a dataset to see a preview.")
@@ -190,9 +215,11 @@ class DataPanel(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(140)
         lay.addWidget(self.table)
-        legend = QLabel(f"One example as the model sees it: <span style='{SEGMENT_STYLES['trained']}'>trained "
-                        f"tokens</span>, <span style='{SEGMENT_STYLES['masked']}'>masked (prompt) tokens</span>, "
-                        f"<span style='{SEGMENT_STYLES['cut']}'>cut by the maximum length</span>")
+        legend = QLabel(
+            f"One example as the model sees it: <span style='{SEGMENT_STYLES['trained']}'>trained "
+            f"tokens</span>, <span style='{SEGMENT_STYLES['masked']}'>masked (prompt) tokens</span>, "
+            f"<span style='{SEGMENT_STYLES['cut']}'>cut by the maximum length</span>"
+        )
         legend.setWordWrap(True)
         lay.addWidget(legend)
         self.example = QTextBrowser()
@@ -220,6 +247,7 @@ class DataPanel(QWidget):
         if self.plots_built:
             return
         import pyqtgraph as pg
+
         self.histogram = pg.PlotWidget(background="w")
         self.histogram.setObjectName("lengthHistogram")
         self.histogram.setAccessibleName("Token length histogram")
@@ -228,9 +256,13 @@ class DataPanel(QWidget):
         self.histogram.setMouseEnabled(x=False, y=False)
         self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush="#5dade2", pen="#2874a6")
         self.histogram.addItem(self.bars)
-        self.max_line = pg.InfiniteLine(angle=90, movable=False,
-                                        pen=pg.mkPen("#c0392b", width=2, style=Qt.PenStyle.DashLine),
-                                        label="max {value:.0f}", labelOpts={"position": 0.9, "color": "#c0392b"})
+        self.max_line = pg.InfiniteLine(
+            angle=90,
+            movable=False,
+            pen=pg.mkPen("#c0392b", width=2, style=Qt.PenStyle.DashLine),
+            label="max {value:.0f}",
+            labelOpts={"position": 0.9, "color": "#c0392b"},
+        )
         self.histogram.addItem(self.max_line)
         self.histogram_host.layout().addWidget(self.histogram)
         self.plots_built = True
@@ -257,8 +289,9 @@ class DataPanel(QWidget):
         set_error(self.error, None)
         share = p.trained_tokens / max(1, p.trained_tokens + p.masked_tokens)
         tmpl = f" · template: {p.template_source}" if p.template_source else ""
-        self.summary.setText(f"<b>{p.format}</b> · {p.rows:,} rows{tmpl} · {share:.0%} of tokens trained, the rest "
-                             "masked")
+        self.summary.setText(
+            f"<b>{p.format}</b> · {p.rows:,} rows{tmpl} · {share:.0%} of tokens trained, the rest masked"
+        )
         self.table.clear()
         self.table.setColumnCount(len(p.columns))
         self.table.setRowCount(len(p.table))
@@ -284,6 +317,7 @@ class DataPanel(QWidget):
         if p is None or not p.lengths:
             return
         import numpy as np
+
         lengths = np.asarray(p.lengths)
         hi = max(int(lengths.max()), max_seq_len)
         if self.plots_built:
@@ -293,8 +327,10 @@ class DataPanel(QWidget):
             self.histogram.setYRange(0, counts.max() * 1.1, padding=0)
         cut = int((lengths > max_seq_len).sum())
         share = cut / len(lengths)
-        self.truncation.setText(f"{cut:,} of {len(lengths):,} examples ({share:.1%}) are longer than {max_seq_len:,} "
-                                f"tokens and would be truncated. Longest: {int(lengths.max()):,} tokens.")
+        self.truncation.setText(
+            f"{cut:,} of {len(lengths):,} examples ({share:.1%}) are longer than {max_seq_len:,} "
+            f"tokens and would be truncated. Longest: {int(lengths.max()):,} tokens."
+        )
         self.truncation.setStyleSheet(ERROR_STYLE if cut else "")
 
 
@@ -326,17 +362,26 @@ class TrainingPanel(QWidget):
         form.addRow("Rank:", fields.spin("adapter.r", None, 1024, "loraRankSpin", "LoRA rank"))
         form.addRow("Alpha:", fields.dspin("adapter.alpha", 0.01, 4096, 2, 1.0, "loraAlphaSpin", "LoRA alpha"))
         form.addRow("Dropout:", fields.dspin("adapter.dropout", None, None, 3, 0.01, "loraDropoutSpin", "LoRA dropout"))
-        form.addRow("Target layers:", fields.editable_combo("adapter.target_modules", TARGET_LABELS,
-                                                            "loraTargetsCombo", "LoRA target layers",
-                                                            parse=parse_targets, show=show_targets))
+        form.addRow(
+            "Target layers:",
+            fields.editable_combo(
+                "adapter.target_modules",
+                TARGET_LABELS,
+                "loraTargetsCombo",
+                "LoRA target layers",
+                parse=parse_targets,
+                show=show_targets,
+            ),
+        )
         return lora
 
     def _embeddings_group(self, fields: PlanFields) -> QGroupBox:
         emb = QGroupBox("Token embeddings and LM head")
         form = QFormLayout(emb)
         checks = QHBoxLayout()
-        self.train_embeddings: QCheckBox = fields.check("embeddings.train_embeddings", "Train token embeddings",
-                                                        "trainEmbeddingsCheck")
+        self.train_embeddings: QCheckBox = fields.check(
+            "embeddings.train_embeddings", "Train token embeddings", "trainEmbeddingsCheck"
+        )
         self.train_lm_head: QCheckBox = fields.check("embeddings.train_lm_head", "Train LM head", "trainLmHeadCheck")
         checks.addWidget(self.train_embeddings)
         checks.addWidget(self.train_lm_head)
@@ -348,17 +393,34 @@ class TrainingPanel(QWidget):
         self.tied_note.setStyleSheet("color: #555;")
         form.addRow(self.tied_note)
         form.addRow("Mode:", fields.combo("embeddings.mode", "embeddingsModeCombo", "Embeddings training mode"))
-        form.addRow("Learning rate:", fields.number("embeddings.learning_rate", "embeddingsLrEdit",
-                                                    "Embeddings learning rate", optional=True))
-        form.addRow("Tokens to add:", fields.token_list("embeddings.new_tokens", ints=False,
-                                                        object_name="newTokensEdit", accessible="Tokens to add",
-                                                        placeholder="e.g. <tool_call>, </tool_call>"))
-        form.addRow("Token rows to train:", fields.token_list("embeddings.token_ids", ints=True,
-                                                              object_name="tokenIdsEdit",
-                                                              accessible="Token rows to train",
-                                                              placeholder="token ids; find them by text below"))
-        form.addRow("Untrained-looking rows:", fields.combo("embeddings.init_untrained", "initUntrainedCombo",
-                                                            "Untrained-looking rows"))
+        form.addRow(
+            "Learning rate:",
+            fields.number("embeddings.learning_rate", "embeddingsLrEdit", "Embeddings learning rate", optional=True),
+        )
+        form.addRow(
+            "Tokens to add:",
+            fields.token_list(
+                "embeddings.new_tokens",
+                ints=False,
+                object_name="newTokensEdit",
+                accessible="Tokens to add",
+                placeholder="e.g. <tool_call>, </tool_call>",
+            ),
+        )
+        form.addRow(
+            "Token rows to train:",
+            fields.token_list(
+                "embeddings.token_ids",
+                ints=True,
+                object_name="tokenIdsEdit",
+                accessible="Token rows to train",
+                placeholder="token ids; find them by text below",
+            ),
+        )
+        form.addRow(
+            "Untrained-looking rows:",
+            fields.combo("embeddings.init_untrained", "initUntrainedCombo", "Untrained-looking rows"),
+        )
         self.token_rows = QLabel()
         self.token_rows.setObjectName("tokenRowsLabel")
         self.token_rows.setWordWrap(True)
@@ -383,22 +445,33 @@ class TrainingPanel(QWidget):
         opt = QGroupBox("Optimisation")
         form = QFormLayout(opt)
         form.addRow("Batch size:", fields.spin("training.batch_size", None, 4096, "batchSizeSpin", "Batch size"))
-        form.addRow("Gradient accumulation:", fields.spin("training.grad_accum", None, 4096, "gradAccumSpin",
-                                                          "Gradient accumulation"))
+        form.addRow(
+            "Gradient accumulation:",
+            fields.spin("training.grad_accum", None, 4096, "gradAccumSpin", "Gradient accumulation"),
+        )
         form.addRow("Epochs:", fields.dspin("training.epochs", 0.0, 1000.0, 2, 0.5, "epochsSpin", "Epochs"))
-        form.addRow("Max steps (0 = epochs):", fields.spin("training.max_steps", 0, 10_000_000, "maxStepsSpin",
-                                                           "Maximum steps", special="use epochs"))
+        form.addRow(
+            "Max steps (0 = epochs):",
+            fields.spin("training.max_steps", 0, 10_000_000, "maxStepsSpin", "Maximum steps", special="use epochs"),
+        )
         form.addRow("Learning rate:", fields.number("training.learning_rate", "learningRateEdit", "Learning rate"))
         form.addRow("Schedule:", fields.combo("training.lr_scheduler", "schedulerCombo", "Learning-rate schedule"))
-        form.addRow("Warm-up share:", fields.dspin("training.warmup_ratio", None, None, 3, 0.01, "warmupSpin", "Warm-up"))
-        form.addRow("Weight decay:", fields.dspin("training.weight_decay", 0.0, 10.0, 4, 0.01, "weightDecaySpin",
-                                                  "Weight decay"))
-        form.addRow("Gradient clipping:", fields.dspin("training.max_grad_norm", 0.0, 1000.0, 2, 0.1,
-                                                       "maxGradNormSpin", "Gradient clipping norm"))
+        form.addRow(
+            "Warm-up share:", fields.dspin("training.warmup_ratio", None, None, 3, 0.01, "warmupSpin", "Warm-up")
+        )
+        form.addRow(
+            "Weight decay:",
+            fields.dspin("training.weight_decay", 0.0, 10.0, 4, 0.01, "weightDecaySpin", "Weight decay"),
+        )
+        form.addRow(
+            "Gradient clipping:",
+            fields.dspin("training.max_grad_norm", 0.0, 1000.0, 2, 0.1, "maxGradNormSpin", "Gradient clipping norm"),
+        )
         form.addRow("Optimizer:", fields.combo("training.optimizer", "optimizerCombo", "Optimizer"))
-        form.addRow("", fields.check("training.gradient_checkpointing", "Gradient checkpointing",
-                                     "gradientCheckpointingCheck"))
-        form.addRow("Seed:", fields.spin("training.seed", 0, 2 ** 31 - 1, "seedSpin", "Seed"))
+        form.addRow(
+            "", fields.check("training.gradient_checkpointing", "Gradient checkpointing", "gradientCheckpointingCheck")
+        )
+        form.addRow("Seed:", fields.spin("training.seed", 0, 2**31 - 1, "seedSpin", "Seed"))
         return opt
 
     def _memory_group(self, fields: PlanFields) -> QGroupBox:
@@ -406,27 +479,46 @@ class TrainingPanel(QWidget):
         mem = QGroupBox("Memory")
         form = QFormLayout(mem)
         form.addRow("Loss:", fields.combo("memory.loss", "memoryLossCombo", "Loss computation"))
-        form.addRow("Loss chunk (tokens):", fields.spin("memory.loss_chunk_tokens", None, 1_000_000,
-                                                        "memoryChunkSpin", "Loss chunk tokens"))
-        form.addRow("Matrix precision:", fields.combo("memory.matrix_dtype", "memoryDtypeCombo",
-                                                      "Embedding and head precision"))
-        form.addRow("Matrix optimizer states:", fields.combo("memory.matrix_states", "memoryStatesCombo",
-                                                             "Embedding and head optimizer states"))
-        form.addRow("", fields.check("memory.frozen_copy", "Keep frozen originals of fully trained matrices",
-                                     "memoryFrozenCopyCheck"))
-        form.addRow("", fields.check("memory.fused_step", "Update the matrices inside backward (no clipping)",
-                                     "memoryFusedStepCheck"))
+        form.addRow(
+            "Loss chunk (tokens):",
+            fields.spin("memory.loss_chunk_tokens", None, 1_000_000, "memoryChunkSpin", "Loss chunk tokens"),
+        )
+        form.addRow(
+            "Matrix precision:", fields.combo("memory.matrix_dtype", "memoryDtypeCombo", "Embedding and head precision")
+        )
+        form.addRow(
+            "Matrix optimizer states:",
+            fields.combo("memory.matrix_states", "memoryStatesCombo", "Embedding and head optimizer states"),
+        )
+        form.addRow(
+            "",
+            fields.check(
+                "memory.frozen_copy", "Keep frozen originals of fully trained matrices", "memoryFrozenCopyCheck"
+            ),
+        )
+        form.addRow(
+            "",
+            fields.check(
+                "memory.fused_step", "Update the matrices inside backward (no clipping)", "memoryFusedStepCheck"
+            ),
+        )
         return mem
 
     def _output_group(self, fields: PlanFields) -> QGroupBox:
         ck = QGroupBox("Evaluation, checkpoints and output")
         form = QFormLayout(ck)
-        form.addRow("Evaluate every (steps):", fields.spin("training.eval_every", 0, 10_000_000, "evalEverySpin",
-                                                           "Evaluate every", special="never"))
-        form.addRow("Save every (steps):", fields.spin("training.save_every", 0, 10_000_000, "saveEverySpin",
-                                                       "Save every", special="never"))
-        form.addRow("Checkpoints kept:", fields.spin("training.save_total_limit", None, 1000, "saveLimitSpin",
-                                                     "Checkpoints kept"))
+        form.addRow(
+            "Evaluate every (steps):",
+            fields.spin("training.eval_every", 0, 10_000_000, "evalEverySpin", "Evaluate every", special="never"),
+        )
+        form.addRow(
+            "Save every (steps):",
+            fields.spin("training.save_every", 0, 10_000_000, "saveEverySpin", "Save every", special="never"),
+        )
+        form.addRow(
+            "Checkpoints kept:",
+            fields.spin("training.save_total_limit", None, 1000, "saveLimitSpin", "Checkpoints kept"),
+        )
         out = fields.line("output.dir", "outputDirEdit", "Output folder")
         row = QHBoxLayout()
         row.addWidget(out, 1)
@@ -439,8 +531,11 @@ class TrainingPanel(QWidget):
         return ck
 
     def show_tied(self, tied: bool | None) -> None:
-        self.tied_note.setText("This model ties its embeddings and LM head: they are one matrix, so both boxes "
-                               "train it once." if tied else "")
+        self.tied_note.setText(
+            "This model ties its embeddings and LM head: they are one matrix, so both boxes train it once."
+            if tied
+            else ""
+        )
         self.tied_note.setVisible(bool(tied))
 
     def show_token_results(self, results: list[tuple[int, str]]) -> None:

@@ -39,10 +39,12 @@ class TrainingProtocol(ChildProtocol):
 
     def unexpected_end(self, code, tail, cancelled):
         last = "\n".join(tail)
-        return ev.Failed(message=f"The training process ended unexpectedly ({exit_description(code)})."
-                                 + (f" Its last output:\n{last}" if last else "")
-                                 + "\nThe last checkpoint, if any, is kept; Resume continues from it.",
-                         error_type="ProcessError")
+        return ev.Failed(
+            message=f"The training process ended unexpectedly ({exit_description(code)})."
+            + (f" Its last output:\n{last}" if last else "")
+            + "\nThe last checkpoint, if any, is kept; Resume continues from it.",
+            error_type="ProcessError",
+        )
 
 
 def train_args(plan_file: str | None, resume_dir: str | None) -> list[str]:
@@ -80,9 +82,14 @@ class ExportProtocol(ChildProtocol):
         if "progress" in data:
             return PROGRESS, ExportProgressed(float(data["progress"]), str(data.get("message", "")))
         if "path" in data:
-            return RESULT, ExportDone(path=data["path"], format=data["format"], seconds=float(data["seconds"]),
-                                      peak_rss_bytes=int(data["peak_rss_bytes"]),
-                                      files=tuple(data.get("files", ())), notes=tuple(data.get("notes", ())))
+            return RESULT, ExportDone(
+                path=data["path"],
+                format=data["format"],
+                seconds=float(data["seconds"]),
+                peak_rss_bytes=int(data["peak_rss_bytes"]),
+                files=tuple(data.get("files", ())),
+                notes=tuple(data.get("notes", ())),
+            )
         return super().decode(data)
 
     def ended(self, code, succeeded):
@@ -95,17 +102,22 @@ class ExportProtocol(ChildProtocol):
         if cancelled:
             return ev.Failed(message="Export cancelled; nothing was written.", error_type="Cancelled")
         last = "\n".join(tail)
-        return ev.Failed(message=f"The export process ended unexpectedly ({exit_description(code)}); nothing was "
-                                 "written." + (f" Its last output:\n{last}" if last else ""), error_type="ProcessError")
+        return ev.Failed(
+            message=f"The export process ended unexpectedly ({exit_description(code)}); nothing was "
+            "written." + (f" Its last output:\n{last}" if last else ""),
+            error_type="ProcessError",
+        )
 
 
 # -- system check -----------------------------------------------------------------------------
 def report_from_dict(d: dict[str, Any]):
     """A ``doctor.Report`` from ``headtune doctor --json``."""
     from headtune.core.tools.doctor import Check, Gpu, Report
+
     fields = {k: v for k, v in d.items() if k not in ("ok", "summary", "gpus", "checks")}
-    return Report(**fields, gpus=[Gpu(**g) for g in d.get("gpus", [])],
-                  checks=[Check(**c) for c in d.get("checks", [])])
+    return Report(
+        **fields, gpus=[Gpu(**g) for g in d.get("gpus", [])], checks=[Check(**c) for c in d.get("checks", [])]
+    )
 
 
 class DoctorProtocol(ChildProtocol):
@@ -128,12 +140,21 @@ def doctor_args(output_dir: str) -> list[str]:
 def health_from_dict(d: dict[str, Any]):
     """A ``health.HealthReport`` from ``headtune inspect --json`` (JSON keys are strings)."""
     from headtune.core.tools.health import FlaggedRow, HealthReport, TemplateReport
+
     ints = lambda m: {int(k): v for k, v in (m or {}).items()}  # noqa: E731
     template = TemplateReport(**d["template"]) if d.get("template") else None
-    return HealthReport(model=d["model"], vocab=d["vocab"], tied=d["tied"],
-                        flagged=[FlaggedRow(**r) for r in d["flagged"]], template_counts=ints(d["template_counts"]),
-                        data_counts=ints(d["data_counts"]), data_trained_counts=ints(d["data_trained_counts"]),
-                        verdict=d["verdict"], recommendation=d["recommendation"], template=template)
+    return HealthReport(
+        model=d["model"],
+        vocab=d["vocab"],
+        tied=d["tied"],
+        flagged=[FlaggedRow(**r) for r in d["flagged"]],
+        template_counts=ints(d["template_counts"]),
+        data_counts=ints(d["data_counts"]),
+        data_trained_counts=ints(d["data_trained_counts"]),
+        verdict=d["verdict"],
+        recommendation=d["recommendation"],
+        template=template,
+    )
 
 
 class HealthProtocol(ChildProtocol):
@@ -151,8 +172,16 @@ class HealthProtocol(ChildProtocol):
 def inspect_args(model: str, data_spec=None) -> list[str]:
     args = ["inspect", model, "--json"]
     if data_spec is not None:
-        args += ["--data", data_spec.path, "--format", data_spec.format, "--chat-template",
-                 str(data_spec.chat_template), "--max-seq-len", str(data_spec.max_seq_len)]
+        args += [
+            "--data",
+            data_spec.path,
+            "--format",
+            data_spec.format,
+            "--chat-template",
+            str(data_spec.chat_template),
+            "--max-seq-len",
+            str(data_spec.max_seq_len),
+        ]
     return headtune_command(args)
 
 

@@ -38,6 +38,7 @@ SMOOTHING = 0.9  # weight of the exponential moving average drawn over the raw l
 
 def _plot(name: str, accessible: str, left: str, bottom: str):
     import pyqtgraph as pg
+
     w = pg.PlotWidget(background="w")
     w.setObjectName(name)
     w.setAccessibleName(accessible)
@@ -53,7 +54,7 @@ def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
     out, s = [], 0.0
     for i, v in enumerate(values, 1):
         s = weight * s + (1 - weight) * v
-        out.append(s / (1 - weight ** i))
+        out.append(s / (1 - weight**i))
     return out
 
 
@@ -126,14 +127,25 @@ class RunPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         buttons = QHBoxLayout()
-        self.start_button = self._button("startButton", "Start training", "Start",
-                                         "Start a new run with this plan.")
-        self.stop_button = self._button("stopButton", "Stop training", "Stop",
-                                        "Stop after the current step: a checkpoint and the adapter are saved.")
-        self.resume_button = self._button("resumeButton", "Resume run", "Resume",
-                                          "Continue the selected run (or the last one) from its newest checkpoint.")
-        self.export_button = self._button("exportButton", "Export model", "Export…",
-                                          "Export the selected run (or the last one): adapter, merged model, or GGUF.")
+        self.start_button = self._button("startButton", "Start training", "Start", "Start a new run with this plan.")
+        self.stop_button = self._button(
+            "stopButton",
+            "Stop training",
+            "Stop",
+            "Stop after the current step: a checkpoint and the adapter are saved.",
+        )
+        self.resume_button = self._button(
+            "resumeButton",
+            "Resume run",
+            "Resume",
+            "Continue the selected run (or the last one) from its newest checkpoint.",
+        )
+        self.export_button = self._button(
+            "exportButton",
+            "Export model",
+            "Export…",
+            "Export the selected run (or the last one): adapter, merged model, or GGUF.",
+        )
         self.start_button.setDefault(True)
         self.stop_button.setEnabled(False)
         self.resume_button.setEnabled(False)
@@ -174,8 +186,12 @@ class RunPanel(QWidget):
         self.runs_list.itemDoubleClicked.connect(self._on_runs_list_activated)
         rl.addWidget(self.runs_list)
         row = QHBoxLayout()
-        self.open_run_button = self._button("openRunButton", "Show the selected run's plots", "Show plots",
-                                            "Show the loss and memory plots of the selected run.")
+        self.open_run_button = self._button(
+            "openRunButton",
+            "Show the selected run's plots",
+            "Show plots",
+            "Show the loss and memory plots of the selected run.",
+        )
         self.open_run_button.clicked.connect(lambda: self._on_runs_list_activated(self.runs_list.currentItem()))
         refresh = self._button("refreshRunsButton", "Refresh the runs list", "Refresh", "Look for runs again.")
         refresh.clicked.connect(self.refresh_runs)
@@ -214,24 +230,32 @@ class RunPanel(QWidget):
         if self.plots_built:
             return
         import pyqtgraph as pg
+
         self.loss_plot = _plot("lossPlot", "Loss plot", "loss", "step")
         self.loss_raw = self.loss_plot.plot([], [], pen=pg.mkPen("#9ecae1", width=1), name="train loss")
         self.loss_smooth = self.loss_plot.plot([], [], pen=pg.mkPen("#08519c", width=2), name="smoothed")
-        self.loss_eval = self.loss_plot.plot([], [], pen=pg.mkPen("#e6550d", width=2), symbol="o", symbolSize=7,
-                                             symbolBrush="#e6550d", name="eval loss")
+        self.loss_eval = self.loss_plot.plot(
+            [], [], pen=pg.mkPen("#e6550d", width=2), symbol="o", symbolSize=7, symbolBrush="#e6550d", name="eval loss"
+        )
         self.lr_plot = _plot("lrPlot", "Learning rate plot", "learning rate", "step")
         self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen("#31a354", width=2), name="learning rate")
         self.memory_plot = _plot("memoryPlot", "Memory plot", "GiB", "seconds")
         self.mem_rss = self.memory_plot.plot([], [], pen=pg.mkPen("#756bb1", width=2), name="process RSS")
         self.mem_alloc = self.memory_plot.plot([], [], pen=pg.mkPen("#e6550d", width=2), name="CUDA allocated")
         self.mem_reserved = self.memory_plot.plot([], [], pen=pg.mkPen("#fdae6b", width=2), name="CUDA reserved")
-        self.estimate_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#c0392b", width=1.5,
-                                                                                 style=Qt.PenStyle.DashLine),
-                                             label="estimate {value:.2f} GiB",
-                                             labelOpts={"position": 0.1, "color": "#c0392b"})
+        self.estimate_line = pg.InfiniteLine(
+            angle=0,
+            movable=False,
+            pen=pg.mkPen("#c0392b", width=1.5, style=Qt.PenStyle.DashLine),
+            label="estimate {value:.2f} GiB",
+            labelOpts={"position": 0.1, "color": "#c0392b"},
+        )
         self.memory_plot.addItem(self.estimate_line)
-        for host, plot in ((self.loss_tab, self.loss_plot), (self.lr_tab, self.lr_plot),
-                           (self.memory_tab, self.memory_plot)):
+        for host, plot in (
+            (self.loss_tab, self.loss_plot),
+            (self.lr_tab, self.lr_plot),
+            (self.memory_tab, self.memory_plot),
+        ):
             host.layout().addWidget(plot)
         self.plots_built = True
         self._show_estimate_line()
@@ -278,8 +302,9 @@ class RunPanel(QWidget):
         eta = ""
         if e.step > s0 and left > 0:
             eta = f" · ETA {_duration((e.time - t0) / (e.step - s0) * left)}"
-        self.progress.setFormat(f"Step {e.step} / {e.total_steps} · loss {e.loss:.4f} · "
-                                f"{e.tokens_per_s:,.0f} tokens/s{eta}")
+        self.progress.setFormat(
+            f"Step {e.step} / {e.total_steps} · loss {e.loss:.4f} · {e.tokens_per_s:,.0f} tokens/s{eta}"
+        )
 
     def log(self, text: str) -> None:
         self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
@@ -329,8 +354,10 @@ class RunPanel(QWidget):
             total = max(1, summary.total_steps)
             self.progress.setRange(0, total)
             self.progress.setValue(min(summary.step, total))
-            self.progress.setFormat(f"{Path(run_dir).name}: {summary.state} at step {summary.step} / "
-                                    f"{summary.total_steps}" + (f" · loss {last_step.loss:.4f}" if last_step else ""))
+            self.progress.setFormat(
+                f"{Path(run_dir).name}: {summary.state} at step {summary.step} / "
+                f"{summary.total_steps}" + (f" · loss {last_step.loss:.4f}" if last_step else "")
+            )
         self._redraw_if_dirty()
         return n
 
@@ -357,7 +384,9 @@ class RunPanel(QWidget):
         for s in found:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else ""
             loss = f", eval loss {s.eval_loss:.4f}" if s.eval_loss is not None else ""
-            item = QListWidgetItem(f"{Path(s.path).name}  ·  {s.state} at step {s.step}/{s.total_steps}{loss}  ·  {when}")
+            item = QListWidgetItem(
+                f"{Path(s.path).name}  ·  {s.state} at step {s.step}/{s.total_steps}{loss}  ·  {when}"
+            )
             item.setData(Qt.ItemDataRole.UserRole, s.path)
             item.setToolTip(s.message or s.path)
             self.runs_list.addItem(item)

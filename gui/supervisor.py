@@ -50,9 +50,12 @@ def exit_description(code: int) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        why = {"SIGKILL": "killed, often by the system when memory runs out",
-               "SIGSEGV": "a crash in native code (a GPU or quantisation library)",
-               "SIGABRT": "aborted by native code", "SIGBUS": "a crash in native code"}.get(name, "")
+        why = {
+            "SIGKILL": "killed, often by the system when memory runs out",
+            "SIGSEGV": "a crash in native code (a GPU or quantisation library)",
+            "SIGABRT": "aborted by native code",
+            "SIGBUS": "a crash in native code",
+        }.get(name, "")
         return f"{name}{': ' + why if why else ''}"
     return f"exit code {code}"
 
@@ -76,11 +79,11 @@ def json_objects(text: str):
 class ChildProtocol:
     """How one sub-command speaks. Subclasses turn its JSON objects into typed events."""
 
-    what = "child"             # in messages: "The {what} process ended unexpectedly"
+    what = "child"  # in messages: "The {what} process ended unexpectedly"
     stop_line: str | None = None  # written to stdin to stop; None: stdin is closed instead
-    document = False           # True: the whole stdout is one (pretty-printed) JSON document
-    keep_stdin = False         # True: stdin stays open for requests (send) until stop
-    lower_priority = False     # True: the child runs a notch below the window
+    document = False  # True: the whole stdout is one (pretty-printed) JSON document
+    keep_stdin = False  # True: stdin stays open for requests (send) until stop
+    lower_priority = False  # True: the child runs a notch below the window
 
     def decode(self, data: dict[str, Any]) -> tuple[str, Any] | None:
         """(PROGRESS | RESULT | FAILURE, event) for one JSON object, or None to ignore it."""
@@ -94,8 +97,11 @@ class ChildProtocol:
 
     def unexpected_end(self, code: int, tail: list[str], cancelled: bool) -> ev.Failed:
         last = "\n".join(tail)
-        return ev.Failed(message=f"The {self.what} process ended unexpectedly ({exit_description(code)})."
-                                 + (f" Its last output:\n{last}" if last else ""), error_type="ProcessError")
+        return ev.Failed(
+            message=f"The {self.what} process ended unexpectedly ({exit_description(code)})."
+            + (f" Its last output:\n{last}" if last else ""),
+            error_type="ProcessError",
+        )
 
     def ended(self, code: int, succeeded: bool) -> None:
         """Runs on the worker thread once the child has exited (clean-up of what it left)."""
@@ -107,7 +113,7 @@ class Supervisor(QObject):
 
     progressed = Signal(object)
     completed = Signal(object)
-    failed = Signal(object)       # events.Failed
+    failed = Signal(object)  # events.Failed
     finished = Signal()
 
     def __init__(self, command: list[str], protocol: ChildProtocol, temp_files: tuple[str, ...] = ()):
@@ -151,6 +157,7 @@ class Supervisor(QObject):
                 proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.kill()
+
         threading.Thread(target=wait_then_kill, daemon=True).start()
 
     def kill(self) -> None:
@@ -194,8 +201,11 @@ class Supervisor(QObject):
             self._supervise()
         except Exception as exc:
             traceback.print_exc()
-            self.failed.emit(ev.Failed(message=f"The {self.protocol.what} process could not run: {exc}",
-                                       error_type=type(exc).__name__))
+            self.failed.emit(
+                ev.Failed(
+                    message=f"The {self.protocol.what} process could not run: {exc}", error_type=type(exc).__name__
+                )
+            )
         finally:
             for path in self.temp_files:
                 Path(path).unlink(missing_ok=True)
@@ -207,9 +217,18 @@ class Supervisor(QObject):
         with self._lock:
             if self._killed.is_set():
                 return None
-            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                                          bufsize=1, env=env, creationflags=flags)
+            self._proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                env=env,
+                creationflags=flags,
+            )
             self.pid = self._proc.pid
             try:
                 for text in self._pending:
@@ -283,6 +302,7 @@ def lower_priority(pid: int) -> None:
     benchmarks/window.py). Done before the child starts its worker threads, which inherit it."""
     try:
         import psutil
+
         child = psutil.Process(pid)
         if sys.platform == "win32":
             child.nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)

@@ -30,6 +30,7 @@ def transformers_ready() -> None:
     module and fail with "cannot import name 'AutoConfig' from 'transformers'"."""
     with _IMPORT_LOCK:
         import transformers
+
         for name in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"):
             getattr(transformers, name)
 
@@ -158,4 +159,5 @@ def _after_transformers_ready(fn):
     def run():
         transformers_ready()
         return fn()
+
     return run

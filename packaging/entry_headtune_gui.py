@@ -6,4 +6,5 @@ import sys
 if __name__ == "__main__":
     multiprocessing.freeze_support()
     from headtune.gui.app import main
+
     sys.exit(main())

@@ -46,5 +46,7 @@ def alpaca_file(tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HEADTUNE_CACHE", os.environ.get("HEADTUNE_TEST_CACHE") or
-                       str(tmp_path_factory.getbasetemp() / "headtune-cache"))
+    monkeypatch.setenv(
+        "HEADTUNE_CACHE",
+        os.environ.get("HEADTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "headtune-cache"),
+    )

@@ -10,12 +10,17 @@ CHATML = (
     "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-WORDS = ("the a model learns to answer short questions about colours numbers animals and places with one "
-         "clear sentence red blue green cat dog bird one two three four five paris rome tokyo river hill").split()
+WORDS = (
+    "the a model learns to answer short questions about colours numbers animals and places with one "
+    "clear sentence red blue green cat dog bird one two three four five paris rome tokyo river hill"
+).split()
 
 ALPACA_ROWS = [
-    {"instruction": f"Name colour number {i}.", "input": "" if i % 3 else "Be brief.",
-     "output": f"Colour {i} is {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}."}
+    {
+        "instruction": f"Name colour number {i}.",
+        "input": "" if i % 3 else "Be brief.",
+        "output": f"Colour {i} is {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}.",
+    }
     for i in range(40)
 ]
 
@@ -29,19 +34,22 @@ def build_tokenizer(folder: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     corpus = [" ".join(WORDS)] * 5 + [json.dumps(r) for r in ALPACA_ROWS]
     tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     fast.chat_template = CHATML
     fast.save_pretrained(folder)
     return folder
 
 
-def build_model(folder: Path, tokenizer_dir: Path, vocab_size: int, tied: bool, hidden: int = 64,
-                layers: int = 2, seed: int = 0) -> Path:
+def build_model(
+    folder: Path, tokenizer_dir: Path, vocab_size: int, tied: bool, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> Path:
     """A tiny Llama. The default width keeps every linear layer within what all of bitsandbytes'
     4-bit CPU kernels take (in features a multiple of 64, out features of 32)."""
     import shutil
@@ -50,10 +58,19 @@ def build_model(folder: Path, tokenizer_dir: Path, vocab_size: int, tied: bool, 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=tied,
-                         bos_token_id=0, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tied,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     for f in Path(tokenizer_dir).iterdir():
@@ -73,8 +90,15 @@ def plan_dict(model_path: Path, data_path: Path, out: Path, **sections) -> dict:
         "model": {"name_or_path": str(model_path), "dtype": "float32"},
         "data": {"path": str(data_path), "max_seq_len": 64, "val_fraction": 0.1},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "training": {"batch_size": 2, "max_steps": 3, "learning_rate": 1e-2, "eval_every": 0, "save_every": 0,
-                     "warmup_ratio": 0.0, "lr_scheduler": "constant"},
+        "training": {
+            "batch_size": 2,
+            "max_steps": 3,
+            "learning_rate": 1e-2,
+            "eval_every": 0,
+            "save_every": 0,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+        },
         "output": {"dir": str(out)},
     }
     for key, value in sections.items():

@@ -21,20 +21,24 @@ def test_import_contracts_hold():
 
 
 def test_importing_core_loads_no_qt():
-    code = ("import sys; import headtune.core.cli, headtune.core.training.job, headtune.core.training.trainer, "
-            "headtune.core.data.examples, headtune.core.model.sources, headtune.core.training.trained, "
-            "headtune.core.tools.demo, headtune.core.tools.export, headtune.core.estimate; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import headtune.core.cli, headtune.core.training.job, headtune.core.training.trainer, "
+        "headtune.core.data.examples, headtune.core.model.sources, headtune.core.training.trained, "
+        "headtune.core.tools.demo, headtune.core.tools.export, headtune.core.estimate; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_headless_sub_commands_do_not_load_qt():
     """The `headtune` program hands sub-commands to the core command line before Qt loads."""
-    code = ("import sys; from headtune.gui.launcher import main; code = main(['estimate', '--demo', '--json']); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')]; "
-            "print('QT', bad, file=sys.stderr); sys.exit(3 if bad else code)")
+    code = (
+        "import sys; from headtune.gui.launcher import main; code = main(['estimate', '--demo', '--json']); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')]; "
+        "print('QT', bad, file=sys.stderr); sys.exit(3 if bad else code)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '"total_bytes"' in proc.stdout
@@ -44,7 +48,9 @@ def test_installed_as_one_import_package():
     import headtune.core
     import headtune.gui
     import headtune.resources
+
     assert Path(headtune.core.__file__).parent.name in ("core",)
     from importlib import resources
+
     assert resources.files("headtune.resources").joinpath("demo/demo_plan.yaml").is_file()
     assert resources.files("headtune.resources").joinpath("demo/demo_dataset.jsonl").is_file()

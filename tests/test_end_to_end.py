@@ -17,9 +17,24 @@ pytestmark = pytest.mark.slow
 
 def test_demo_run_lowers_validation_loss(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["train", "--demo", "--set", f"output.dir={out}", "--set", "training.max_steps=12",
-                 "--set", "training.batch_size=4", "--set", "training.eval_every=12",
-                 "--set", "training.save_every=0", "--set", "data.val_fraction=0.05"])
+    code = main(
+        [
+            "train",
+            "--demo",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            "training.max_steps=12",
+            "--set",
+            "training.batch_size=4",
+            "--set",
+            "training.eval_every=12",
+            "--set",
+            "training.save_every=0",
+            "--set",
+            "data.val_fraction=0.05",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     evals = [e for e in events if e["type"] == "eval"]
@@ -36,10 +51,26 @@ def test_demo_with_a_new_token_exports_to_gguf_and_generates(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from headtune.core.tools.export import export_run
+
     run = tmp_path / "demo"
-    code = main(["train", "--demo", "--set", f"output.dir={run}", "--set", "training.max_steps=2",
-                 "--set", "training.batch_size=2", "--set", "training.eval_every=0", "--set", "training.save_every=0",
-                 "--set", "embeddings.new_tokens=['<headtune_answer>']"])
+    code = main(
+        [
+            "train",
+            "--demo",
+            "--set",
+            f"output.dir={run}",
+            "--set",
+            "training.max_steps=2",
+            "--set",
+            "training.batch_size=2",
+            "--set",
+            "training.eval_every=0",
+            "--set",
+            "training.save_every=0",
+            "--set",
+            "embeddings.new_tokens=['<headtune_answer>']",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     out = tmp_path / "gguf"
     result = export_run(run, "gguf", out, gguf_type="q8_0")
@@ -50,8 +81,12 @@ def test_demo_with_a_new_token_exports_to_gguf_and_generates(tmp_path, capsys):
     assert tok("x <headtune_answer> y", add_special_tokens=False)["input_ids"].count(new_id) == 1  # never split
     model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model-q8_0.gguf", dtype=torch.float32)
     assert model.get_input_embeddings().weight.shape[0] == 49153
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is Headtune?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is Headtune?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     gen = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    text = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(text.split()) >= 3, text  # a real model writes words

@@ -30,6 +30,7 @@ DESKTOP = PACKAGING / f"{APP_ID}.desktop"
 METAINFO = PACKAGING / f"{APP_ID}.metainfo.xml"
 ICON_SIZES = [16, 24, 32, 48, 64, 128, 256, 512]
 
+
 def _load_desktop_module():
     """packaging/desktop.py (a build helper, not part of the installed package)."""
     spec = importlib.util.spec_from_file_location("headtune_packaging_desktop", PACKAGING / "desktop.py")
@@ -44,8 +45,9 @@ desktop = _load_desktop_module()
 def _validator(tool: str, package: str) -> str | None:
     path = shutil.which(tool)
     if path is None:
-        warnings.warn(f"{tool} is not installed (Debian package {package}): only the structural check ran",
-                      stacklevel=2)
+        warnings.warn(
+            f"{tool} is not installed (Debian package {package}): only the structural check ran", stacklevel=2
+        )
     return path
 
 
@@ -133,8 +135,23 @@ def test_wheel_ships_every_module_and_the_icons(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("core", "gui", "resources"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0 and "No module named" in proc.stderr and "setuptools" in proc.stderr:
         pytest.fail("setuptools is needed to build the wheel: " + proc.stderr[-500:])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -143,8 +160,11 @@ def test_wheel_ships_every_module_and_the_icons(tmp_path):
     assert f"headtune/resources/icons/{APP_ID}.svg" in names
     assert {f"headtune/resources/icons/{APP_ID}-{s}.png" for s in ICON_SIZES} <= names
     assert "headtune/resources/demo/demo_plan.yaml" in names
-    modules = {f"headtune/{p.relative_to(ROOT).as_posix()}" for folder in ("core", "gui")
-               for p in (ROOT / folder).rglob("*.py")}
+    modules = {
+        f"headtune/{p.relative_to(ROOT).as_posix()}"
+        for folder in ("core", "gui")
+        for p in (ROOT / folder).rglob("*.py")
+    }
     assert modules <= names, sorted(modules - names)
 
 
@@ -161,11 +181,16 @@ def test_frozen_window_runs_sub_commands_with_the_console_program(tmp_path, monk
     """In the bundle the window (`headtune-gui`) starts training as `headtune train ...`: the
     console program next to it, since `headtune-gui` itself only opens the window."""
     from headtune.gui.workers import train_command
+
     for name in ("headtune", "headtune-gui"):
         (tmp_path / name).write_text("")
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "headtune-gui"))
-    assert train_command(["train", "--events-json", "p.yaml"]) == [str(tmp_path / "headtune"), "train",
-                                                                   "--events-json", "p.yaml"]
+    assert train_command(["train", "--events-json", "p.yaml"]) == [
+        str(tmp_path / "headtune"),
+        "train",
+        "--events-json",
+        "p.yaml",
+    ]
     monkeypatch.setattr(sys, "executable", str(tmp_path / "headtune"))
     assert train_command(["train"])[0] == str(tmp_path / "headtune")

@@ -62,8 +62,15 @@ def main() -> int:
     save(w.grab(), "empty")
     w.close()
 
-    plan = demo_plan([f"output.dir={tmp / 'demo'}", "training.batch_size=4", "training.max_steps=16",
-                      "training.eval_every=4", "training.save_every=0"])
+    plan = demo_plan(
+        [
+            f"output.dir={tmp / 'demo'}",
+            "training.batch_size=4",
+            "training.max_steps=16",
+            "training.eval_every=4",
+            "training.save_every=0",
+        ]
+    )
     w = window(plan)
     wait(app, lambda: w.data_panel.preview is not None and not w.threads.running())
     w.plan_tabs.setCurrentWidget(w.data_panel)

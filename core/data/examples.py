@@ -94,8 +94,10 @@ def prepare(spec, tokenizer, seed: int) -> PreparedData:
     examples, fmt = load_examples(spec.path, spec.format)
     template, template_source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
     if fmt != "text" and not getattr(tokenizer, "is_fast", False):
-        raise DataError("This model's tokenizer has no fast (Rust) version, which Headtune needs to tell the "
-                        "assistant's tokens from the prompt's. Use a model whose repository has tokenizer.json.")
+        raise DataError(
+            "This model's tokenizer has no fast (Rust) version, which Headtune needs to tell the "
+            "assistant's tokens from the prompt's. Use a model whose repository has tokenizer.json."
+        )
     name = Path(spec.path).name
     features, truncated, skipped = [], 0, 0
     for ex in examples:
@@ -106,12 +108,21 @@ def prepare(spec, tokenizer, seed: int) -> PreparedData:
             continue
         features.append(f)
     if not features:
-        raise DataError(f"No example in {name} has a trained token within data.max_seq_len="
-                        f"{spec.max_seq_len}; raise data.max_seq_len.")
+        raise DataError(
+            f"No example in {name} has a trained token within data.max_seq_len="
+            f"{spec.max_seq_len}; raise data.max_seq_len."
+        )
     train_idx, val_idx = split_indices(len(features), spec.val_fraction, seed)
     train, val = [features[i] for i in train_idx], [features[i] for i in val_idx]
-    stats = DataStats(format=fmt, rows=len(examples), train_examples=len(train), val_examples=len(val),
-                      truncated=truncated, skipped_no_labels=skipped, template_source=template_source)
+    stats = DataStats(
+        format=fmt,
+        rows=len(examples),
+        train_examples=len(train),
+        val_examples=len(val),
+        truncated=truncated,
+        skipped_no_labels=skipped,
+        template_source=template_source,
+    )
     for f in features:
         n_trained = sum(1 for x in f["labels"] if x != IGNORE_INDEX)
         stats.trained_tokens += n_trained
@@ -130,6 +141,7 @@ class Collator:
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
+
         width = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)

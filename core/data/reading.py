@@ -20,8 +20,16 @@ IGNORE_INDEX = -100
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "model": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+}
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Example:
 
 # -- reading -----------------------------------------------------------------------------
 
+
 def _where(path: Path, line: int, unit: str = "line") -> str:
     return f"{path.name}, {unit} {line}"
 
@@ -51,17 +60,26 @@ def read_rows(path_or_id: str) -> tuple[list[Row], str]:
     suffix = path.suffix.lower()
     if path.is_file():
         if suffix not in FILE_SUFFIXES:
-            raise DataError(f"{path} has the extension {suffix or '(none)'}, which Headtune does not read. "
-                            f"Use one of {', '.join(FILE_SUFFIXES)}.")
+            raise DataError(
+                f"{path} has the extension {suffix or '(none)'}, which Headtune does not read. "
+                f"Use one of {', '.join(FILE_SUFFIXES)}."
+            )
         try:
-            reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-                      ".parquet": _read_parquet, ".txt": _read_txt}[suffix]
+            reader = {
+                ".jsonl": _read_jsonl,
+                ".json": _read_json,
+                ".csv": _read_csv,
+                ".parquet": _read_parquet,
+                ".txt": _read_txt,
+            }[suffix]
             return reader(path)
         except PermissionError:
             raise DataError(f"{path} cannot be read: permission denied.") from None
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path} is not a UTF-8 text file (byte {exc.start} cannot be decoded), so it "
-                            f"cannot be a {suffix} file.") from None
+            raise DataError(
+                f"{path} is not a UTF-8 text file (byte {exc.start} cannot be decoded), so it "
+                f"cannot be a {suffix} file."
+            ) from None
     if path.exists():
         raise DataError(f"{path} is a folder; data.path must be a file or a hub dataset id.")
     if suffix in FILE_SUFFIXES or path_or_id.startswith((".", "/", "~")):
@@ -78,8 +96,11 @@ def _read_jsonl(path: Path) -> tuple[list[Row], str]:
             try:
                 rows.append(Row(n, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{_where(path, n)} is not valid JSON ({exc.msg} at column {exc.colno}). "
-                                "Each line of a .jsonl file must be one JSON object.", line=n) from None
+                raise DataError(
+                    f"{_where(path, n)} is not valid JSON ({exc.msg} at column {exc.colno}). "
+                    "Each line of a .jsonl file must be one JSON object.",
+                    line=n,
+                ) from None
     return rows, "line"
 
 
@@ -89,8 +110,9 @@ def _read_json(path: Path) -> tuple[list[Row], str]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         hint = " (it looks like JSON Lines: rename it to .jsonl)" if text.lstrip().startswith("{") else ""
-        raise DataError(f"{_where(path, exc.lineno)} is not valid JSON ({exc.msg} at column {exc.colno}){hint}.",
-                        line=exc.lineno) from None
+        raise DataError(
+            f"{_where(path, exc.lineno)} is not valid JSON ({exc.msg} at column {exc.colno}){hint}.", line=exc.lineno
+        ) from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -122,8 +144,11 @@ def _read_csv_rows(path: Path) -> tuple[list[Row], str]:
         for row in reader:
             # reader.line_num is the physical line where this record ended.
             if None in row:
-                raise DataError(f"{_where(path, reader.line_num)} has more fields than the header "
-                                f"({len(reader.fieldnames)} columns).", line=reader.line_num)
+                raise DataError(
+                    f"{_where(path, reader.line_num)} has more fields than the header "
+                    f"({len(reader.fieldnames)} columns).",
+                    line=reader.line_num,
+                )
             rows.append(Row(reader.line_num, dict(row)))
     return rows, "line"
 
@@ -131,6 +156,7 @@ def _read_csv_rows(path: Path) -> tuple[list[Row], str]:
 def _read_parquet(path: Path) -> tuple[list[Row], str]:
     try:
         import pyarrow.parquet as pq
+
         table = pq.read_table(path)
     except Exception as exc:
         raise DataError(f"{path} is not a readable Parquet file ({exc.__class__.__name__}: {exc}).") from None
@@ -159,19 +185,25 @@ def _read_txt(path: Path) -> tuple[list[Row], str]:
 def _read_hub(dataset_id: str) -> list[Row]:
     try:
         import datasets
+
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as exc:
         name = type(exc).__name__
         if "Gated" in name or "gated" in str(exc).lower():
-            raise DataError(f"The dataset {dataset_id} is gated: accept its terms on the hub page, then log in "
-                            "with `hf auth login` or set HF_TOKEN.") from None
-        raise DataError(f"The dataset {dataset_id} is neither a local file nor loadable from the hub "
-                        f"({name}: {str(exc).splitlines()[0] if str(exc) else ''}). Check data.path; offline, "
-                        "use a local file.") from None
+            raise DataError(
+                f"The dataset {dataset_id} is gated: accept its terms on the hub page, then log in "
+                "with `hf auth login` or set HF_TOKEN."
+            ) from None
+        raise DataError(
+            f"The dataset {dataset_id} is neither a local file nor loadable from the hub "
+            f"({name}: {str(exc).splitlines()[0] if str(exc) else ''}). Check data.path; offline, "
+            "use a local file."
+        ) from None
     return [Row(i, v) for i, v in enumerate(ds, start=1)]
 
 
 # -- formats -----------------------------------------------------------------------------
+
 
 def detect_format(row: Any) -> str | None:
     if not isinstance(row, dict):
@@ -217,8 +249,10 @@ def to_example(row: Row, fmt: str, where: str) -> Example:
             messages = []
             if isinstance(v.get("system"), str) and v["system"].strip():
                 messages.append({"role": "system", "content": v["system"]})
-            messages += [{"role": "user", "content": user},
-                         {"role": "assistant", "content": _need_str(v, "output", where)}]
+            messages += [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": _need_str(v, "output", where)},
+            ]
             return Example(row.line, messages=messages)
         key = "conversations" if "conversations" in v and "messages" not in v else "messages"
         turns = v.get(key)
@@ -231,14 +265,17 @@ def to_example(row: Row, fmt: str, where: str) -> Example:
             if fmt == "sharegpt":
                 role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
                 if role is None:
-                    raise DataError(f"{where}: turn {i + 1} has from={turn.get('from')!r}; expected one of "
-                                    f"{', '.join(SHAREGPT_ROLES)}.")
+                    raise DataError(
+                        f"{where}: turn {i + 1} has from={turn.get('from')!r}; expected one of "
+                        f"{', '.join(SHAREGPT_ROLES)}."
+                    )
                 content = turn.get("value")
             else:
                 role, content = turn.get("role"), turn.get("content")
                 if role not in ("system", "user", "assistant", "tool"):
-                    raise DataError(f"{where}: turn {i + 1} has role={role!r}; expected system, user, assistant "
-                                    "or tool.")
+                    raise DataError(
+                        f"{where}: turn {i + 1} has role={role!r}; expected system, user, assistant or tool."
+                    )
             if not isinstance(content, str):
                 raise DataError(f"{where}: turn {i + 1} has no text content.")
             messages.append({"role": role, "content": content})
@@ -259,13 +296,16 @@ def load_examples(path_or_id: str, fmt: str = "auto") -> tuple[list[Example], st
     if fmt == "auto":
         fmt = detect_format(rows[0].value) or ""
         if not fmt:
-            keys = ", ".join(map(str, rows[0].value)) if isinstance(rows[0].value, dict) else type(rows[0].value).__name__
-            raise DataError(f"{name}, {unit} {rows[0].line}: cannot tell the format from its fields ({keys}). "
-                            "Expected instruction/output (alpaca), messages (role/content), conversations "
-                            "(from/value) or text; or set data.format.", line=rows[0].line)
+            keys = (
+                ", ".join(map(str, rows[0].value)) if isinstance(rows[0].value, dict) else type(rows[0].value).__name__
+            )
+            raise DataError(
+                f"{name}, {unit} {rows[0].line}: cannot tell the format from its fields ({keys}). "
+                "Expected instruction/output (alpaca), messages (role/content), conversations "
+                "(from/value) or text; or set data.format.",
+                line=rows[0].line,
+            )
     return [to_example(r, fmt, f"{name}, {unit} {r.line}") for r in rows], fmt
 
 
 # -- chat template and tokenisation ------------------------------------------------------
-
-

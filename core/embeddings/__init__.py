@@ -23,8 +23,19 @@ MODE_NAMES: tuple[str, ...] = tuple(MODES)
 # The mode that trains new tokens' rows in a matrix the plan does not train otherwise.
 NEW_ROWS_MODE = tokens.MODE
 
-__all__ = ["ADAPTER", "MODES", "MODE_NAMES", "PLAIN", "ROWS", "Assignment", "MatrixCost", "MatrixFacts", "Mode",
-           "check", "decide"]
+__all__ = [
+    "ADAPTER",
+    "MODES",
+    "MODE_NAMES",
+    "PLAIN",
+    "ROWS",
+    "Assignment",
+    "MatrixCost",
+    "MatrixFacts",
+    "Mode",
+    "check",
+    "decide",
+]
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,14 @@ def check(spec) -> None:
     mode = MODES[spec.mode]
     mode.check(spec)
     if spec.token_ids and not (spec.train_embeddings or spec.train_lm_head):
-        raise PlanError("embeddings.token_ids: rows are listed but neither embeddings.train_embeddings nor "
-                        "embeddings.train_lm_head is on. Tick one of them (with mode tokens).", "embeddings.token_ids")
+        raise PlanError(
+            "embeddings.token_ids: rows are listed but neither embeddings.train_embeddings nor "
+            "embeddings.train_lm_head is on. Tick one of them (with mode tokens).",
+            "embeddings.token_ids",
+        )
     if spec.token_ids and not mode.rows:
-        raise PlanError(f"embeddings.token_ids: rows are listed, but mode is {spec.mode!r}, which trains the whole "
-                        "matrix. Set embeddings.mode to tokens, or clear the list.", "embeddings.token_ids")
+        raise PlanError(
+            f"embeddings.token_ids: rows are listed, but mode is {spec.mode!r}, which trains the whole "
+            "matrix. Set embeddings.mode to tokens, or clear the list.",
+            "embeddings.token_ids",
+        )

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 # How a trained matrix enters the loss when it is the head; the estimate models each path once.
-PLAIN = "plain"      # one dense weight (frozen, or a full trainable copy)
+PLAIN = "plain"  # one dense weight (frozen, or a full trainable copy)
 ADAPTER = "adapter"  # the frozen weight plus a low-rank update: a second output of batch x seq x vocab
-ROWS = "rows"        # selected trainable rows merged into the weight on every forward
+ROWS = "rows"  # selected trainable rows merged into the weight on every forward
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,9 @@ class MatrixFacts:
 
     vocab: int
     hidden: int
-    rank: int        # the plan's LoRA rank
-    rows: int        # rows a row-wise mode trains in this matrix
-    tied: bool       # the matrix is both the embedding and the head
+    rank: int  # the plan's LoRA rank
+    rows: int  # rows a row-wise mode trains in this matrix
+    tied: bool  # the matrix is both the embedding and the head
 
     @property
     def values(self) -> int:

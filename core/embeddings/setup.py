@@ -55,6 +55,7 @@ def init_new_rows(model, tokenizer_len: int, new_ids: list[int], original_len: i
     token can land on an existing, never-trained row: it is reset to the mean as well.
     """
     import torch
+
     if tokenizer_len > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(tokenizer_len, mean_resizing=False)
     added = sorted(i for i in new_ids if i >= original_len)
@@ -75,8 +76,9 @@ def resolve_embeddings(model, spec, new_token_ids: list[int]) -> EmbeddingSetup:
     vocab = model.get_input_embeddings().weight.shape[0]
     bad = [i for i in spec.token_ids if i >= vocab]
     if bad:
-        raise PlanError(f"embeddings.token_ids: {bad[:5]} are outside the vocabulary (size {vocab}).",
-                        "embeddings.token_ids")
+        raise PlanError(
+            f"embeddings.token_ids: {bad[:5]} are outside the vocabulary (size {vocab}).", "embeddings.token_ids"
+        )
     leaves = {"embedding": emb.rsplit(".", 1)[-1], "head": head.rsplit(".", 1)[-1] if head else ""}
     rows = sorted(set(spec.token_ids) | set(new_token_ids))
     # A tied matrix is trained from the embedding side; ensure_weight_tying mirrors it on the head.

@@ -18,9 +18,11 @@ class TokensMode:
 
     def check(self, spec) -> None:
         if (spec.train_embeddings or spec.train_lm_head) and not (spec.token_ids or spec.new_tokens):
-            raise PlanError("embeddings.token_ids: tokens mode trains only listed rows, but none are listed. Add "
-                            "token ids here or strings to embeddings.new_tokens, or choose mode full or lora.",
-                            "embeddings.token_ids")
+            raise PlanError(
+                "embeddings.token_ids: tokens mode trains only listed rows, but none are listed. Add "
+                "token ids here or strings to embeddings.new_tokens, or choose mode full or lora.",
+                "embeddings.token_ids",
+            )
 
     def configure(self, peft_setup, leaf: str, rows: list[int]) -> None:
         peft_setup.token_indices[leaf] = list(rows)

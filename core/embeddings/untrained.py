@@ -23,6 +23,7 @@ PROJECTIONS = 8
 def untrained_rows(weight) -> dict[int, list[str]]:
     """Row ids of ``weight`` (vocab x hidden) that look untrained, with the reasons."""
     import torch
+
     w = weight.detach().float()
     norms = w.norm(dim=1)
     typical = float(norms.median())
@@ -45,6 +46,7 @@ def init_untrained_mean(model) -> list[int]:
     """Set every untrained-looking row (embedding, and head when untied) to the mean of the rows
     not flagged. Returns the ids changed (the union over both matrices)."""
     import torch
+
     changed: set[int] = set()
     layers = [model.get_input_embeddings(), model.get_output_embeddings()]
     seen = set()

@@ -12,12 +12,27 @@ from .advisor import Advice, advisor
 from .breakdown import CATEGORIES, DTYPE_BYTES, Estimate, tensor_peak
 from .device import COMMON_GPUS_GIB, GiB, detect_capacity, fit_verdict, gib, parse_size
 
-__all__ = ["CATEGORIES", "COMMON_GPUS_GIB", "DTYPE_BYTES", "Advice", "Estimate", "GiB", "ModelShape",
-           "detect_capacity", "estimate", "fit_verdict", "gib", "parse_size", "plan_estimate", "read_model_config"]
+__all__ = [
+    "CATEGORIES",
+    "COMMON_GPUS_GIB",
+    "DTYPE_BYTES",
+    "Advice",
+    "Estimate",
+    "GiB",
+    "ModelShape",
+    "detect_capacity",
+    "estimate",
+    "fit_verdict",
+    "gib",
+    "parse_size",
+    "plan_estimate",
+    "read_model_config",
+]
 
 
-def estimate(plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int | None = None,
-             advise: bool = True) -> Estimate:
+def estimate(
+    plan, shape: ModelShape, device: str = "cuda", capacity_bytes: int | None = None, advise: bool = True
+) -> Estimate:
     """Estimate peak training memory of ``plan`` on ``shape``; ``device`` is "cuda" or "cpu".
 
     With ``capacity_bytes`` the estimate says whether it fits and, when it does not (and

@@ -27,8 +27,10 @@ ADVICE_STEPS: list[tuple[dict[str, Any], str]] = [
     ({"memory.frozen_copy": False}, "drop the frozen original beside each matrix trained in full (exact)"),
     ({"memory.matrix_dtype": "model"}, "keep the embedding/head matrices in the model dtype (16-bit master weights)"),
     ({"memory.matrix_states": "8bit"}, "8-bit optimizer states for the embedding/head matrices"),
-    ({"memory.fused_step": True, "training.max_grad_norm": 0.0},
-     "update the embedding/head matrices inside backward, so their gradients never all exist (no clipping)"),
+    (
+        {"memory.fused_step": True, "training.max_grad_norm": 0.0},
+        "update the embedding/head matrices inside backward, so their gradients never all exist (no clipping)",
+    ),
 ]
 
 
@@ -49,7 +51,8 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
             continue
         e = plan.embeddings
         if any(k in change for k in FULL_MATRIX_KEYS) and not (
-                (e.train_embeddings or e.train_lm_head) and e.mode == "full"):
+            (e.train_embeddings or e.train_lm_head) and e.mode == "full"
+        ):
             continue  # these act on matrices trained in full only
         if "memory.fused_step" in change and (plan.training.grad_accum > 1 or plan.model.dtype == "float16"):
             continue  # it would not be exact, so it stays off (core.plan.memory_options.resolve)
@@ -59,8 +62,12 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
         if seq >= 128:
             candidates.append(({"data.max_seq_len": seq}, f"shorter sequences ({seq} tokens)"))
     if B > 1:
-        candidates.append(({"training.batch_size": max(1, B // 2), "training.grad_accum": plan.training.grad_accum * 2},
-                           "half the batch, twice the accumulation (same effective batch)"))
+        candidates.append(
+            (
+                {"training.batch_size": max(1, B // 2), "training.grad_accum": plan.training.grad_accum * 2},
+                "half the batch, twice the accumulation (same effective batch)",
+            )
+        )
     if plan.adapter.r > 8:
         candidates.append(({"adapter.r": plan.adapter.r // 2}, f"LoRA rank {plan.adapter.r // 2}"))
     out, combined = [], {}

@@ -38,8 +38,15 @@ from ..model.shape import ModelShape
 from ..plan.memory_options import Effective, matrix_bytes, resolve
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-CATEGORIES = ("weights_frozen", "weights_trainable", "gradients", "optimizer_states", "activations",
-              "logits_loss", "transient")
+CATEGORIES = (
+    "weights_frozen",
+    "weights_trainable",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "logits_loss",
+    "transient",
+)
 # Below this many values bitsandbytes keeps 32-bit optimizer states.
 BNB_MIN_8BIT_SIZE = 4096
 # bitsandbytes' blockwise 8-bit states: one fp32 absmax per block of this many values.
@@ -75,14 +82,14 @@ class Estimate:
 class _Sizes:
     """The plan's sizes in elements and bytes per element."""
 
-    T: int          # tokens per micro-batch (batch x max_seq_len)
+    T: int  # tokens per micro-batch (batch x max_seq_len)
     V: int
     H: int
     L: int
-    matrix: int     # values of one embedding/head matrix
-    act_b: int      # computation dtype
+    matrix: int  # values of one embedding/head matrix
+    act_b: int  # computation dtype
     frozen_mb: int  # bytes per value of a frozen embedding/head matrix
-    train_mb: int   # bytes per value of a trained copy
+    train_mb: int  # bytes per value of a trained copy
     tied: bool
 
 
@@ -91,7 +98,7 @@ class _Matrices:
     """What the embeddings modes keep, summed over the trained matrices (values)."""
 
     full_roles: list[str] = field(default_factory=list)  # roles trained as full copies
-    dropped_frozen: int = 0   # full copies whose frozen original is dropped
+    dropped_frozen: int = 0  # full copies whose frozen original is dropped
     adapter: int = 0
     shadow: int = 0
     frozen_rows: int = 0
@@ -118,10 +125,17 @@ def _sizes(plan, shape: ModelShape, eff: Effective) -> _Sizes:
     m = plan.model
     kbit = m.quantization != "none"
     # New tokens either land on spare rows or add a few rows (N x hidden): negligible here.
-    return _Sizes(T=plan.training.batch_size * plan.data.max_seq_len, V=shape.vocab, H=shape.hidden, L=shape.layers,
-                  matrix=shape.vocab * shape.hidden, act_b=DTYPE_BYTES[m.dtype],
-                  frozen_mb=matrix_bytes(eff, m.dtype, kbit, trained=False),
-                  train_mb=matrix_bytes(eff, m.dtype, kbit, trained=True), tied=shape.tied)
+    return _Sizes(
+        T=plan.training.batch_size * plan.data.max_seq_len,
+        V=shape.vocab,
+        H=shape.hidden,
+        L=shape.layers,
+        matrix=shape.vocab * shape.hidden,
+        act_b=DTYPE_BYTES[m.dtype],
+        frozen_mb=matrix_bytes(eff, m.dtype, kbit, trained=False),
+        train_mb=matrix_bytes(eff, m.dtype, kbit, trained=True),
+        tied=shape.tied,
+    )
 
 
 def _matrices(plan, shape: ModelShape) -> _Matrices:
@@ -130,8 +144,9 @@ def _matrices(plan, shape: ModelShape) -> _Matrices:
     out = _Matrices(tied=shape.tied)
     for a in decide(e, shape.tied):
         rows = len(e.new_tokens) if a.new_rows_only else len(set(e.token_ids)) + len(e.new_tokens)
-        cost = a.mode.cost(MatrixFacts(vocab=shape.vocab, hidden=shape.hidden, rank=plan.adapter.r, rows=rows,
-                                       tied=shape.tied))
+        cost = a.mode.cost(
+            MatrixFacts(vocab=shape.vocab, hidden=shape.hidden, rank=plan.adapter.r, rows=rows, tied=shape.tied)
+        )
         if cost.full_copy:
             out.full_roles.append(a.role)
             out.dropped_frozen += int(cost.drops_frozen and not plan.memory.frozen_copy)
@@ -200,23 +215,29 @@ def _optimizer(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effecti
     states += adam_bytes(mats.shadow, 4, False) if mats.shadow else 0
     matrix_grads = full_values * s.train_mb
     return _Optimizer(
-        trainable_fp32=trainable_fp32, trainable_params=trainable_fp32 + full_values,
+        trainable_fp32=trainable_fp32,
+        trainable_params=trainable_fp32 + full_values,
         # (token rows also keep a copy of the original rows in the base dtype)
         weights_trainable=trainable_fp32 * 4 + full_values * s.train_mb + mats.frozen_rows * s.frozen_mb,
-        states=states, grads=trainable_fp32 * 4 + matrix_grads + mats.shadow * 4, matrix_grads=matrix_grads,
-        paged=paged, bnb=eight or (eff.matrix_states in ("8bit", "paged_8bit") and has_full))
+        states=states,
+        grads=trainable_fp32 * 4 + matrix_grads + mats.shadow * 4,
+        matrix_grads=matrix_grads,
+        paged=paged,
+        bnb=eight or (eff.matrix_states in ("8bit", "paged_8bit") and has_full),
+    )
 
 
 @dataclass
 class _Activations:
     per_layer_saved: float  # one layer's intermediates (the recomputed layer under checkpointing)
-    checkpoints: float      # one hidden state per layer
-    total: float            # what forward keeps for backward
+    checkpoints: float  # one hidden state per layer
+    total: float  # what forward keeps for backward
 
 
 def _activations(plan, shape: ModelShape, s: _Sizes) -> _Activations:
-    per_layer = s.T * _layer_activation_factor(shape, plan.adapter, s.act_b,
-                                               _lora_targets(plan.adapter.target_modules, shape))
+    per_layer = s.T * _layer_activation_factor(
+        shape, plan.adapter, s.act_b, _lora_targets(plan.adapter.target_modules, shape)
+    )
     checkpoints = s.L * s.T * s.H * s.act_b
     total = (checkpoints + per_layer) if plan.training.gradient_checkpointing else s.L * per_layer
     total += s.T * s.H * 4 * 2  # final norm input/output and the hidden state fed to the head
@@ -225,12 +246,12 @@ def _activations(plan, shape: ModelShape, s: _Sizes) -> _Activations:
 
 @dataclass
 class _LossRegion:
-    forward: float          # logits (or a chunk of them) alive at the end of forward
-    backward: float         # the loss's backward temporaries
-    head: float             # the head's backward
-    head_grad: float        # the head's weight gradient appearing in backward
-    loss_grads: float       # gradients that the loss itself creates (the chunked loss: the head's)
-    merged_head: float      # a row-wise head merged into a full matrix on every forward
+    forward: float  # logits (or a chunk of them) alive at the end of forward
+    backward: float  # the loss's backward temporaries
+    head: float  # the head's backward
+    head_grad: float  # the head's weight gradient appearing in backward
+    loss_grads: float  # gradients that the loss itself creates (the chunked loss: the head's)
+    merged_head: float  # a row-wise head merged into a full matrix on every forward
 
 
 def _loss_region(s: _Sizes, mats: _Matrices, eff: Effective) -> _LossRegion:
@@ -248,8 +269,14 @@ def _loss_region(s: _Sizes, mats: _Matrices, eff: Effective) -> _LossRegion:
         # log-softmax output + nll gradient + log-softmax gradient, all fp32; LoRA on the head adds
         # its own batch x seq x vocab output in forward.
         second = act_b if mats.head_path == ADAPTER else 0
-        return _LossRegion(forward=T * V * (act_b + 4 + second) + autocast, backward=T * V * 12 + autocast,
-                           head=T * V * (4 + act_b) + autocast, head_grad=head_grad, loss_grads=0, merged_head=merged)
+        return _LossRegion(
+            forward=T * V * (act_b + 4 + second) + autocast,
+            backward=T * V * 12 + autocast,
+            head=T * V * (4 + act_b) + autocast,
+            head_grad=head_grad,
+            loss_grads=0,
+            merged_head=merged,
+        )
     C = min(eff.loss_chunk, T)
     if mats.head_path == PLAIN:
         # core.training.lean's chunked linear cross-entropy: the head's gradient is accumulated in
@@ -258,12 +285,19 @@ def _loss_region(s: _Sizes, mats: _Matrices, eff: Effective) -> _LossRegion:
         # labelled hidden rows and their gradient.
         chunk = C * V * (4 + (head_store_b if head_store_b != 4 else 0))
         rows = 2 * T * s.H * act_b
-        return _LossRegion(forward=chunk + rows, backward=rows, head=rows, head_grad=0, loss_grads=head_grad,
-                           merged_head=merged)
+        return _LossRegion(
+            forward=chunk + rows, backward=rows, head=rows, head_grad=0, loss_grads=head_grad, merged_head=merged
+        )
     # Any other head (LoRA, token rows): checkpointed chunks, each recomputed in backward.
     # (measured on CPU, fp32: about 10 bytes per chunk token and vocabulary entry either way)
-    return _LossRegion(forward=C * V * (6 + act_b) + autocast, backward=C * V * (6 + act_b) + autocast,
-                       head=C * V * (4 + act_b) + autocast, head_grad=head_grad, loss_grads=0, merged_head=merged)
+    return _LossRegion(
+        forward=C * V * (6 + act_b) + autocast,
+        backward=C * V * (6 + act_b) + autocast,
+        head=C * V * (4 + act_b) + autocast,
+        head_grad=head_grad,
+        loss_grads=0,
+        merged_head=merged,
+    )
 
 
 def _phases(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effective) -> tuple[dict, _Optimizer]:
@@ -288,17 +322,32 @@ def _phases(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effective)
     body_drop = head_part if eff.fused_step else 0
     step_drop = opt.matrix_grads if eff.fused_step else 0
     checkpointed = plan.training.gradient_checkpointing
-    static = {"weights_frozen": _frozen_bytes(plan, shape, s, mats), "weights_trainable": opt.weights_trainable,
-              "optimizer_states": 0 if opt.paged else opt.states}
+    static = {
+        "weights_frozen": _frozen_bytes(plan, shape, s, mats),
+        "weights_trainable": opt.weights_trainable,
+        "optimizer_states": 0 if opt.paged else opt.states,
+    }
     phases = {
-        "forward_loss": dict(activations=act.total, logits_loss=loss.forward, gradients=loss.loss_grads,
-                             transient=dequant + loss.merged_head),
-        "loss_backward": dict(activations=act.total, logits_loss=loss.backward, gradients=loss.loss_grads,
-                              transient=loss.merged_head),
-        "head_backward": dict(activations=act.total, logits_loss=loss.head, gradients=loss.head_grad + loss.loss_grads,
-                              transient=loss.merged_head),
-        "body_backward": dict(activations=act.per_layer_saved + (act.checkpoints if checkpointed else act.total),
-                              gradients=opt.grads - emb_pending - body_drop, transient=dequant),
+        "forward_loss": dict(
+            activations=act.total,
+            logits_loss=loss.forward,
+            gradients=loss.loss_grads,
+            transient=dequant + loss.merged_head,
+        ),
+        "loss_backward": dict(
+            activations=act.total, logits_loss=loss.backward, gradients=loss.loss_grads, transient=loss.merged_head
+        ),
+        "head_backward": dict(
+            activations=act.total,
+            logits_loss=loss.head,
+            gradients=loss.head_grad + loss.loss_grads,
+            transient=loss.merged_head,
+        ),
+        "body_backward": dict(
+            activations=act.per_layer_saved + (act.checkpoints if checkpointed else act.total),
+            gradients=opt.grads - emb_pending - body_drop,
+            transient=dequant,
+        ),
         "embedding_backward": dict(gradients=opt.grads - body_drop, transient=emb_sum, activations=s.T * s.H * s.act_b),
         "optimizer_step": dict(gradients=opt.grads - step_drop, transient=opt_tmp),
     }
@@ -320,10 +369,18 @@ def tensor_peak(plan, shape: ModelShape, device: str = "cuda") -> Estimate:
     bd = {k: int(v) for k, v in phases[peak_phase].items()}
     bd["transient"] += peak - sum(bd.values())  # rounding only: keep the sum exact
     overhead = overhead_bytes(peak, device)
-    return Estimate(tensors_peak_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, breakdown=bd,
-                    phases={k: int(v) for k, v in totals.items()}, peak_phase=peak_phase,
-                    paged_optimizer_states_bytes=int(opt.states) if opt.paged else 0, device=device,
-                    trainable_params=int(opt.trainable_params), notes=list(eff.notes))
+    return Estimate(
+        tensors_peak_bytes=peak,
+        overhead_bytes=overhead,
+        total_bytes=peak + overhead,
+        breakdown=bd,
+        phases={k: int(v) for k, v in totals.items()},
+        peak_phase=peak_phase,
+        paged_optimizer_states_bytes=int(opt.states) if opt.paged else 0,
+        device=device,
+        trainable_params=int(opt.trainable_params),
+        notes=list(eff.notes),
+    )
 
 
 def _lora_targets(target_modules, shape: ModelShape) -> set[str]:

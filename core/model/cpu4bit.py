@@ -34,6 +34,7 @@ def packed_kernel_available() -> bool:
     """Whether bitsandbytes has its packed AVX-512 BF16 CPU kernel on this machine."""
     try:
         from bitsandbytes.functional import has_avx512bf16
+
         return bool(has_avx512bf16())
     except Exception:  # bitsandbytes missing or its native library refusing to load: no packed path
         return False
@@ -67,8 +68,10 @@ def allow_packed(model, allowed: bool = True) -> int:
 
 def packed_layers(model) -> int:
     """How many 4-bit layers of ``model`` hold a packed weight now."""
-    return sum(bool(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False))
-               for m in _linear4bit_modules(model))
+    return sum(
+        bool(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False))
+        for m in _linear4bit_modules(model)
+    )
 
 
 def cpu_features() -> dict[str, bool | str]:
@@ -89,6 +92,7 @@ def cpu_features() -> dict[str, bool | str]:
     if not flags:  # not Linux: torch's own reading of the CPU ("AVX2", "AVX512", ...)
         try:
             import torch
+
             cap = torch.backends.cpu.get_cpu_capability().lower()
         except Exception:
             cap = ""
@@ -105,6 +109,8 @@ def cpu_features() -> dict[str, bool | str]:
 def path_description() -> str:
     """Which bitsandbytes 4-bit CPU kernels Headtune uses on this machine, in one sentence."""
     if packed_kernel_available():
-        return ("training, evaluation and reloading use bitsandbytes' generic 4-bit kernel; chat on bfloat16 models "
-                "uses its packed AVX-512 BF16 kernel for layers whose shape fits")
+        return (
+            "training, evaluation and reloading use bitsandbytes' generic 4-bit kernel; chat on bfloat16 models "
+            "uses its packed AVX-512 BF16 kernel for layers whose shape fits"
+        )
     return "bitsandbytes' generic 4-bit kernel for everything (this CPU has no packed AVX-512 BF16 path)"

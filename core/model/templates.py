@@ -38,8 +38,10 @@ def resolve_template(tokenizer, choice: str) -> tuple[str, str]:
         return BUILTIN_TEMPLATES[choice], choice
     path = Path(choice)
     if not path.is_file():
-        raise DataError(f"data.chat_template: {choice!r} is not 'model', a built-in template "
-                        f"({', '.join(BUILTIN_TEMPLATES)}) or an existing Jinja file.")
+        raise DataError(
+            f"data.chat_template: {choice!r} is not 'model', a built-in template "
+            f"({', '.join(BUILTIN_TEMPLATES)}) or an existing Jinja file."
+        )
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except (OSError, UnicodeDecodeError) as exc:
@@ -48,11 +50,14 @@ def resolve_template(tokenizer, choice: str) -> tuple[str, str]:
 
 def render(tokenizer, messages, template: str, generation_prompt: bool, where: str = "") -> str:
     try:
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
     except Exception as exc:  # Jinja errors raised by the template itself ("roles must alternate", ...)
-        raise DataError(f"{where}: the chat template refused this conversation ({exc}). Fix the row, or "
-                        "choose another data.chat_template (e.g. chatml).") from None
+        raise DataError(
+            f"{where}: the chat template refused this conversation ({exc}). Fix the row, or "
+            "choose another data.chat_template (e.g. chatml)."
+        ) from None
 
 
 def assistant_spans(tokenizer, messages, template: str, where: str) -> tuple[str, list[tuple[int, int]]]:
@@ -68,14 +73,20 @@ def assistant_spans(tokenizer, messages, template: str, where: str) -> tuple[str
             continue  # a template that rewrites earlier turns: only the turns we can locate train
         spans.append((len(before), len(after)))
     if not spans:
-        raise DataError(f"{where}: the chat template does not render this conversation in a way that lets "
-                        "Headtune find the assistant's reply. Choose another data.chat_template (e.g. chatml).")
+        raise DataError(
+            f"{where}: the chat template does not render this conversation in a way that lets "
+            "Headtune find the assistant's reply. Choose another data.chat_template (e.g. chatml)."
+        )
     return full, spans
 
 
-SAMPLE_CONVERSATION = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"},
-                       {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
-                       {"role": "assistant", "content": "Goodbye."}]
+SAMPLE_CONVERSATION = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Goodbye."},
+]
 
 
 def template_end_token(tokenizer, template: str) -> str | None:
@@ -84,7 +95,7 @@ def template_end_token(tokenizer, template: str) -> str | None:
     i = text.rfind("Hello!")
     if i < 0:
         return None
-    ids = tokenizer(text[i + len("Hello!"):], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text[i + len("Hello!") :], add_special_tokens=False)["input_ids"]
     if not ids:
         return tokenizer.eos_token
     return tokenizer.convert_ids_to_tokens(ids[0])
@@ -119,9 +130,13 @@ def template_parts(tokenizer, template: str) -> dict | None:
     {system_prefix, system_suffix, user_prefix, user_suffix, assistant_prefix, assistant_suffix,
     default_system}. None when the template does not have that simple shape."""
     s, u1, a1, u2, a2 = _MARKS
-    msgs = [{"role": "system", "content": s}, {"role": "user", "content": u1},
-            {"role": "assistant", "content": a1}, {"role": "user", "content": u2},
-            {"role": "assistant", "content": a2}]
+    msgs = [
+        {"role": "system", "content": s},
+        {"role": "user", "content": u1},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": u2},
+        {"role": "assistant", "content": a2},
+    ]
     try:
         full = render(tokenizer, msgs, template, False)
         no_gen = render(tokenizer, msgs[1:2], template, False)
@@ -131,13 +146,13 @@ def template_parts(tokenizer, template: str) -> dict | None:
     pos = [full.find(m) for m in _MARKS]
     if min(pos) < 0 or pos != sorted(pos) or not gen.startswith(no_gen):
         return None
-    seg = [full[:pos[0]]] + [full[pos[i] + len(_MARKS[i]):pos[i + 1]] for i in range(4)]
-    tail = full[pos[4] + len(a2):]
-    a_prefix = gen[len(no_gen):]
+    seg = [full[: pos[0]]] + [full[pos[i] + len(_MARKS[i]) : pos[i + 1]] for i in range(4)]
+    tail = full[pos[4] + len(a2) :]
+    a_prefix = gen[len(no_gen) :]
     a_suffix = tail
     if not seg[3].startswith(a_suffix):
         return None
-    u_prefix = seg[3][len(a_suffix):]
+    u_prefix = seg[3][len(a_suffix) :]
     if not (seg[2].endswith(a_prefix) and seg[4] == seg[2] and seg[1].endswith(u_prefix)):
         return None
     u_suffix = seg[2][: len(seg[2]) - len(a_prefix)]
@@ -146,12 +161,19 @@ def template_parts(tokenizer, template: str) -> dict | None:
     # every turn's header (SmolLM2's BOS is <|im_start|>).
     bos = tokenizer.bos_token or ""
     bos = "" if u_prefix.startswith(bos) else bos
-    sys_prefix = seg[0][len(bos):] if bos and seg[0].startswith(bos) else seg[0]
+    sys_prefix = seg[0][len(bos) :] if bos and seg[0].startswith(bos) else seg[0]
     # A system message the template adds when the conversation has none (SmolLM2 does).
     default_system = ""
     head = no_gen.split(u1, 1)[0]
-    head = head[len(bos):] if bos and head.startswith(bos) else head
+    head = head[len(bos) :] if bos and head.startswith(bos) else head
     if head != u_prefix and head.startswith(sys_prefix) and head.endswith(sys_suffix + u_prefix):
-        default_system = head[len(sys_prefix): len(head) - len(sys_suffix + u_prefix)]
-    return dict(system_prefix=sys_prefix, system_suffix=sys_suffix, user_prefix=u_prefix, user_suffix=u_suffix,
-                assistant_prefix=a_prefix, assistant_suffix=a_suffix, default_system=default_system)
+        default_system = head[len(sys_prefix) : len(head) - len(sys_suffix + u_prefix)]
+    return dict(
+        system_prefix=sys_prefix,
+        system_suffix=sys_suffix,
+        user_prefix=u_prefix,
+        user_suffix=u_suffix,
+        assistant_prefix=a_prefix,
+        assistant_suffix=a_suffix,
+        default_system=default_system,
+    )

@@ -16,8 +16,12 @@ def range_problem(value: float, rng: dict) -> str | None:
     """What is wrong with ``value`` for the range ``rng`` (see ``schema.range_for``), or None."""
     ge, gt, le, lt = rng.get("ge"), rng.get("gt"), rng.get("le"), rng.get("lt")
     unit = f" {rng['unit']}" if rng.get("unit") else ""
-    ok = ((ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
-          and (lt is None or value < lt))
+    ok = (
+        (ge is None or value >= ge)
+        and (gt is None or value > gt)
+        and (le is None or value <= le)
+        and (lt is None or value < lt)
+    )
     if ok:
         return None
     if ge is not None and le is not None:
@@ -50,20 +54,32 @@ def validate(plan: Plan) -> None:
             raise PlanError(f"{key}: {msg}", key)
 
     need(plan.schema_version == SCHEMA_VERSION, "schema_version", f"must be {SCHEMA_VERSION}.")
-    need(bool(m.name_or_path.strip()), "model.name_or_path",
-         "no model given. Set a hub id, a local model folder or a .gguf file.")
+    need(
+        bool(m.name_or_path.strip()),
+        "model.name_or_path",
+        "no model given. Set a hub id, a local model folder or a .gguf file.",
+    )
     need(bool(d.path.strip()), "data.path", "no dataset given. Set a .jsonl/.json/.csv/.parquet/.txt file or a hub id.")
     _check_ranges(plan)
     if isinstance(a.target_modules, str):
-        need(a.target_modules in TARGET_PRESETS, "adapter.target_modules",
-             f"{a.target_modules!r} is not a preset; use one of {', '.join(TARGET_PRESETS)} or a list of module names.")
+        need(
+            a.target_modules in TARGET_PRESETS,
+            "adapter.target_modules",
+            f"{a.target_modules!r} is not a preset; use one of {', '.join(TARGET_PRESETS)} or a list of module names.",
+        )
     else:
         need(bool(a.target_modules), "adapter.target_modules", "the list of module names is empty.")
-    need(t.max_steps > 0 or t.epochs > 0, "training.epochs",
-         f"must be positive when training.max_steps is 0 (got {t.epochs}).")
+    need(
+        t.max_steps > 0 or t.epochs > 0,
+        "training.epochs",
+        f"must be positive when training.max_steps is 0 (got {t.epochs}).",
+    )
     need(all(i >= 0 for i in e.token_ids), "embeddings.token_ids", "token ids cannot be negative.")
-    need(len(set(e.new_tokens)) == len(e.new_tokens) and all(s.strip() for s in e.new_tokens),
-         "embeddings.new_tokens", "token strings must be non-empty and unique.")
+    need(
+        len(set(e.new_tokens)) == len(e.new_tokens) and all(s.strip() for s in e.new_tokens),
+        "embeddings.new_tokens",
+        "token strings must be non-empty and unique.",
+    )
     embeddings.check(e)
     _check_bitsandbytes(plan)
 
@@ -76,15 +92,21 @@ def _check_bitsandbytes(plan: Plan) -> None:
         value = m.quantization if m.quantization != "none" else t.optimizer
         problem = bitsandbytes_problem()
         if problem:
-            raise PlanError(f"{key}: {value} needs bitsandbytes, which {problem}. Install it "
-                            f"(pip install bitsandbytes) or set {key} to "
-                            f"{'none' if key == 'model.quantization' else 'adamw'}.", key)
+            raise PlanError(
+                f"{key}: {value} needs bitsandbytes, which {problem}. Install it "
+                f"(pip install bitsandbytes) or set {key} to "
+                f"{'none' if key == 'model.quantization' else 'adamw'}.",
+                key,
+            )
     mem = plan.memory
     if mem.matrix_states in ("8bit", "paged_8bit"):
         problem = bitsandbytes_problem()
         if problem:
-            raise PlanError(f"memory.matrix_states: {mem.matrix_states} needs bitsandbytes, which {problem}. Install "
-                            "it (pip install bitsandbytes) or set memory.matrix_states to 32bit.", "memory.matrix_states")
+            raise PlanError(
+                f"memory.matrix_states: {mem.matrix_states} needs bitsandbytes, which {problem}. Install "
+                "it (pip install bitsandbytes) or set memory.matrix_states to 32bit.",
+                "memory.matrix_states",
+            )
 
 
 _BNB_PROBLEM: list[str | None] = []
@@ -95,10 +117,12 @@ def bitsandbytes_problem() -> str | None:
     if not _BNB_PROBLEM:
         try:
             import importlib.util
+
             if importlib.util.find_spec("bitsandbytes") is None:
                 _BNB_PROBLEM.append("is not installed")
             else:
                 import bitsandbytes  # noqa: F401
+
                 _BNB_PROBLEM.append(None)
         except Exception as exc:  # a broken native library shows up here
             _BNB_PROBLEM.append(f"failed to load ({exc.__class__.__name__}: {exc})")

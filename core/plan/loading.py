@@ -24,6 +24,7 @@ from .schema import SCHEMA_VERSION, Plan, _hints, all_keys
 
 BUILTIN_TEMPLATE_NAMES = tuple(BUILTIN_TEMPLATES)
 
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -32,8 +33,13 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in get_args(tp))
     if origin is list:
         return f"a list of {_describe(get_args(tp)[0])}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            type(None): "empty (null)"}.get(tp, str(tp))
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "empty (null)",
+    }.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -118,8 +124,11 @@ def migrate(data: dict) -> dict:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise PlanError(f"schema_version: {version!r} is not a plan format version.", "schema_version")
     if version > SCHEMA_VERSION:
-        raise PlanError(f"schema_version: this plan was written by a newer Headtune (format {version}; "
-                        f"this version reads up to {SCHEMA_VERSION}). Update Headtune.", "schema_version")
+        raise PlanError(
+            f"schema_version: this plan was written by a newer Headtune (format {version}; "
+            f"this version reads up to {SCHEMA_VERSION}). Update Headtune.",
+            "schema_version",
+        )
     data["schema_version"] = SCHEMA_VERSION
     return data
 
@@ -154,8 +163,9 @@ def load_plan(path: str | os.PathLike, overrides: list[str] | None = None, check
     except UnicodeDecodeError:
         raise PlanError(f"The plan file {path} is not a text (UTF-8) file.") from None
     if not isinstance(data, dict):
-        raise PlanError(f"The plan file {path} must hold a mapping of sections (model:, data:, ...), "
-                        f"not a {type(data).__name__}.")
+        raise PlanError(
+            f"The plan file {path} must hold a mapping of sections (model:, data:, ...), not a {type(data).__name__}."
+        )
     data = apply_overrides(data, overrides or [], base_dir=Path.cwd())
     return plan_from_dict(data, base_dir=path.parent, check=check)
 
@@ -201,8 +211,11 @@ def with_overrides(plan: Plan, overrides: list[str]) -> Plan:
 
 
 def _looks_local(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or "\\" in value or value.endswith(
-        (".gguf", ".jsonl", ".json", ".csv", ".parquet", ".txt", ".jinja", ".j2"))
+    return (
+        value.startswith((".", "/", "~"))
+        or "\\" in value
+        or value.endswith((".gguf", ".jsonl", ".json", ".csv", ".parquet", ".txt", ".jinja", ".j2"))
+    )
 
 
 def _resolve(value: str, base: Path, always: bool = False) -> str:
@@ -223,6 +236,7 @@ def resolve_paths(plan: Plan, base: Path) -> None:
     A value that exists relative to ``base``, or looks like a file path, is a path; anything
     else (``org/name``) is left alone as a hub id.
     """
+
     def fix(value: str, always: bool = False) -> str:
         return _resolve(value, base, always)
 
@@ -231,5 +245,3 @@ def resolve_paths(plan: Plan, base: Path) -> None:
     if plan.data.chat_template not in ("model",) + BUILTIN_TEMPLATE_NAMES:
         plan.data.chat_template = fix(plan.data.chat_template)
     plan.output.dir = fix(plan.output.dir, always=True)
-
-

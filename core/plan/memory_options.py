@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 class Effective:
     """The memory options as they will run for a plan on a device, with the reasons for fallbacks."""
 
-    loss: str                 # standard | chunked | fused
+    loss: str  # standard | chunked | fused
     loss_chunk: int
     frozen_copy: bool
-    matrix_dtype: str         # peft | model | float32
-    matrix_states: str        # trainer | 32bit | 8bit | paged_8bit
+    matrix_dtype: str  # peft | model | float32
+    matrix_states: str  # trainer | 32bit | 8bit | paged_8bit
     fused_step: bool
     fused_backend: str | None = None  # liger | cce when loss == fused
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -48,8 +48,10 @@ def resolve(plan, device: str, tied: bool = False) -> Effective:
             notes.append("memory.loss: fused kernels need CUDA; the chunked loss runs instead.")
             loss, backend = "chunked", None
         elif backend is None:
-            notes.append("memory.loss: neither liger-kernel nor cut-cross-entropy is installed; the chunked "
-                         "loss runs instead (pip install liger-kernel).")
+            notes.append(
+                "memory.loss: neither liger-kernel nor cut-cross-entropy is installed; the chunked "
+                "loss runs instead (pip install liger-kernel)."
+            )
             loss = "chunked"
     states = m.matrix_states
     if states == "auto":
@@ -73,9 +75,16 @@ def resolve(plan, device: str, tied: bool = False) -> Effective:
         if why:
             notes.append("memory.fused_step is off: " + "; ".join(why) + ".")
             fused = False
-    return Effective(loss=loss, loss_chunk=m.loss_chunk_tokens, frozen_copy=frozen_copy,
-                     matrix_dtype=m.matrix_dtype, matrix_states=states, fused_step=fused, fused_backend=backend,
-                     notes=tuple(notes))
+    return Effective(
+        loss=loss,
+        loss_chunk=m.loss_chunk_tokens,
+        frozen_copy=frozen_copy,
+        matrix_dtype=m.matrix_dtype,
+        matrix_states=states,
+        fused_step=fused,
+        fused_backend=backend,
+        notes=tuple(notes),
+    )
 
 
 def matrix_bytes(eff: Effective, model_dtype: str, kbit: bool, trained: bool) -> int:

@@ -36,9 +36,18 @@ MatrixStates = Literal["auto", "8bit", "paged_8bit", "32bit", "trainer"]
 TARGET_PRESETS = ("attention", "attention+mlp", "all-linear")
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
-       ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-       unit: str = "", **kw: Any) -> Any:
+def _f(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    unit: str = "",
+    **kw: Any,
+) -> Any:
     """A dataclass field with its help text, and optionally its allowed range (``ge``/``gt`` below,
     ``le``/``lt`` above, ``unit`` for messages) or its choices (for a ``str`` field whose values
     come from a registry). Mutable defaults are copied per instance."""
@@ -56,29 +65,51 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str
 
 @dataclass
 class ModelSpec:
-    name_or_path: str = _f("", "The base model: a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct), "
-                               "a local folder with config.json, or a .gguf file (de-quantized once and cached).")
-    quantization: Quantization = _f("none", "How the frozen base weights are stored: none (16/32-bit), "
-                                            "8bit (bitsandbytes LLM.int8) or 4bit (NF4, i.e. QLoRA).")
+    name_or_path: str = _f(
+        "",
+        "The base model: a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct), "
+        "a local folder with config.json, or a .gguf file (de-quantized once and cached).",
+    )
+    quantization: Quantization = _f(
+        "none",
+        "How the frozen base weights are stored: none (16/32-bit), "
+        "8bit (bitsandbytes LLM.int8) or 4bit (NF4, i.e. QLoRA).",
+    )
     double_quant: bool = _f(True, "4-bit only: also quantize the quantization constants (saves ~0.4 bit per weight).")
     dtype: DType = _f("bfloat16", "Precision of the base weights and of computation: bfloat16, float16 or float32.")
-    attn_implementation: AttnImpl = _f("sdpa", "Attention kernel: sdpa (PyTorch, memory-efficient), eager, "
-                                               "or flash_attention_2 (needs the flash-attn package and a GPU).")
-    trust_remote_code: bool = _f(False, "Allow a model's own Python code from its repository to run. Only "
-                                        "enable for models whose code you trust.")
+    attn_implementation: AttnImpl = _f(
+        "sdpa",
+        "Attention kernel: sdpa (PyTorch, memory-efficient), eager, "
+        "or flash_attention_2 (needs the flash-attn package and a GPU).",
+    )
+    trust_remote_code: bool = _f(
+        False,
+        "Allow a model's own Python code from its repository to run. Only enable for models whose code you trust.",
+    )
 
 
 @dataclass
 class DataSpec:
     path: str = _f("", "Training data: a .jsonl, .json, .csv, .parquet or .txt file, or a hub dataset id.")
-    format: DataFormat = _f("auto", "Row format: alpaca (instruction/input/output), messages (role/content), "
-                                    "sharegpt (from/value), text (raw text, every token trained), or auto to detect.")
-    chat_template: str = _f("model", "Chat template: 'model' (the tokenizer's own; ChatML when it has none), "
-                                     "a built-in name (chatml, llama3), or a path to a Jinja file.")
+    format: DataFormat = _f(
+        "auto",
+        "Row format: alpaca (instruction/input/output), messages (role/content), "
+        "sharegpt (from/value), text (raw text, every token trained), or auto to detect.",
+    )
+    chat_template: str = _f(
+        "model",
+        "Chat template: 'model' (the tokenizer's own; ChatML when it has none), "
+        "a built-in name (chatml, llama3), or a path to a Jinja file.",
+    )
     max_seq_len: int = _f(1024, "Longest example in tokens; longer ones are truncated.", ge=16, unit="tokens")
-    val_fraction: float = _f(0.05, "Share of rows held out for validation (deterministic split); 0 disables.", ge=0.0, le=0.5)
-    packing: bool = _f(False, "Concatenate short examples into sequences of max_seq_len tokens (faster on "
-                              "many short rows; examples can attend to the previous one in a pack).")
+    val_fraction: float = _f(
+        0.05, "Share of rows held out for validation (deterministic split); 0 disables.", ge=0.0, le=0.5
+    )
+    packing: bool = _f(
+        False,
+        "Concatenate short examples into sequences of max_seq_len tokens (faster on "
+        "many short rows; examples can attend to the previous one in a pack).",
+    )
 
 
 @dataclass
@@ -87,25 +118,38 @@ class AdapterSpec:
     alpha: float = _f(32.0, "LoRA alpha: the update is scaled by alpha / r.", gt=0)
     dropout: float = _f(0.05, "Dropout on the LoRA input during training (0 to 0.9).", ge=0.0, lt=0.9)
     target_modules: str | list[str] = _f(
-        "all-linear", "Which layers get LoRA: attention, attention+mlp, all-linear, or an explicit list of "
-                      "module names (e.g. [q_proj, v_proj]).")
+        "all-linear",
+        "Which layers get LoRA: attention, attention+mlp, all-linear, or an explicit list of "
+        "module names (e.g. [q_proj, v_proj]).",
+    )
 
 
 @dataclass
 class EmbeddingsSpec:
     train_embeddings: bool = _f(False, "Train the token embedding matrix (embed_tokens).")
-    train_lm_head: bool = _f(False, "Train the language-modeling head (lm_head). On a model with tied "
-                                    "embeddings both are one matrix, trained once.")
-    mode: str = _f("full", "How to train them: " + ", ".join(m.help for m in MODES.values()) + ".",
-                    choices=MODE_NAMES)
-    learning_rate: float | None = _f(None, "Learning rate for embedding/head parameters (own parameter "
-                                                 "group); empty = the training learning rate.", gt=0)
+    train_lm_head: bool = _f(
+        False,
+        "Train the language-modeling head (lm_head). On a model with tied "
+        "embeddings both are one matrix, trained once.",
+    )
+    mode: str = _f("full", "How to train them: " + ", ".join(m.help for m in MODES.values()) + ".", choices=MODE_NAMES)
+    learning_rate: float | None = _f(
+        None,
+        "Learning rate for embedding/head parameters (own parameter group); empty = the training learning rate.",
+        gt=0,
+    )
     token_ids: list[int] = _f([], "Token ids whose rows are trained in tokens mode.")
-    new_tokens: list[str] = _f([], "Token strings to add to the tokenizer; their rows start at the mean of "
-                                   "the existing rows and are trained in every mode.")
-    init_untrained: InitUntrained = _f("none", "Before training, set embedding/head rows that look untrained "
-                                               "(see `headtune inspect`) to the mean of the other rows: mean, or "
-                                               "none to leave them.")
+    new_tokens: list[str] = _f(
+        [],
+        "Token strings to add to the tokenizer; their rows start at the mean of "
+        "the existing rows and are trained in every mode.",
+    )
+    init_untrained: InitUntrained = _f(
+        "none",
+        "Before training, set embedding/head rows that look untrained "
+        "(see `headtune inspect`) to the mean of the other rows: mean, or "
+        "none to leave them.",
+    )
 
 
 @dataclass
@@ -120,45 +164,70 @@ class TrainingSpec:
     epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).", ge=0.0)
     max_steps: int = _f(0, "Stop after this many optimizer steps; > 0 wins over epochs.", ge=0)
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: much less memory, ~30% slower.")
-    optimizer: Optimizer = _f("adamw", "adamw (32-bit states), adamw_8bit or paged_adamw_8bit (bitsandbytes; "
-                                       "paged needs a CUDA GPU).")
+    optimizer: Optimizer = _f(
+        "adamw", "adamw (32-bit states), adamw_8bit or paged_adamw_8bit (bitsandbytes; paged needs a CUDA GPU)."
+    )
     eval_every: int = _f(50, "Evaluate on the validation split every N steps (and at start and end); 0 disables.", ge=0)
-    save_every: int = _f(100, "Save a resumable checkpoint every N steps; 0 disables (the adapter is still "
-                              "saved at the end and on stop).", ge=0)
+    save_every: int = _f(
+        100,
+        "Save a resumable checkpoint every N steps; 0 disables (the adapter is still saved at the end and on stop).",
+        ge=0,
+    )
     save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest deleted first).", ge=1)
     seed: int = _f(42, "Random seed for initialisation, shuffling and the validation split.")
 
 
 @dataclass
 class MemorySpec:
-    loss: LossKind = _f("chunked", "How the loss is computed: chunked (a few hundred tokens at a time, so the "
-                                   "batch x seq x vocab logits never exist; same loss), fused (Liger-Kernel or Cut "
-                                   "Cross-Entropy on a CUDA GPU when installed, else chunked), or standard (the "
-                                   "model's own loss over full logits).")
-    loss_chunk_tokens: int = _f(256, "Tokens per chunk of the chunked loss: each chunk's logits take "
-                                     "chunk x vocab x 6 bytes for a moment.", ge=16, unit="tokens")
-    frozen_copy: bool = _f(False, "Keep the frozen original of a matrix trained in full beside its trainable copy "
-                                  "(PEFT's default; only needed to switch the adapter off during training). Off: one "
-                                  "matrix in memory; the saved adapter is the same.")
-    matrix_dtype: MatrixDType = _f("model", "Precision of the embedding/head matrices: model (the model dtype, "
-                                            "frozen and trained; 16-bit master weights with bf16 models), float32 "
-                                            "(trained matrices as fp32 master weights: steadier, twice the memory), or "
-                                            "peft (as PEFT prepares 4/8-bit models: every matrix, even frozen, in fp32).")
-    matrix_states: MatrixStates = _f("auto", "Optimizer states of matrices trained in full: auto (the precision of "
-                                             "training.optimizer), 8bit (bitsandbytes blockwise, 2 bytes a value), "
-                                             "paged_8bit (8-bit, paged to CPU memory when the GPU is full; CUDA "
-                                             "only), 32bit, or trainer (the Trainer's rule: 32-bit for the embedding "
-                                             "under an 8-bit optimizer).")
-    fused_step: bool = _f(False, "Update each fully trained matrix inside backward as soon as its gradient is "
-                                 "complete, then drop the gradient, so the matrices' gradients never all exist. "
-                                 "Exact; only with training.grad_accum 1 and training.max_grad_norm 0 (no clipping), "
-                                 "not with float16; otherwise it stays off and the estimate says so.")
+    loss: LossKind = _f(
+        "chunked",
+        "How the loss is computed: chunked (a few hundred tokens at a time, so the "
+        "batch x seq x vocab logits never exist; same loss), fused (Liger-Kernel or Cut "
+        "Cross-Entropy on a CUDA GPU when installed, else chunked), or standard (the "
+        "model's own loss over full logits).",
+    )
+    loss_chunk_tokens: int = _f(
+        256,
+        "Tokens per chunk of the chunked loss: each chunk's logits take chunk x vocab x 6 bytes for a moment.",
+        ge=16,
+        unit="tokens",
+    )
+    frozen_copy: bool = _f(
+        False,
+        "Keep the frozen original of a matrix trained in full beside its trainable copy "
+        "(PEFT's default; only needed to switch the adapter off during training). Off: one "
+        "matrix in memory; the saved adapter is the same.",
+    )
+    matrix_dtype: MatrixDType = _f(
+        "model",
+        "Precision of the embedding/head matrices: model (the model dtype, "
+        "frozen and trained; 16-bit master weights with bf16 models), float32 "
+        "(trained matrices as fp32 master weights: steadier, twice the memory), or "
+        "peft (as PEFT prepares 4/8-bit models: every matrix, even frozen, in fp32).",
+    )
+    matrix_states: MatrixStates = _f(
+        "auto",
+        "Optimizer states of matrices trained in full: auto (the precision of "
+        "training.optimizer), 8bit (bitsandbytes blockwise, 2 bytes a value), "
+        "paged_8bit (8-bit, paged to CPU memory when the GPU is full; CUDA "
+        "only), 32bit, or trainer (the Trainer's rule: 32-bit for the embedding "
+        "under an 8-bit optimizer).",
+    )
+    fused_step: bool = _f(
+        False,
+        "Update each fully trained matrix inside backward as soon as its gradient is "
+        "complete, then drop the gradient, so the matrices' gradients never all exist. "
+        "Exact; only with training.grad_accum 1 and training.max_grad_norm 0 (no clipping), "
+        "not with float16; otherwise it stays off and the estimate says so.",
+    )
 
 
 @dataclass
 class OutputSpec:
-    dir: str = _f("runs/run", "The run folder: plan, events, checkpoints and adapter go here. Must be new or "
-                              "empty unless resuming.")
+    dir: str = _f(
+        "runs/run",
+        "The run folder: plan, events, checkpoints and adapter go here. Must be new or empty unless resuming.",
+    )
 
 
 @dataclass
@@ -167,11 +236,14 @@ class Plan:
     model: ModelSpec = field(default_factory=ModelSpec, metadata={"help": "The base model and how it is loaded."})
     data: DataSpec = field(default_factory=DataSpec, metadata={"help": "The dataset and how it is tokenised."})
     adapter: AdapterSpec = field(default_factory=AdapterSpec, metadata={"help": "LoRA settings."})
-    embeddings: EmbeddingsSpec = field(default_factory=EmbeddingsSpec,
-                                       metadata={"help": "Training the token embeddings and the LM head."})
+    embeddings: EmbeddingsSpec = field(
+        default_factory=EmbeddingsSpec, metadata={"help": "Training the token embeddings and the LM head."}
+    )
     training: TrainingSpec = field(default_factory=TrainingSpec, metadata={"help": "Optimisation settings."})
-    memory: MemorySpec = field(default_factory=MemorySpec,
-                               metadata={"help": "Lean memory: the loss, the matrices' precision and optimizer states."})
+    memory: MemorySpec = field(
+        default_factory=MemorySpec,
+        metadata={"help": "Lean memory: the loss, the matrices' precision and optimizer states."},
+    )
     output: OutputSpec = field(default_factory=OutputSpec, metadata={"help": "Where the run is written."})
 
     # -- conversions -------------------------------------------------------------------
@@ -201,6 +273,7 @@ class Plan:
 
 
 # -- what the schema says about a key ------------------------------------------------------
+
 
 def _field(dotted: str) -> tuple[dataclasses.Field, Any]:
     """The dataclass field of a dotted key and its type; KeyError for an unknown key."""
@@ -256,5 +329,3 @@ def _hints(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
-
-

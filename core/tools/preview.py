@@ -21,7 +21,7 @@ from ..model.templates import resolve_template
 @dataclass(frozen=True)
 class ModelSummary:
     name: str
-    source: str          # folder, hub or gguf
+    source: str  # folder, hub or gguf
     architecture: str
     params: int
     vocab: int
@@ -38,9 +38,18 @@ def model_summary(name_or_path: str) -> ModelSummary:
     shape = ModelShape.from_config(cfg)
     kind = resolve_source(name_or_path, convert_gguf=False).kind
     arch = (cfg.get("architectures") or [shape.model_type or "unknown"])[0]
-    return ModelSummary(name=name_or_path, source=kind, architecture=str(arch), params=shape.total_params,
-                        vocab=shape.vocab, hidden=shape.hidden, layers=shape.layers,
-                        context=shape.max_positions, tied=shape.tied, shape=shape)
+    return ModelSummary(
+        name=name_or_path,
+        source=kind,
+        architecture=str(arch),
+        params=shape.total_params,
+        vocab=shape.vocab,
+        hidden=shape.hidden,
+        layers=shape.layers,
+        context=shape.max_positions,
+        tied=shape.tied,
+        shape=shape,
+    )
 
 
 @dataclass
@@ -48,19 +57,19 @@ class DataPreview:
     format: str
     rows: int
     columns: list[str]
-    table: list[list[str]]                 # the first rows, one short string per cell
-    lengths: list[int]                     # tokens per example before truncation
+    table: list[list[str]]  # the first rows, one short string per cell
+    lengths: list[int]  # tokens per example before truncation
     max_seq_len: int
-    truncated: int                         # examples longer than max_seq_len
-    trained_tokens: int                    # within max_seq_len, over the examples measured
+    truncated: int  # examples longer than max_seq_len
+    trained_tokens: int  # within max_seq_len, over the examples measured
     masked_tokens: int
     template_source: str
     segments: list[tuple[str, str]] = field(default_factory=list)  # first example: (text, trained|masked|cut)
 
 
-
 def _cell(value, limit: int = 120) -> str:
     import json
+
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -73,17 +82,19 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
     examples, fmt = load_examples(spec.path, spec.format)
     columns: list[str] = []
     for r in rows[:table_rows]:
-        for k in (r.value if isinstance(r.value, dict) else {"text": r.value}):
+        for k in r.value if isinstance(r.value, dict) else {"text": r.value}:
             if k not in columns:
                 columns.append(str(k))
-    table = [[_cell((r.value if isinstance(r.value, dict) else {"text": r.value}).get(c, "")) for c in columns]
-             for r in rows[:table_rows]]
+    table = [
+        [_cell((r.value if isinstance(r.value, dict) else {"text": r.value}).get(c, "")) for c in columns]
+        for r in rows[:table_rows]
+    ]
     template, source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
     name = Path(spec.path).name
     lengths, truncated, trained, masked = [], 0, 0, 0
     segments: list[tuple[str, str]] = []
     for i, ex in enumerate(examples[:max_examples]):
-        f = tokenize_example(tokenizer, ex, template, 10 ** 9, f"{name}, line {ex.line}")
+        f = tokenize_example(tokenizer, ex, template, 10**9, f"{name}, line {ex.line}")
         n = len(f["input_ids"])
         lengths.append(n)
         truncated += n > spec.max_seq_len
@@ -92,15 +103,26 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
         trained, masked = trained + t, masked + len(kept) - t
         if i == 0:
             segments = _segments(tokenizer, f["input_ids"], f["labels"], spec.max_seq_len)
-    return DataPreview(format=fmt, rows=len(rows), columns=columns, table=table, lengths=lengths,
-                       max_seq_len=spec.max_seq_len, truncated=truncated, trained_tokens=trained,
-                       masked_tokens=masked, template_source=source, segments=segments)
+    return DataPreview(
+        format=fmt,
+        rows=len(rows),
+        columns=columns,
+        table=table,
+        lengths=lengths,
+        max_seq_len=spec.max_seq_len,
+        truncated=truncated,
+        trained_tokens=trained,
+        masked_tokens=masked,
+        template_source=source,
+        segments=segments,
+    )
 
 
 def _segments(tokenizer, ids: list[int], labels: list[int], max_seq_len: int) -> list[tuple[str, str]]:
     """Runs of consecutive tokens of the same kind, decoded to text."""
-    kinds = ["cut" if i >= max_seq_len else ("trained" if lab != IGNORE_INDEX else "masked")
-             for i, lab in enumerate(labels)]
+    kinds = [
+        "cut" if i >= max_seq_len else ("trained" if lab != IGNORE_INDEX else "masked") for i, lab in enumerate(labels)
+    ]
     out: list[tuple[str, str]] = []
     start = 0
     for i in range(1, len(ids) + 1):
@@ -148,4 +170,3 @@ def search_vocab(tokenizer, text: str, limit: int = 100) -> list[tuple[int, str]
     hits = [(tid, tok) for tok, tid in tokenizer.get_vocab().items() if needle in tok]
     hits.sort(key=lambda x: (x[0] not in special, x[0]))
     return hits[:limit]
-

@@ -23,6 +23,7 @@ MLP_HINTS = ("mlp", "feed_forward", "ffn")
 def linear_leaf_names(model, preset: str) -> list[str]:
     """Leaf names of the linear layers a LoRA preset targets (``all-linear`` handled by PEFT)."""
     import torch
+
     _, head = embedding_module_names(model)
     names = set()
     for name, module in model.named_modules():
@@ -32,8 +33,11 @@ def linear_leaf_names(model, preset: str) -> list[str]:
         if any(h in path for h in ATTENTION_HINTS) or (preset == "attention+mlp" and any(h in path for h in MLP_HINTS)):
             names.add(name.rsplit(".", 1)[-1])
     if not names:
-        raise PlanError(f"adapter.target_modules: the preset {preset!r} matches no layer of this model; use "
-                        "all-linear or list module names.", "adapter.target_modules")
+        raise PlanError(
+            f"adapter.target_modules: the preset {preset!r} matches no layer of this model; use "
+            "all-linear or list module names.",
+            "adapter.target_modules",
+        )
     return sorted(names)
 
 
@@ -42,14 +46,15 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
     ``lean_options`` is ``core.plan.memory_options.resolve``'s answer for this run (resolved here when absent)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-
     a = plan.adapter
     mem = lean_options or resolve_memory_options(plan, "cpu", tied=setup.tied)
     if plan.model.quantization != "none":
         if mem.matrix_dtype == "peft":
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=plan.training.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                model,
+                use_gradient_checkpointing=plan.training.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
         else:
             # The same preparation, but the embedding/head matrices keep the model dtype: an fp32
             # upcast of a frozen 128k x 4096 matrix is 2 GB for nothing.
@@ -66,7 +71,11 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
     if setup.lora_targets:
         targets = sorted(set(targets) | set(setup.lora_targets))
     config = LoraConfig(
-        r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias="none", task_type="CAUSAL_LM",
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
         target_modules=targets,
         modules_to_save=setup.modules_to_save or None,
         trainable_token_indices=setup.token_indices or None,
@@ -75,9 +84,11 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
-        raise PlanError(f"adapter.target_modules: PEFT could not apply LoRA to this model ({exc}).",
-                        "adapter.target_modules") from exc
+        raise PlanError(
+            f"adapter.target_modules: PEFT could not apply LoRA to this model ({exc}).", "adapter.target_modules"
+        ) from exc
     import torch
+
     if mem.matrix_dtype == "float32":
         lean.set_trained_dtype(peft_model, torch.float32)  # fp32 master weights for the trained matrices
     if plan.model.dtype == "float16":
@@ -94,13 +105,17 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
 def _block_linear(model, setup: EmbeddingSetup) -> list[str]:
     """Leaf names of every linear layer inside the transformer blocks."""
     import torch
+
     names = set()
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name != setup.head_name and ".layers." in name:
             names.add(name.rsplit(".", 1)[-1])
     if not names:
-        raise PlanError("adapter.target_modules: the linear layers of this architecture could not be found "
-                        "by name; list them explicitly (e.g. [c_attn, c_proj]).", "adapter.target_modules")
+        raise PlanError(
+            "adapter.target_modules: the linear layers of this architecture could not be found "
+            "by name; list them explicitly (e.g. [c_attn, c_proj]).",
+            "adapter.target_modules",
+        )
     return sorted(names)
 
 

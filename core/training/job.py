@@ -39,9 +39,14 @@ OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "pag
 # Keys that may differ when a run is resumed: only the step budget.
 RESUMABLE_KEYS = {"training.max_steps", "training.epochs"}
 # What a plan without a memory: section (written before it existed) ran: the stock recipe.
-LEGACY_MEMORY = ("memory.loss=standard", "memory.frozen_copy=true", "memory.matrix_dtype=peft",
-                 "memory.matrix_states=trainer", "memory.fused_step=false")
-GiB = 1024 ** 3
+LEGACY_MEMORY = (
+    "memory.loss=standard",
+    "memory.frozen_copy=true",
+    "memory.matrix_dtype=peft",
+    "memory.matrix_states=trainer",
+    "memory.fused_step=false",
+)
+GiB = 1024**3
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -59,21 +64,28 @@ def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Pl
     run_dir = Path(run_dir)
     plan_file = RunFolder(run_dir).plan_file
     if not plan_file.is_file():
-        raise PlanError(f"{run_dir} is not a Headtune run folder (it has no {plan_file.name}), so it cannot be "
-                        "resumed.")
+        raise PlanError(
+            f"{run_dir} is not a Headtune run folder (it has no {plan_file.name}), so it cannot be resumed."
+        )
     import yaml
+
     # A run started before the memory: section existed ran the stock recipe; resume it that way
     # (its optimizer states were made for it).
     written = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
     legacy = [] if "memory" in written else list(LEGACY_MEMORY)
     saved = load_plan(plan_file, legacy)
     plan = load_plan(plan_file, legacy + list(overrides))
-    changed = sorted(k for k, v in _flatten(plan.to_dict()).items()
-                     if _flatten(saved.to_dict()).get(k) != v and k not in RESUMABLE_KEYS)
+    changed = sorted(
+        k
+        for k, v in _flatten(plan.to_dict()).items()
+        if _flatten(saved.to_dict()).get(k) != v and k not in RESUMABLE_KEYS
+    )
     if changed:
-        raise PlanError(f"A resumed run must use the plan it started with; only the step budget "
-                        f"({', '.join(sorted(RESUMABLE_KEYS))}) may change. Changed: {', '.join(changed)}.",
-                        changed[0])
+        raise PlanError(
+            f"A resumed run must use the plan it started with; only the step budget "
+            f"({', '.join(sorted(RESUMABLE_KEYS))}) may change. Changed: {', '.join(changed)}.",
+            changed[0],
+        )
     plan.output.dir = str(run_dir.resolve())
     return plan
 
@@ -86,8 +98,9 @@ def oom_message(device: str, step: int | None, plan: Plan) -> str:
     if not t.gradient_checkpointing:
         tips.append("turn on training.gradient_checkpointing")
     if t.batch_size > 1:
-        tips.append(f"lower training.batch_size (now {t.batch_size}) and raise training.grad_accum to keep the "
-                    "effective batch")
+        tips.append(
+            f"lower training.batch_size (now {t.batch_size}) and raise training.grad_accum to keep the effective batch"
+        )
     tips.append(f"shorten data.max_seq_len (now {d.max_seq_len})")
     if plan.model.quantization == "none":
         tips.append("load the model in 4bit (model.quantization: 4bit)")
@@ -95,17 +108,22 @@ def oom_message(device: str, step: int | None, plan: Plan) -> str:
         tips.append("use the 8-bit optimizer (training.optimizer: adamw_8bit)")
     if plan.embeddings_trained and plan.embeddings.mode == "full":
         tips.append("train only selected token rows (embeddings.mode: tokens)")
-    return (f"The {where} ran out of memory{at}. Try one or more of: " + "; ".join(tips) +
-            ". `headtune estimate` shows where the memory goes. The last checkpoint (if any) is kept.")
+    return (
+        f"The {where} ran out of memory{at}. Try one or more of: "
+        + "; ".join(tips)
+        + ". `headtune estimate` shows where the memory goes. The last checkpoint (if any) is kept."
+    )
 
 
 def _is_oom(exc: BaseException) -> bool:
     import torch
+
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc)
     return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text)
+        isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+    )
 
 
 def _free_bytes(path: Path) -> int:
@@ -169,9 +187,11 @@ class TrainingJob:
             if _is_oom(exc):
                 err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan))
             else:
-                err = InternalError(f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}. This is "
-                                    f"an unexpected error, not a problem with the plan{self._save_traceback(exc)}; "
-                                    "please report it.")
+                err = InternalError(
+                    f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}. This is "
+                    f"an unexpected error, not a problem with the plan{self._save_traceback(exc)}; "
+                    "please report it."
+                )
             self.emit(ev.Failed(message=str(err), step=self.step or None, error_type=type(err).__name__))
             err.reported = True
             raise err from exc
@@ -187,6 +207,7 @@ class TrainingJob:
         if not (self.is_main_process and self.run_dir.is_dir()):
             return ""
         import traceback
+
         try:
             self.folder.error_log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
         except OSError:
@@ -202,14 +223,19 @@ class TrainingJob:
         if self.resume:
             ckpt = self.folder.latest_checkpoint()
             if ckpt is None:
-                raise PlanError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a "
-                                "new run instead.", "output.dir")
+                raise PlanError(
+                    f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a new run instead.",
+                    "output.dir",
+                )
             return ckpt
         if self.is_main_process and run_dir.exists() and not run_dir.is_dir():
             raise PlanError(f"output.dir: {run_dir} is a file; the run needs a folder.", "output.dir")
         if self.is_main_process and run_dir.exists() and any(run_dir.iterdir()):
-            raise PlanError(f"output.dir: {run_dir} already exists and is not empty. Choose a new folder, or "
-                            f"continue that run with `headtune train --resume {run_dir}`.", "output.dir")
+            raise PlanError(
+                f"output.dir: {run_dir} already exists and is not empty. Choose a new folder, or "
+                f"continue that run with `headtune train --resume {run_dir}`.",
+                "output.dir",
+            )
         return None
 
     def _run(self) -> ev.Event:
@@ -224,11 +250,18 @@ class TrainingJob:
             return stopped
         self._open_run_folder(reset_rows)
         trainer = self.trainer = self._trainer(model, tokenizer, setup)
-        self.emit(ev.Started(total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else
-                             self._steps_for_epochs(), trainable_params=trainable, total_params=total,
-                             train_examples=len(self.data.train), val_examples=len(self.data.val),
-                             device=self.device, resumed_from_step=checkpoint_step(ckpt) or 0,
-                             message=f"{trainable:,} trainable parameters of {total:,}"))
+        self.emit(
+            ev.Started(
+                total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else self._steps_for_epochs(),
+                trainable_params=trainable,
+                total_params=total,
+                train_examples=len(self.data.train),
+                val_examples=len(self.data.val),
+                device=self.device,
+                resumed_from_step=checkpoint_step(ckpt) or 0,
+                message=f"{trainable:,} trainable parameters of {total:,}",
+            )
+        )
         return self._train(trainer, model, tokenizer, ckpt)
 
     def _pick_device(self) -> None:
@@ -238,11 +271,15 @@ class TrainingJob:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if plan.training.optimizer == "paged_adamw_8bit" and self.device == "cpu":
-            raise PlanError("training.optimizer: paged_adamw_8bit pages optimizer states between GPU and CPU "
-                            "memory and needs a CUDA GPU. On the CPU use adamw or adamw_8bit.", "training.optimizer")
+            raise PlanError(
+                "training.optimizer: paged_adamw_8bit pages optimizer states between GPU and CPU "
+                "memory and needs a CUDA GPU. On the CPU use adamw or adamw_8bit.",
+                "training.optimizer",
+            )
         if plan.model.dtype == "float16" and self.device == "cpu":
-            raise PlanError("model.dtype: float16 training needs a GPU; on the CPU use bfloat16 or float32.",
-                            "model.dtype")
+            raise PlanError(
+                "model.dtype: float16 training needs a GPU; on the CPU use bfloat16 or float32.", "model.dtype"
+            )
 
     def _load(self):
         """Tokenizer, data and model, checked and loaded before the run folder exists; returns
@@ -257,12 +294,15 @@ class TrainingJob:
         self.data = prepare(plan.data, tokenizer, plan.training.seed)
         st = self.data.stats
         share = st.trained_tokens / max(1, st.trained_tokens + st.masked_tokens)
-        self.log(f"{st.rows} rows ({st.format}): {st.train_examples} train, {st.val_examples} validation, "
-                 f"{st.truncated} truncated to {plan.data.max_seq_len} tokens, {st.skipped_no_labels} skipped "
-                 f"(nothing to train left); {share:.0%} of tokens trained, the rest masked")
+        self.log(
+            f"{st.rows} rows ({st.format}): {st.train_examples} train, {st.val_examples} validation, "
+            f"{st.truncated} truncated to {plan.data.max_seq_len} tokens, {st.skipped_no_labels} skipped "
+            f"(nothing to train left); {share:.0%} of tokens trained, the rest masked"
+        )
 
         # Seed before the adapter is initialised, so a plan's seed reproduces the whole run.
         from transformers import set_seed
+
         set_seed(plan.training.seed)
         self.log(f"Loading model on {self.device} ({plan.model.quantization}, {plan.model.dtype})")
         model = sources.load_model(source, plan.model, self.device)
@@ -270,16 +310,24 @@ class TrainingJob:
         reset_rows: list[int] = []
         if plan.embeddings.init_untrained == "mean":
             reset_rows = init_untrained_mean(model)
-            self.log(f"init_untrained: {len(reset_rows)} untrained-looking rows set to the mean of the others"
-                     + (f" ({', '.join(map(str, reset_rows[:20]))}{' …' if len(reset_rows) > 20 else ''})"
-                        if reset_rows else ""))
+            self.log(
+                f"init_untrained: {len(reset_rows)} untrained-looking rows set to the mean of the others"
+                + (
+                    f" ({', '.join(map(str, reset_rows[:20]))}{' …' if len(reset_rows) > 20 else ''})"
+                    if reset_rows
+                    else ""
+                )
+            )
         setup = setup_mod.resolve_embeddings(model, plan.embeddings, new_ids)
         model.config.use_cache = False
         self.lean = resolve_memory_options(plan, self.device, tied=setup.tied)
         why_not = lean.unsupported_head_reason(model.config) if self.lean.loss != "standard" else None
         if why_not:
-            self.lean = dataclasses.replace(self.lean, loss="standard", notes=self.lean.notes + (
-                f"memory.loss: {why_not}, so the model's own loss runs (full logits).",))
+            self.lean = dataclasses.replace(
+                self.lean,
+                loss="standard",
+                notes=self.lean.notes + (f"memory.loss: {why_not}, so the model's own loss runs (full logits).",),
+            )
         for note in self.lean.notes:
             self.log(note)
         self.model = adapters.build_peft_model(model, plan, setup, self.lean)
@@ -295,15 +343,16 @@ class TrainingJob:
         if not self.resume:
             plan.save(self.folder.plan_file)
             if plan.embeddings.init_untrained != "none":
-                self.folder.init_untrained_file.write_text(json.dumps(
-                    {"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8")
+                self.folder.init_untrained_file.write_text(
+                    json.dumps({"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8"
+                )
         self._file_sink = ev.JsonlSink(self.folder.events_file)
 
     def _train(self, trainer, model, tokenizer, ckpt: str | None) -> ev.Event:
         do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
         if do_eval and ckpt is None:
             trainer.evaluate()
-        with (self.around_training() if self.around_training else contextlib.nullcontext()):
+        with self.around_training() if self.around_training else contextlib.nullcontext():
             result = trainer.train(resume_from_checkpoint=ckpt)
         if trainer.fused_step is not None:
             trainer.fused_step.remove()
@@ -322,8 +371,12 @@ class TrainingJob:
                     trainer.evaluate()
                     last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
                 eval_loss = last_eval[-1]["eval_loss"] if last_eval else None
-            event = ev.Finished(step=self.step, adapter_path=str(adapter_dir),
-                                train_loss=getattr(result, "training_loss", None), eval_loss=eval_loss)
+            event = ev.Finished(
+                step=self.step,
+                adapter_path=str(adapter_dir),
+                train_loss=getattr(result, "training_loss", None),
+                eval_loss=eval_loss,
+            )
         self.emit(memory_sample(self.step))
         self.emit(event)
         return event
@@ -339,14 +392,16 @@ class TrainingJob:
         numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
         weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         state_bytes = 2 * numel * (1 if "8bit" in t.optimizer else 4)
-        checkpoint = weights + state_bytes + 16 * 1024 ** 2
+        checkpoint = weights + state_bytes + 16 * 1024**2
         keep = (t.save_total_limit + 1) if t.save_every > 0 else 1  # one extra while rotating; one on stop
-        need = checkpoint * keep + weights + 64 * 1024 ** 2
+        need = checkpoint * keep + weights + 64 * 1024**2
         free = _free_bytes(self.run_dir)
         if free < need:
-            raise RunError(f"Not enough free disk space for this run in {self.run_dir}: it needs about "
-                           f"{need / GiB:.2f} GiB for checkpoints and the adapter, and {free / GiB:.2f} GiB is free. "
-                           "Free some space, lower training.save_total_limit, or choose another output.dir.")
+            raise RunError(
+                f"Not enough free disk space for this run in {self.run_dir}: it needs about "
+                f"{need / GiB:.2f} GiB for checkpoints and the adapter, and {free / GiB:.2f} GiB is free. "
+                "Free some space, lower training.save_total_limit, or choose another output.dir."
+            )
 
     def _trainer(self, model, tokenizer, setup):
         from transformers import TrainingArguments
@@ -392,9 +447,12 @@ class TrainingJob:
             prediction_loss_only=True,
         )
         trainer = HeadtuneTrainer(
-            model=model, args=args, train_dataset=self.data.train,
+            model=model,
+            args=args,
+            train_dataset=self.data.train,
             eval_dataset=self.data.val if has_val else None,
-            data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+            data_collator=Collator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
             callbacks=[JobCallback(self)],
             embedding_param_names=embedding_parameter_names(model, setup),
             embedding_lr=plan.embeddings.learning_rate,
@@ -422,4 +480,3 @@ class TrainingJob:
             os.replace(tmp, final)
         self.log(f"Adapter saved to {final}")
         return final
-

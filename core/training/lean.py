@@ -40,6 +40,7 @@ from ..plan.memory_options import Effective
 
 # -- building the model ------------------------------------------------------------------------
 
+
 def matrix_parameters(model) -> list:
     """The embedding and head weight Parameters of an (unwrapped) transformers model, once each."""
     out: list = []
@@ -57,6 +58,7 @@ def prepare_kbit(model, gradient_checkpointing: bool, keep_dtype: list) -> None:
     enable gradient checkpointing (non-reentrant, so no input-grad hook is needed).
     """
     import torch
+
     keep = {id(p) for p in keep_dtype}
     for p in model.parameters():
         p.requires_grad = False
@@ -70,6 +72,7 @@ def prepare_kbit(model, gradient_checkpointing: bool, keep_dtype: list) -> None:
 def trained_matrix_parameters(peft_model) -> list:
     """The trainable copies that PEFT ``modules_to_save`` made of the embedding/head (once each)."""
     from peft.utils.other import ModulesToSaveWrapper
+
     out: list = []
     for module in peft_model.modules():
         if isinstance(module, ModulesToSaveWrapper):
@@ -95,6 +98,7 @@ def drop_frozen_copies(peft_model) -> int:
     ``disable_adapter()`` during this training run sees the trained matrix instead of the original.
     """
     from peft.utils.other import ModulesToSaveWrapper
+
     dropped = 0
     for module in peft_model.modules():
         if not isinstance(module, ModulesToSaveWrapper):
@@ -110,11 +114,13 @@ def drop_frozen_copies(peft_model) -> int:
 
 # -- the loss --------------------------------------------------------------------------------
 
+
 def plain_head_weight(head):
     """The weight matrix ``head`` applies when it is a plain bias-free linear map (possibly PEFT's
     ``modules_to_save`` copy of one), else None (LoRA on the head, token rows, a bias)."""
     import torch
     from peft.utils.other import ModulesToSaveWrapper
+
     if isinstance(head, ModulesToSaveWrapper):
         if not head.active_adapters:
             return None
@@ -127,6 +133,7 @@ def plain_head_weight(head):
 def active_weight(module):
     """The weight a (possibly ``modules_to_save``-wrapped) embedding or head applies, or None."""
     from peft.utils.other import ModulesToSaveWrapper
+
     if isinstance(module, ModulesToSaveWrapper):
         if not module.active_adapters:
             return None
@@ -185,9 +192,9 @@ def _chunked_function():
             grad_w = torch.zeros_like(weight) if want_w else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for s in range(0, hidden.shape[0], chunk):
-                h = hidden[s:s + chunk]
+                h = hidden[s : s + chunk]
                 h = h if h.dtype == cd else h.to(cd)
-                y = labels[s:s + chunk]
+                y = labels[s : s + chunk]
                 lf = (h @ w.T).float()  # one chunk's logits, fp32 as transformers' loss upcasts them
                 # log-sum-exp in place (no second chunk-sized buffer): loss = lse - target logit.
                 target = lf.gather(1, y[:, None]).squeeze(1)
@@ -204,7 +211,7 @@ def _chunked_function():
                 lf.mul_(scale)
                 g = lf if cd == torch.float32 else lf.to(cd)
                 if want_h:
-                    grad_h[s:s + chunk] = (g @ w).to(grad_h.dtype)
+                    grad_h[s : s + chunk] = (g @ w).to(grad_h.dtype)
                 if want_w:
                     if grad_w.dtype == g.dtype:
                         grad_w.addmm_(g.T, h)
@@ -231,6 +238,7 @@ def _chunked_function():
 def chunked_linear_cross_entropy(hidden, weight, labels, scale: float, chunk: int):
     """Scaled sum of cross-entropies of ``hidden @ weight.T`` (rows of ``hidden`` all labelled)."""
     import torch
+
     dev = hidden.device.type
     # The chunk's matmul runs in the weight's dtype: a 16-bit weight as autocast would run it, an
     # fp32 one (master weights, or PEFT's k-bit upcast) in fp32 rather than through a 16-bit copy
@@ -252,8 +260,11 @@ def _checkpointed_chunks(head, hidden, labels, scale: float, chunk: int):
 
     total = None
     for s in range(0, hidden.shape[0], chunk):
-        part = checkpoint(piece, hidden[s:s + chunk], labels[s:s + chunk], use_reentrant=False) \
-            if torch.is_grad_enabled() else piece(hidden[s:s + chunk], labels[s:s + chunk])
+        part = (
+            checkpoint(piece, hidden[s : s + chunk], labels[s : s + chunk], use_reentrant=False)
+            if torch.is_grad_enabled()
+            else piece(hidden[s : s + chunk], labels[s : s + chunk])
+        )
         total = part if total is None else total + part
     if total is None:
         total = hidden.sum() * 0.0
@@ -263,18 +274,22 @@ def _checkpointed_chunks(head, hidden, labels, scale: float, chunk: int):
 def _fused_library_loss(backend: str, weight, hidden, labels, scale: float):
     if backend == "liger":
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
         loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
         return loss_fn(weight, hidden.to(weight.dtype), labels) * scale
     from cut_cross_entropy import linear_cross_entropy
+
     return linear_cross_entropy(hidden.to(weight.dtype), weight, labels, reduction="sum") * scale
 
 
-def causal_lm_loss(head, hidden, labels, num_items_in_batch=None, eff: Effective | None = None,
-                   kind: str = "chunked", chunk: int = 256):
+def causal_lm_loss(
+    head, hidden, labels, num_items_in_batch=None, eff: Effective | None = None, kind: str = "chunked", chunk: int = 256
+):
     """Next-token cross-entropy of ``head(hidden)`` against ``labels`` (shifted here, -100 masked),
     summed and divided by ``num_items_in_batch`` when given, else by the number of labelled tokens:
     the same value as transformers' ``ForCausalLMLoss``, without full-vocabulary logits."""
     import torch
+
     if eff is not None:
         kind, chunk = eff.loss, eff.loss_chunk
     shift = labels[:, 1:].reshape(-1)
@@ -298,6 +313,7 @@ def causal_lm_loss(head, hidden, labels, num_items_in_batch=None, eff: Effective
 
 # -- optimizer -------------------------------------------------------------------------------
 
+
 class FusedMatrixStep:
     """Steps the trained matrices inside backward, as soon as each one's gradient is complete.
 
@@ -311,6 +327,7 @@ class FusedMatrixStep:
         """``bits``: id(param) -> 8 or 32 for bitsandbytes AdamW (as the main optimizer would have
         used); None for torch's fused AdamW, like the main one."""
         import torch
+
         self.main = main_optimizer
         self.params = list(params)
         self.optimizers = {}
@@ -319,6 +336,7 @@ class FusedMatrixStep:
             opt: torch.optim.Optimizer
             if bits is not None:
                 import bitsandbytes as bnb
+
                 opt = bnb.optim.AdamW([p], optim_bits=bits[id(p)], is_paged=paged)
             else:
                 opt = torch.optim.AdamW([p], fused=True)
@@ -335,6 +353,7 @@ class FusedMatrixStep:
 
     def _step(self, p) -> None:
         import torch
+
         main = self._group_of(p)
         opt = self.optimizers[p]
         for g in opt.param_groups:

@@ -108,6 +108,7 @@ def run_with_peak(plan) -> tuple[dict, TrainingJob]:
             with cuda_peak() as peak:
                 yield
             holder.update(peak)
+
         job = TrainingJob(plan, around_training=around)
         job.run()
         return dict(device="cuda", peak_bytes=holder["peak"], reserved_peak_bytes=holder["reserved_peak"]), job

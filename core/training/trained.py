@@ -32,8 +32,9 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = N
     folder = RunFolder(run_dir).require_adapter()
     plan = load_plan(folder.plan_file)
     adapter_dir = folder.adapter_dir
-    spec = dataclasses.replace(plan.model, quantization=quantization or plan.model.quantization,
-                               dtype=dtype or plan.model.dtype)
+    spec = dataclasses.replace(
+        plan.model, quantization=quantization or plan.model.quantization, dtype=dtype or plan.model.dtype
+    )
     source = resolve_source(plan.model.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     base = load_model(source, spec, device)
@@ -43,6 +44,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = N
     init_new_rows(base, len(tokenizer), new_ids, original_len)
     if plan.embeddings.init_untrained == "mean":  # as training did, before the adapter
         from ..embeddings.untrained import init_untrained_mean
+
         init_untrained_mean(base)
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()

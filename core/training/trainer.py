@@ -20,8 +20,9 @@ from .. import events as ev
 class HeadtuneTrainer(Trainer):
     """A Trainer whose embedding/head parameters form their own optimizer group(s)."""
 
-    def __init__(self, *args, embedding_param_names: Iterable[str] = (), embedding_lr: float | None = None,
-                 lean=None, **kwargs):
+    def __init__(
+        self, *args, embedding_param_names: Iterable[str] = (), embedding_lr: float | None = None, lean=None, **kwargs
+    ):
         self.embedding_param_names = set(embedding_param_names)
         self.embedding_lr = embedding_lr
         self.lean = lean  # core.plan.memory_options.Effective: the memory options as they run (None: stock behaviour)
@@ -31,9 +32,11 @@ class HeadtuneTrainer(Trainer):
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.lean is None or self.lean.loss == "standard" or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         from . import lean
+
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
@@ -73,21 +76,29 @@ class HeadtuneTrainer(Trainer):
         release_bnb_overrides()  # stale entries of an earlier run in this process (ids get reused)
         states = self.lean.matrix_states if self.lean is not None else "trainer"
         from .lean import trained_matrix_parameters
+
         matrices = [p for p in trained_matrix_parameters(opt_model) if p.requires_grad]
         is_bnb = "bitsandbytes" in str(optimizer_cls)
         if matrices and states in ("8bit", "paged_8bit") and not is_bnb:
             # 8-bit states for the matrices under a 32-bit optimizer: one bitsandbytes AdamW with
             # 32-bit states for everything else and an 8-bit override for the matrices.
             import bitsandbytes
+
             optimizer_cls, is_bnb = bitsandbytes.optim.AdamW, True
-            optimizer_kwargs = {"lr": self.args.learning_rate, "betas": (self.args.adam_beta1, self.args.adam_beta2),
-                                "eps": self.args.adam_epsilon, "optim_bits": 32, "is_paged": states == "paged_8bit"}
+            optimizer_kwargs = {
+                "lr": self.args.learning_rate,
+                "betas": (self.args.adam_beta1, self.args.adam_beta2),
+                "eps": self.args.adam_epsilon,
+                "optim_bits": 32,
+                "is_paged": states == "paged_8bit",
+            }
         elif is_bnb and states == "paged_8bit":
             optimizer_kwargs["is_paged"] = True
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         bits = None  # id(matrix) -> state bits, when bitsandbytes steps them
         if is_bnb:
             import bitsandbytes
+
             manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
             default_bits = optimizer_kwargs.get("optim_bits", 32)
             embedding_weights = {id(m.weight) for m in opt_model.modules() if isinstance(m, nn.Embedding)}
@@ -103,8 +114,10 @@ class HeadtuneTrainer(Trainer):
                 bits = {id(p): 32 if states == "32bit" else 8 for p in matrices}
         if self.lean is not None and self.lean.fused_step and matrices:
             from .lean import FusedMatrixStep
-            self.fused_step = FusedMatrixStep(self.optimizer, matrices, bits,
-                                              paged=bool(optimizer_kwargs.get("is_paged")) if is_bnb else False)
+
+            self.fused_step = FusedMatrixStep(
+                self.optimizer, matrices, bits, paged=bool(optimizer_kwargs.get("is_paged")) if is_bnb else False
+            )
         return self.optimizer
 
     # The fused step's per-matrix optimizer states travel with the checkpoint, beside the
@@ -119,6 +132,7 @@ class HeadtuneTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         import os
+
         if checkpoint and self.fused_step is not None and os.path.isfile(f"{checkpoint}/{self.FUSED_STATES}"):
             self.fused_step.load_state_dict(torch.load(f"{checkpoint}/{self.FUSED_STATES}", weights_only=False))
 
@@ -169,10 +183,17 @@ class JobCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
         if "loss" in logs:
-            self.job.emit(ev.Step(step=state.global_step, total_steps=state.max_steps,
-                                  loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)),
-                                  grad_norm=_finite(logs.get("grad_norm")), tokens_per_s=round(self._tps, 1),
-                                  epoch=float(logs.get("epoch") or 0.0)))
+            self.job.emit(
+                ev.Step(
+                    step=state.global_step,
+                    total_steps=state.max_steps,
+                    loss=float(logs["loss"]),
+                    learning_rate=float(logs.get("learning_rate", 0.0)),
+                    grad_norm=_finite(logs.get("grad_norm")),
+                    tokens_per_s=round(self._tps, 1),
+                    epoch=float(logs.get("epoch") or 0.0),
+                )
+            )
         self._apply_stop(control)
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -194,6 +215,7 @@ def release_bnb_overrides() -> None:
     long-lived process such as the window (found by the memory benchmark).
     """
     import sys
+
     bnb = sys.modules.get("bitsandbytes")
     if bnb is not None:
         bnb.optim.GlobalOptimManager.get_instance().initialize()
@@ -202,9 +224,14 @@ def release_bnb_overrides() -> None:
 def memory_sample(step: int) -> ev.Memory:
     import psutil
     import torch
+
     rss = psutil.Process().memory_info().rss
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return ev.Memory(step=step, rss_bytes=rss, cuda_allocated_bytes=torch.cuda.memory_allocated(),
-                         cuda_reserved_bytes=torch.cuda.memory_reserved(),
-                         cuda_max_allocated_bytes=torch.cuda.max_memory_allocated())
+        return ev.Memory(
+            step=step,
+            rss_bytes=rss,
+            cuda_allocated_bytes=torch.cuda.memory_allocated(),
+            cuda_reserved_bytes=torch.cuda.memory_reserved(),
+            cuda_max_allocated_bytes=torch.cuda.max_memory_allocated(),
+        )
     return ev.Memory(step=step, rss_bytes=rss)

@@ -76,8 +76,9 @@ class ChatController(QObject):
             self.release_model()  # never two models at once
         if self._child is None or self._child.stop_requested:
             self._start_child()
-        self._child.send({"messages": [{"role": "user", "content": request.prompt}],
-                          "max_new_tokens": request.max_new_tokens})
+        self._child.send(
+            {"messages": [{"role": "user", "content": request.prompt}], "max_new_tokens": request.max_new_tokens}
+        )
         self.running = True
         self._panel.clear_answers()
         self._panel.show_busy(True, "Generating…" if self.model_loaded else "Loading the model and the adapter…")

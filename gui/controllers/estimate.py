@@ -38,6 +38,7 @@ def detect_hardware() -> Hardware:
     """The GPU (if any) and the RAM; also warms bitsandbytes' import check."""
     from headtune.core.estimate import detect_capacity
     from headtune.core.plan import bitsandbytes_problem
+
     gpu_bytes, gpu_name = detect_capacity("cuda")
     ram_bytes, _ = detect_capacity("cpu")
     bitsandbytes_problem()
@@ -56,11 +57,12 @@ class EstimateController(QObject):
         self._training_panel = training_panel
         self._tasks = tasks
         self._host = host
-        self.summary = None          # the model's ModelSummary, once read
+        self.summary = None  # the model's ModelSummary, once read
         self.hardware: Hardware | None = None
         self.last_estimate = None
         self.last_check = PlanChecked(None)
         import psutil
+
         memory_panel.set_targets(None, int(psutil.virtual_memory().total), preferred=self._preferred_target())
         model.changed.connect(self._on_model_changed)
         memory_panel.advice_applied.connect(self._on_memory_panel_advice_applied)
@@ -75,8 +77,13 @@ class EstimateController(QObject):
         return "cuda" if self.hardware is not None and self.hardware.gpu is not None else "cpu"
 
     def detect(self) -> None:
-        self._tasks.run("hardware", detect_hardware, self._on_hardware_detected,
-                        lambda m: self._host.show_status(m), needs_transformers=False)
+        self._tasks.run(
+            "hardware",
+            detect_hardware,
+            self._on_hardware_detected,
+            lambda m: self._host.show_status(m),
+            needs_transformers=False,
+        )
 
     def set_summary(self, summary) -> None:
         self.summary = summary
@@ -102,11 +109,14 @@ class EstimateController(QObject):
 
     def update_estimate(self) -> None:
         from headtune.core.estimate import estimate
+
         if self.summary is None:
             self.last_estimate = None
-            self._panel.show_message("Estimated peak memory: waiting for the model's configuration…"
-                                     if self._model.value("model.name_or_path") else
-                                     "Estimated peak memory: choose a model first.")
+            self._panel.show_message(
+                "Estimated peak memory: waiting for the model's configuration…"
+                if self._model.value("model.name_or_path")
+                else "Estimated peak memory: choose a model first."
+            )
             return
         try:
             plan = self._model.plan(check=False)
@@ -122,6 +132,7 @@ class EstimateController(QObject):
     def run_estimate_bytes(self, plan) -> int | None:
         """The estimate for a run of ``plan`` on the device it will train on."""
         from headtune.core.estimate import estimate
+
         if self.summary is None:
             return None
         return estimate(plan, self.summary.shape, self.run_device).total_bytes

@@ -66,9 +66,12 @@ class PlanFileController(QObject):
         """True when there are no unsaved changes, or the user saved or discarded them."""
         if not self.dirty:
             return True
-        answer = self._host.ask("Unsaved plan", "The plan has changes that are not saved. Save them first?",
-                                QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard |
-                                QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
+        answer = self._host.ask(
+            "Unsaved plan",
+            "The plan has changes that are not saved. Save them first?",
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Save,
+        )
         if answer == QMessageBox.StandardButton.Save:
             return self.save_plan()
         return answer == QMessageBox.StandardButton.Discard

@@ -27,6 +27,7 @@ TIED_KEYS = ("embeddings.train_embeddings", "embeddings.train_lm_head")
 
 def load_tokenizer_for(name_or_path: str, trust_remote_code: bool):
     from headtune.core.model.sources import load_tokenizer, resolve_source
+
     return load_tokenizer(resolve_source(name_or_path), trust_remote_code)
 
 
@@ -94,6 +95,7 @@ class PreviewController(QObject):
     @Slot()
     def load_model_info(self) -> None:
         from headtune.core.tools.preview import model_summary
+
         name, trust = self._model.value("model.name_or_path").strip(), self._model.value("model.trust_remote_code")
         self.tokenizer = None
         self._training_panel.show_tied(None)
@@ -106,8 +108,9 @@ class PreviewController(QObject):
         self._host.show_status(f"Reading the configuration of {name}…")
         self._tasks.run("model", lambda: model_summary(name), self._on_model_summary, self._on_model_error)
         self._data_panel.show_loading("Loading the model's tokenizer for the preview…")
-        self._tasks.run("tokenizer", lambda: load_tokenizer_for(name, trust), self._on_tokenizer_loaded,
-                        self._on_tokenizer_error)
+        self._tasks.run(
+            "tokenizer", lambda: load_tokenizer_for(name, trust), self._on_tokenizer_loaded, self._on_tokenizer_error
+        )
 
     def _on_model_summary(self, summary) -> None:
         self._model_panel.show_summary(summary)
@@ -138,6 +141,7 @@ class PreviewController(QObject):
     @Slot()
     def load_data_preview(self) -> None:
         from headtune.core.tools.preview import preview_data
+
         if not self._model.value("data.path").strip():
             self._tasks.forget("data")
             self._data_panel.show_error("Choose a dataset: a data file or a hub dataset id.", hint=True)
@@ -154,8 +158,9 @@ class PreviewController(QObject):
         # and the UI thread keeps using this one for token search.
         tokenizer = copy.deepcopy(self.tokenizer)
         self._data_panel.show_loading(f"Reading {Path(spec.path).name}…")
-        self._tasks.run("data", lambda: preview_data(spec, tokenizer), self._on_data_preview,
-                        self._data_panel.show_error)
+        self._tasks.run(
+            "data", lambda: preview_data(spec, tokenizer), self._on_data_preview, self._data_panel.show_error
+        )
 
     def _on_data_preview(self, preview) -> None:
         self._data_panel.show_preview(preview)
@@ -166,6 +171,7 @@ class PreviewController(QObject):
     @Slot(str)
     def _on_training_panel_token_search_changed(self, text: str) -> None:
         from headtune.core.tools.preview import search_vocab
+
         if self.tokenizer is None:
             self._training_panel.show_token_results([])
             return
@@ -181,8 +187,11 @@ class PreviewController(QObject):
         if self.tokenizer is not None:
             size = len(self.tokenizer)
             for i in ids:
-                parts.append(f"{i} = {self.tokenizer.convert_ids_to_tokens(i)!r}" if 0 <= i < size
-                             else f"{i} = (outside the vocabulary)")
+                parts.append(
+                    f"{i} = {self.tokenizer.convert_ids_to_tokens(i)!r}"
+                    if 0 <= i < size
+                    else f"{i} = (outside the vocabulary)"
+                )
         else:
             parts += [str(i) for i in ids]
         parts += [f"new {t!r}" for t in new_tokens]
@@ -201,9 +210,12 @@ class PreviewController(QObject):
 
     @Slot()
     def _on_model_path_browse_requested(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self._host, "Choose a model (a .gguf file, or config.json in a model "
-                                              "folder)", self._start_dir("model"),
-                                              "Models (config.json *.gguf);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self._host,
+            "Choose a model (a .gguf file, or config.json in a model folder)",
+            self._start_dir("model"),
+            "Models (config.json *.gguf);;All files (*)",
+        )
         if path:
             self._host.settings.setValue("dirs/model", str(Path(path).parent))
             self._model.set("model.name_or_path", str(Path(path).parent) if path.endswith("config.json") else path)
@@ -214,8 +226,12 @@ class PreviewController(QObject):
 
     @Slot()
     def _on_data_path_browse_requested(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self._host, "Choose the training data", self._start_dir("data"),
-                                              "Data (*.jsonl *.json *.csv *.parquet *.txt);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self._host,
+            "Choose the training data",
+            self._start_dir("data"),
+            "Data (*.jsonl *.json *.csv *.parquet *.txt);;All files (*)",
+        )
         if path:
             self._host.settings.setValue("dirs/data", str(Path(path).parent))
             self._model.set("data.path", path)

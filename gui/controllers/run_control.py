@@ -53,8 +53,8 @@ class RunLaunched:
 class RunController(QObject):
     """Owns the training child and the Run panel's buttons."""
 
-    run_launched = Signal(object)   # RunLaunched, before the child starts
-    run_ended = Signal()            # the child has exited and its thread is done
+    run_launched = Signal(object)  # RunLaunched, before the child starts
+    run_ended = Signal()  # the child has exited and its thread is done
     target_changed = Signal(object)  # RunTarget
 
     def __init__(self, model: PlanModel, run_panel, estimate, actions: dict, threads, host):
@@ -68,9 +68,14 @@ class RunController(QObject):
         self._supervisor: Supervisor | None = None
         self._running_dir: str | None = None
         self.last_run_dir: str | None = None
-        self._progress = {ev.Started: self._show_started, ev.Log: self._show_log, ev.Step: run_panel.add_event,
-                          ev.Memory: run_panel.add_event, ev.Eval: self._show_eval,
-                          ev.Checkpoint: self._show_checkpoint}
+        self._progress = {
+            ev.Started: self._show_started,
+            ev.Log: self._show_log,
+            ev.Step: run_panel.add_event,
+            ev.Memory: run_panel.add_event,
+            ev.Eval: self._show_eval,
+            ev.Checkpoint: self._show_checkpoint,
+        }
         estimate.plan_checked.connect(self._on_estimate_plan_checked)
         run_panel.start_button.clicked.connect(self._on_start_button_clicked)
         run_panel.stop_button.clicked.connect(self._on_stop_button_clicked)
@@ -103,11 +108,13 @@ class RunController(QObject):
 
     def update_buttons(self) -> None:
         from headtune.core.runfolder import RunFolder
+
         problem = self._estimate.last_check.problem
         rp, running = self._panel, self.running
         rp.start_button.setEnabled(not running and problem is None)
-        rp.start_button.setToolTip("Start a new run with this plan." if problem is None else
-                                   f"Fix the plan first: {problem}")
+        rp.start_button.setToolTip(
+            "Start a new run with this plan." if problem is None else f"Fix the plan first: {problem}"
+        )
         rp.stop_button.setEnabled(running and not self.stop_requested)
         target = self.target()
         rp.resume_button.setEnabled(not running and bool(target) and RunFolder(target).has_checkpoint())
@@ -150,6 +157,7 @@ class RunController(QObject):
 
     def resume_run(self) -> None:
         from headtune.core.training.job import resume_plan
+
         target = self.target()
         if self.running or not target:
             return
@@ -201,8 +209,10 @@ class RunController(QObject):
     def _show_started(self, e: ev.Started) -> None:
         self._panel.add_event(e)
         self._panel.state_label.setText(f"Running on {e.device}")
-        self._panel.log(f"Started: {e.message}; {e.train_examples} training and {e.val_examples} validation "
-                        f"examples; {e.total_steps} steps")
+        self._panel.log(
+            f"Started: {e.message}; {e.train_examples} training and {e.val_examples} validation "
+            f"examples; {e.total_steps} steps"
+        )
         self._panel.refresh_runs()
 
     def _show_log(self, e: ev.Log) -> None:

@@ -105,6 +105,7 @@ class DoctorController(QObject):
 
     def show(self, output_dir: str):
         from ..doctor_dialog import DoctorDialog
+
         if self.dialog is None:
             self.dialog = DoctorDialog(output_dir, self._host)
             self.dialog.check_requested.connect(self._on_dialog_check_requested)
@@ -203,8 +204,16 @@ class HealthController(QObject):
 
     @Slot(list)
     def _on_panel_train_rows_requested(self, ids: list) -> None:
-        self._apply(RowsFix({"embeddings.mode": "tokens", "embeddings.token_ids": sorted(ids),
-                             "embeddings.train_embeddings": True, "embeddings.train_lm_head": True}))
+        self._apply(
+            RowsFix(
+                {
+                    "embeddings.mode": "tokens",
+                    "embeddings.token_ids": sorted(ids),
+                    "embeddings.train_embeddings": True,
+                    "embeddings.train_lm_head": True,
+                }
+            )
+        )
 
     @Slot()
     def _on_panel_init_mean_requested(self) -> None:

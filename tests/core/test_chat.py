@@ -19,25 +19,38 @@ MESSAGES = [{"role": "user", "content": "Name colour number 3."}]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_untied):
     from helpers import ALPACA_ROWS, write_jsonl
+
     root = tmp_path_factory.mktemp("chat")
     data = write_jsonl(root / "data.jsonl", ALPACA_ROWS)
-    d = plan_dict(tiny_untied, data, root / "run", embeddings={"train_lm_head": True, "mode": "full"},
-                  training={"max_steps": 6, "learning_rate": 5e-2})
+    d = plan_dict(
+        tiny_untied,
+        data,
+        root / "run",
+        embeddings={"train_lm_head": True, "mode": "full"},
+        training={"max_steps": 6, "learning_rate": 5e-2},
+    )
     TrainingJob(plan_from_dict(d)).run()
     return root / "run"
 
 
 def greedy(model, tok, ids, stop_ids, n):
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id)
-    new = out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=sorted(stop_ids),
+            pad_token_id=tok.pad_token_id,
+        )
+    new = out[0, ids.shape[1] :].tolist()
     new = new[: next((i for i, t in enumerate(new) if t in stop_ids), len(new))]
     return tok.decode(new, skip_special_tokens=False)
 
 
 def test_base_and_tuned_answers_match_their_models(run, tiny_untied):
     from transformers import AutoModelForCausalLM
+
     pair = ChatPair(run, device="cpu")
     ids = pair.prompt_ids(MESSAGES)
     base = AutoModelForCausalLM.from_pretrained(tiny_untied, dtype=torch.float32).eval()
@@ -51,16 +64,21 @@ def test_base_and_tuned_answers_match_their_models(run, tiny_untied):
 
 
 def test_chat_command_answers_with_both(run):
-    done = subprocess.run([sys.executable, "-m", "headtune.core.cli", "chat", str(run), "--prompt", "Hi",
-                           "--max-new-tokens", "5"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "chat", str(run), "--prompt", "Hi", "--max-new-tokens", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("[base] ") and lines[1].startswith("[fine-tuned] ")
 
 
 def test_chat_refuses_a_folder_without_adapter(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "headtune.core.cli", "chat", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "chat", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2 and "not a Headtune run folder" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -81,17 +99,21 @@ def test_json_lines_answers_each_request_with_both_models_and_keeps_the_model():
     import json as _json
 
     from headtune.core.tools.chat import serve_json_lines
+
     pair, loads, out = FakePair(), [], []
-    lines = [_json.dumps({"messages": [{"role": "user", "content": "one"}], "max_new_tokens": 2}) + "\n", "\n",
-             _json.dumps({"messages": [{"role": "user", "content": "two"}]}) + "\n"]
+    lines = [
+        _json.dumps({"messages": [{"role": "user", "content": "one"}], "max_new_tokens": 2}) + "\n",
+        "\n",
+        _json.dumps({"messages": [{"role": "user", "content": "two"}]}) + "\n",
+    ]
     serve_json_lines(lambda: loads.append(1) or pair, iter(lines), out.append)
     assert loads == [1] and out[0] == {"type": "loaded"}  # loaded once for both prompts
     answers = [i for i, e in enumerate(out) if e["type"] == "answered"]
     assert len(answers) == 2 and all(not out[i]["stopped"] for i in answers)
-    first = out[1:answers[0]]
+    first = out[1 : answers[0]]
     assert [e["text"] for e in first] == ["Ba", "Ta", "Bb", "Tb"]  # interleaved, base first
     assert [e["tuned"] for e in first] == [False, True, False, True]
-    assert "".join(e["text"] for e in out[answers[0] + 1:answers[1]] if e["tuned"]) == "TaTbTc"
+    assert "".join(e["text"] for e in out[answers[0] + 1 : answers[1]] if e["tuned"]) == "TaTbTc"
     assert [a[0] for a in pair.asked] == ["one", "one", "two", "two"]
 
 
@@ -100,6 +122,7 @@ def test_json_lines_stop_ends_the_current_answer():
     import threading
 
     from headtune.core.tools.chat import serve_json_lines
+
     gate = threading.Event()
 
     class SlowPair(FakePair):
@@ -121,16 +144,27 @@ def test_json_lines_stop_ends_the_current_answer():
 
 def test_chat_json_lines_command_streams_and_reports_failures(run, tmp_path):
     import json as _json
+
     request = _json.dumps({"messages": MESSAGES, "max_new_tokens": 6}) + "\n"
-    done = subprocess.run([sys.executable, "-m", "headtune.core.cli", "chat", str(run), "--json-lines"],
-                          input=request, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "chat", str(run), "--json-lines"],
+        input=request,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     events = [_json.loads(x) for x in done.stdout.splitlines()]
     assert events[0] == {"type": "loaded"} and events[-1] == {"type": "answered", "stopped": False}
     pair = ChatPair(run, device="cpu")
     tuned = "".join(e["text"] for e in events if e["type"] == "piece" and e["tuned"])
     assert tuned == pair.answer(MESSAGES, tuned=True, max_new_tokens=6)
-    done = subprocess.run([sys.executable, "-m", "headtune.core.cli", "chat", str(tmp_path), "--json-lines"],
-                          input="", capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "chat", str(tmp_path), "--json-lines"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     last = _json.loads(done.stdout.splitlines()[-1])
     assert done.returncode == 2 and last["type"] == "failed" and "not a Headtune run folder" in last["message"]

@@ -78,6 +78,7 @@ def test_failure_during_run_exit_1_and_debug_traceback(tmp_path, tiny_untied, al
 
     def boom(self, *a, **k):
         raise RuntimeError("simulated kernel failure")
+
     monkeypatch.setattr(trainer_mod.HeadtuneTrainer, "training_step", boom)
     plan = write_plan(tmp_path, tiny_untied, alpaca_file)
     assert main(["train", str(plan)]) == 1
@@ -117,16 +118,22 @@ def test_resume_from_command_line(tmp_path, tiny_untied, alpaca_file, capsys):
 def test_console_script_installed():
     """The real entry point runs in a fresh process (exit code and output from the installed script)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "headtune.core.cli", "--version"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "--version"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("headtune ")
 
 
 def _events_json(args, cwd, stdin_lines=(), stop_after_steps=None):
     """Run ``headtune train --events-json``; returns (exit code, events, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "headtune.core.cli", "train", "--events-json", *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "headtune.core.cli", "train", "--events-json", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
     events, steps = [], 0
     for line in proc.stdout:
         events.append(json.loads(line))  # nothing but JSON on stdout
@@ -148,8 +155,7 @@ def test_events_json_streams_every_event_and_stops_on_request(tmp_path, tiny_unt
     stopped = events[-1]
     assert 2 <= stopped["step"] < 500 and stopped["checkpoint_path"]
     # The stopped run resumes from the command line in the same mode.
-    code, events, err = _events_json(["--resume", str(tmp_path / "run"), "--set", "training.max_steps=6"],
-                                     tmp_path)
+    code, events, err = _events_json(["--resume", str(tmp_path / "run"), "--set", "training.max_steps=6"], tmp_path)
     assert code == 0, err
     assert [e["step"] for e in events if e["type"] == "step"][0] == stopped["step"] + 1
     assert events[-1]["type"] == "finished" and events[-1]["step"] == 6

@@ -17,12 +17,15 @@ from headtune.core.plan import ModelSpec, plan_from_dict
 from headtune.core.training.job import TrainingJob
 from helpers import build_model, plan_dict
 
-needs_packed = pytest.mark.skipif(not cpu4bit.packed_kernel_available(),
-                                  reason="this CPU has no AVX-512 BF16, so bitsandbytes has no packed 4-bit kernel")
+needs_packed = pytest.mark.skipif(
+    not cpu4bit.packed_kernel_available(),
+    reason="this CPU has no AVX-512 BF16, so bitsandbytes has no packed 4-bit kernel",
+)
 
 
 def linear4bit(in_features: int, out_features: int, seed: int = 0):
     import bitsandbytes as bnb
+
     torch.manual_seed(seed)
     w = torch.randn(out_features, in_features)
     layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
@@ -31,12 +34,14 @@ def linear4bit(in_features: int, out_features: int, seed: int = 0):
 
 
 def four_bit(folder, dtype="float32"):
-    return load_model(resolve_source(str(folder)), ModelSpec(name_or_path=str(folder), quantization="4bit",
-                                                            dtype=dtype), "cpu")
+    return load_model(
+        resolve_source(str(folder)), ModelSpec(name_or_path=str(folder), quantization="4bit", dtype=dtype), "cpu"
+    )
 
 
-@pytest.mark.parametrize("shape,ok", [((128, 64), True), ((64, 32), True), ((32, 32), False), ((64, 48), False),
-                                      ((96, 64), False)])
+@pytest.mark.parametrize(
+    "shape,ok", [((128, 64), True), ((64, 32), True), ((32, 32), False), ((64, 48), False), ((96, 64), False)]
+)
 def test_packable_shapes(shape, ok):
     assert cpu4bit.packable(linear4bit(*shape)) is ok
 
@@ -105,9 +110,14 @@ def test_unpackable_layers_fall_back_instead_of_crashing(tmp_path, tokenizer_dir
 @needs_packed
 def test_chat_takes_the_packed_kernel_on_bfloat16(tiny_untied, alpaca_file, tmp_path):
     from headtune.core.tools.chat import ChatPair
-    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "run",
-                  model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "bfloat16"},
-                  training={"max_steps": 1, "eval_every": 0, "save_every": 0})
+
+    d = plan_dict(
+        tiny_untied,
+        alpaca_file,
+        tmp_path / "run",
+        model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "bfloat16"},
+        training={"max_steps": 1, "eval_every": 0, "save_every": 0},
+    )
     TrainingJob(plan_from_dict(d)).run()
     pair = ChatPair(tmp_path / "run", device="cpu")
     answer = "".join(pair.stream([{"role": "user", "content": "Name colour number 3."}], max_new_tokens=4))
@@ -116,10 +126,15 @@ def test_chat_takes_the_packed_kernel_on_bfloat16(tiny_untied, alpaca_file, tmp_
 
 def test_evaluation_between_steps_leaves_4bit_training_unchanged(tiny_untied, alpaca_file, tmp_path):
     """On every CPU (the packed path included) evaluations between steps do not change the losses."""
+
     def losses(tag, eval_every):
-        d = plan_dict(tiny_untied, alpaca_file, tmp_path / tag,
-                      model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "float32"},
-                      training={"max_steps": 3, "eval_every": eval_every, "save_every": 0})
+        d = plan_dict(
+            tiny_untied,
+            alpaca_file,
+            tmp_path / tag,
+            model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "float32"},
+            training={"max_steps": 3, "eval_every": eval_every, "save_every": 0},
+        )
         job = TrainingJob(plan_from_dict(d))
         job.run()
         assert cpu4bit.packed_layers(job.model) == 0

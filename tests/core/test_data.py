@@ -15,6 +15,7 @@ from headtune.core.plan import DataSpec
 @pytest.fixture(scope="module")
 def tok(tokenizer_dir):
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
@@ -23,21 +24,31 @@ def write(path, text):
     return path
 
 
-@pytest.mark.parametrize("row,fmt", [
-    ({"instruction": "a", "input": "", "output": "b"}, "alpaca"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages"),
-    ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}, "sharegpt"),
-    ({"text": "plain words"}, "text"),
-])
+@pytest.mark.parametrize(
+    "row,fmt",
+    [
+        ({"instruction": "a", "input": "", "output": "b"}, "alpaca"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages"),
+        ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}, "sharegpt"),
+        ({"text": "plain words"}, "text"),
+    ],
+)
 def test_detect_format(tmp_path, row, fmt):
     examples, detected = reading.load_examples(str(write(tmp_path / "d.jsonl", json.dumps(row) + "\n")))
     assert detected == fmt and len(examples) == 1
 
 
 def test_assistant_tokens_trained_prompt_masked(tok):
-    ex = reading.Example(1, messages=[{"role": "system", "content": "be nice"}, {"role": "user", "content": "say cat"},
-                                   {"role": "assistant", "content": "the cat"}, {"role": "user", "content": "and dog"},
-                                   {"role": "assistant", "content": "the dog"}])
+    ex = reading.Example(
+        1,
+        messages=[
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "say cat"},
+            {"role": "assistant", "content": "the cat"},
+            {"role": "user", "content": "and dog"},
+            {"role": "assistant", "content": "the dog"},
+        ],
+    )
     template, _ = templates.resolve_template(tok, "model")
     f = examples.tokenize_example(tok, ex, template, 512)
     trained = [i for i, label in zip(f["input_ids"], f["labels"]) if label != reading.IGNORE_INDEX]
@@ -102,6 +113,7 @@ def test_empty_missing_and_mislabelled_files(tmp_path):
 def test_csv_json_parquet_txt(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     write(tmp_path / "d.csv", 'instruction,input,output\n"multi\nline",,b\nc,,d\n')
     ex, fmt = reading.load_examples(str(tmp_path / "d.csv"))
     assert fmt == "alpaca" and [e.line for e in ex] == [3, 4]
@@ -136,6 +148,7 @@ def test_prepare_pack_and_fallback_template(tmp_path, tok):
         prepared = examples.prepare(spec, tok, seed=0)
     finally:
         from helpers import CHATML
+
         tok.chat_template = CHATML
     assert prepared.stats.template_source.startswith("chatml")
     assert prepared.stats.val_examples == 2 and prepared.stats.train_examples == 18
@@ -144,19 +157,27 @@ def test_prepare_pack_and_fallback_template(tmp_path, tok):
 
 
 def test_collator_pads_and_masks():
-    batch = examples.Collator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                                     {"input_ids": [8], "labels": [8]}])
+    batch = examples.Collator(pad_id=0)(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_template_refusal_is_a_data_error_with_the_line(tmp_path, tok):
-    strict = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}" \
-             "{% endif %}{{ m['content'] }}{% endfor %}"
+    strict = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
     (tmp_path / "t.jinja").write_text(strict)
-    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
-                        {"role": "assistant", "content": "b"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+        ]
+    }
     path = write(tmp_path / "d.jsonl", json.dumps(row) + "\n")
     spec = DataSpec(path=str(path), chat_template=str(tmp_path / "t.jinja"), max_seq_len=64, val_fraction=0.0)
     with pytest.raises(DataError, match="d.jsonl, line 1: the chat template refused this conversation"):

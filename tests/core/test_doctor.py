@@ -27,7 +27,7 @@ from headtune.core.cli import main
 from headtune.core.tools import doctor
 
 ROOT = Path(__file__).resolve().parents[2]
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +89,23 @@ def test_text_and_json_forms_carry_everything(report):
         assert "GPU: none found" in text and "No GPU" in text
     d = json.loads(json.dumps(report.to_dict()))
     assert d["ok"] is True and d["summary"] == report.summary
-    assert {c["name"] for c in d["checks"]} >= {"Python", "libraries", "GPU", "bitsandbytes 4-bit",
-                                                 "bitsandbytes 8-bit", "bf16", "RAM", "disk"}
+    assert {c["name"] for c in d["checks"]} >= {
+        "Python",
+        "libraries",
+        "GPU",
+        "bitsandbytes 4-bit",
+        "bitsandbytes 8-bit",
+        "bf16",
+        "RAM",
+        "disk",
+    }
 
 
 def test_cpu_features_and_the_4bit_path_are_reported(report):
     """The CPU's features as /proc/cpuinfo states them, the kernel Headtune uses, and a real check
     of the packed kernel exactly where this CPU has it."""
     from headtune.core.model.cpu4bit import packed_kernel_available
+
     cpu = report.cpu
     assert set(cpu) >= {"arch", "avx2", "avx512", "avx512_bf16", "amx", "path"}
     flags = set()
@@ -151,8 +160,10 @@ def test_gpu_problems_each_have_a_fix():
     assert no_device[0].status == "error" and "driver" in no_device[0].fix
     small = doctor.Gpu(0, "GTX 1050", 4 * GiB, 3 * GiB, "6.1", False)
     checks = {c.name: c for c in doctor._check_gpu("CUDA 12.4", [small], ["GTX 1050"], "550.54")}
-    assert checks["GPU"].status == "ok" and "GTX 1050 (4.0 GiB, 3.0 GiB free, compute capability 6.1)" in \
-        checks["GPU"].detail
+    assert (
+        checks["GPU"].status == "ok"
+        and "GTX 1050 (4.0 GiB, 3.0 GiB free, compute capability 6.1)" in checks["GPU"].detail
+    )
     assert checks["GPU memory"].status == "warning" and "4bit" in checks["GPU memory"].fix
     assert checks["GPU generation"].status == "warning"
     bf16 = doctor._check_bf16(torch, "cuda", [small])
@@ -174,8 +185,9 @@ def test_missing_or_old_libraries_are_errors(monkeypatch):
     assert check.status == "error"
     assert "not installed: bitsandbytes" in check.detail and "peft 0.10.0 (needs >=0.18)" in check.detail
     assert check.fix == "Install supported versions: pip install --upgrade bitsandbytes peft"
-    assert doctor._check_libraries({**found, "peft": "0.21.0", "bitsandbytes": "0.50.2",
-                                    "transformers": "6.0.0"}).detail.startswith("unsupported: transformers")
+    assert doctor._check_libraries(
+        {**found, "peft": "0.21.0", "bitsandbytes": "0.50.2", "transformers": "6.0.0"}
+    ).detail.startswith("unsupported: transformers")
 
 
 def test_minimum_versions_match_pyproject():
@@ -191,8 +203,12 @@ def test_minimum_versions_match_pyproject():
 
 def test_doctor_json_from_the_command_line(tmp_path):
     """The real command in a fresh process: one JSON object, exit code from the verdict."""
-    proc = subprocess.run([sys.executable, "-m", "headtune.core.cli", "doctor", "--json", "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "doctor", "--json", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     d = json.loads(proc.stdout)
     assert proc.returncode == (0 if d["ok"] else 1), proc.stderr
     assert d["output_dir"] == str(tmp_path.resolve()) and d["versions"]["torch"] == torch.__version__
@@ -204,8 +220,9 @@ VERSION_LINE = re.compile(r"^(?P<name>[a-z]+) (?P<version>\S+)(?: \((?P<extra>[^
 
 
 def test_version_output_parses():
-    proc = subprocess.run([sys.executable, "-m", "headtune.core.cli", "--version"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headtune.core.cli", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     parsed = {}
     for line in proc.stdout.strip().splitlines():

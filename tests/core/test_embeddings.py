@@ -21,6 +21,7 @@ from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 def rows(tokenizer_dir):
     """Three token ids that occur in every training answer (a row only learns when it is used)."""
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return sorted(set(tok("Colour 3 is red.")["input_ids"][:1] + tok(" is.")["input_ids"]))
 
@@ -51,9 +52,14 @@ def base_matrices(folder):
 
 
 def run(tmp_path, model_dir, data, quant, **embeddings):
-    d = plan_dict(model_dir, data, tmp_path / "run", embeddings=embeddings,
-                  model={"name_or_path": str(model_dir), "quantization": quant, "dtype": "float32"},
-                  training={"max_steps": 3, "learning_rate": 5e-2, "save_every": 0})
+    d = plan_dict(
+        model_dir,
+        data,
+        tmp_path / "run",
+        embeddings=embeddings,
+        model={"name_or_path": str(model_dir), "quantization": quant, "dtype": "float32"},
+        training={"max_steps": 3, "learning_rate": 5e-2, "save_every": 0},
+    )
     job = TrainingJob(plan_from_dict(d))
     job.run()
     return job
@@ -129,8 +135,7 @@ def test_frozen_base_layers_do_not_change(tmp_path, tiny_untied, alpaca_file):
     job = run(tmp_path, tiny_untied, alpaca_file, "none", train_embeddings=True, mode="full")
     base = load_file(str(tiny_untied / "model.safetensors"))
     live = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in job.model.named_parameters()}
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
-                 "model.norm.weight"):
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"):
         assert torch.equal(live[name].detach().float(), base[name].float()), name
 
 
@@ -164,6 +169,7 @@ def test_new_tokens_train_even_without_embedding_training(tmp_path, tiny_untied,
 
 def test_new_rows_start_at_the_mean(tiny_untied):
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(tiny_untied, dtype=torch.float32)
     E0 = model.get_input_embeddings().weight.detach().clone()
     H0 = model.get_output_embeddings().weight.detach().clone()
@@ -176,9 +182,13 @@ def test_new_rows_start_at_the_mean(tiny_untied):
 
 
 def test_embedding_learning_rate_is_its_own_group(tmp_path, tiny_untied, alpaca_file):
-    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "run",
-                  embeddings={"train_embeddings": True, "mode": "full", "learning_rate": 1e-4},
-                  training={"max_steps": 1, "learning_rate": 1e-2})
+    d = plan_dict(
+        tiny_untied,
+        alpaca_file,
+        tmp_path / "run",
+        embeddings={"train_embeddings": True, "mode": "full", "learning_rate": 1e-4},
+        training={"max_steps": 1, "learning_rate": 1e-2},
+    )
     job = TrainingJob(plan_from_dict(d))
     job.run()
     groups = job.trainer.optimizer.param_groups

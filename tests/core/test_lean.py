@@ -22,6 +22,7 @@ FULL = {"train_embeddings": True, "train_lm_head": True, "mode": "full"}
 
 def stock_loss(logits, labels, num_items=None):
     from transformers.loss.loss_utils import ForCausalLMLoss
+
     return ForCausalLMLoss(logits, labels, logits.shape[-1], num_items_in_batch=num_items)
 
 
@@ -64,6 +65,7 @@ def test_chunked_loss_honours_num_items_in_batch_and_other_heads():
 def test_chunked_loss_keeps_only_one_chunk_of_logits():
     """The tracker's peak inside the loss stays near one chunk's logits, far below all of them."""
     from headtune.core.training.memtrack import LiveTensorTracker
+
     torch.manual_seed(2)
     V, T, H, chunk = 20_000, 512, 8, 64
     head = torch.nn.Linear(H, V, bias=False)
@@ -78,10 +80,15 @@ def test_chunked_loss_keeps_only_one_chunk_of_logits():
 
 
 def run(tmp_path, folder, data, name, quant="none", memory=None, training=None, embeddings=None):
-    d = plan_dict(folder, data, tmp_path / name, embeddings=embeddings or FULL,
-                  model={"name_or_path": str(folder), "quantization": quant, "dtype": "float32"},
-                  training={"max_steps": 3, "learning_rate": 5e-2, "save_every": 0, **(training or {})},
-                  memory=memory or {})
+    d = plan_dict(
+        folder,
+        data,
+        tmp_path / name,
+        embeddings=embeddings or FULL,
+        model={"name_or_path": str(folder), "quantization": quant, "dtype": "float32"},
+        training={"max_steps": 3, "learning_rate": 5e-2, "save_every": 0, **(training or {})},
+        memory=memory or {},
+    )
     job = TrainingJob(plan_from_dict(d))
     job.run()
     return job
@@ -98,6 +105,7 @@ def test_lean_defaults_match_stock_loss_and_drop_the_duplicate(tmp_path, tiny_un
     assert losses(lean_job) == pytest.approx(losses(stock), rel=1e-4, abs=1e-4)
     # One storage per matrix: the wrapper's original is the trained copy itself.
     from peft.utils.other import ModulesToSaveWrapper
+
     wrappers = [m for m in lean_job.model.modules() if isinstance(m, ModulesToSaveWrapper)]
     assert len(wrappers) == 2
     for w in wrappers:
@@ -109,8 +117,9 @@ def test_lean_defaults_match_stock_loss_and_drop_the_duplicate(tmp_path, tiny_un
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("quant", ["none", "4bit"])
-def test_lean_run_reloads_and_merges_with_the_trained_matrices(tmp_path, tiny_untied, tiny_tied, alpaca_file,
-                                                               tied, quant):
+def test_lean_run_reloads_and_merges_with_the_trained_matrices(
+    tmp_path, tiny_untied, tiny_tied, alpaca_file, tied, quant
+):
     """The export contract: load_trained gives the trained logits; merge_and_unload carries the
     trained embedding/head matrices (still tied on a tied model)."""
     folder = tiny_tied if tied else tiny_untied
@@ -157,8 +166,14 @@ def test_fused_step_is_exact(tmp_path, tiny_untied, alpaca_file):
 
 def test_fused_step_falls_back_with_clipping_and_says_so(tmp_path, tiny_untied, alpaca_file):
     events = []
-    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "run", embeddings=FULL, memory={"fused_step": True},
-                  training={"max_steps": 1})
+    d = plan_dict(
+        tiny_untied,
+        alpaca_file,
+        tmp_path / "run",
+        embeddings=FULL,
+        memory={"fused_step": True},
+        training={"max_steps": 1},
+    )
     job = TrainingJob(plan_from_dict(d), sinks=[events.append])
     job.run()
     assert not job.lean.fused_step and job.trainer.fused_step is None
@@ -167,14 +182,21 @@ def test_fused_step_falls_back_with_clipping_and_says_so(tmp_path, tiny_untied, 
 
 def test_eight_bit_states_for_both_matrices(tmp_path, tiny_llama3_vocab, alpaca_file):
     """8-bit states for the embedding too (the Trainer's rule keeps it 32-bit), on a 128k vocabulary."""
-    job = run(tmp_path, tiny_llama3_vocab, alpaca_file, "run", memory={"matrix_states": "8bit"},
-              training={"max_steps": 1})
+    job = run(
+        tmp_path, tiny_llama3_vocab, alpaca_file, "run", memory={"matrix_states": "8bit"}, training={"max_steps": 1}
+    )
     opt = job.trainer.optimizer
     for p in lean.trained_matrix_parameters(job.model):
         assert p.shape[0] == 128_256
         assert opt.state[p]["state1"].dtype == torch.uint8
-    stock = run(tmp_path, tiny_llama3_vocab, alpaca_file, "stock", memory={**STOCK},
-                training={"max_steps": 1, "optimizer": "adamw_8bit"})
+    stock = run(
+        tmp_path,
+        tiny_llama3_vocab,
+        alpaca_file,
+        "stock",
+        memory={**STOCK},
+        training={"max_steps": 1, "optimizer": "adamw_8bit"},
+    )
     emb = lean.active_weight(stock.model.get_input_embeddings())
     assert stock.trainer.optimizer.state[emb]["state1"].dtype == torch.float32  # the Trainer's rule
 
@@ -184,19 +206,31 @@ def test_no_upcast_under_4bit_and_fp32_master(tmp_path, tiny_untied, alpaca_file
 
     from headtune.core.embeddings.setup import resolve_embeddings
     from headtune.core.training.adapters import build_peft_model
-    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "x", embeddings=FULL,
-                  model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "bfloat16"})
+
+    d = plan_dict(
+        tiny_untied,
+        alpaca_file,
+        tmp_path / "x",
+        embeddings=FULL,
+        model={"name_or_path": str(tiny_untied), "quantization": "4bit", "dtype": "bfloat16"},
+    )
 
     def build(**memory):
         from headtune.core.model.sources import load_model, resolve_source
+
         p = plan_from_dict({**d, "memory": memory})
         model = load_model(resolve_source(str(tiny_untied)), p.model, "cpu")
         return build_peft_model(model, p, resolve_embeddings(model, p.embeddings, []))
 
     def dtypes(m):
         emb, head = m.get_input_embeddings(), m.get_output_embeddings()
-        return (emb.original_module.weight.dtype, lean.active_weight(emb).dtype,
-                head.original_module.weight.dtype, lean.active_weight(head).dtype)
+        return (
+            emb.original_module.weight.dtype,
+            lean.active_weight(emb).dtype,
+            head.original_module.weight.dtype,
+            lean.active_weight(head).dtype,
+        )
+
     assert dtypes(build(matrix_dtype="peft", frozen_copy=True)) == (torch.float32,) * 4  # PEFT's upcast
     assert dtypes(build(matrix_dtype="model", frozen_copy=True)) == (torch.bfloat16,) * 4
     assert dtypes(build(matrix_dtype="float32", frozen_copy=True)) == (torch.bfloat16, torch.float32) * 2
@@ -206,6 +240,7 @@ def test_no_upcast_under_4bit_and_fp32_master(tmp_path, tiny_untied, alpaca_file
 def test_memory_section_validation():
     from headtune.core.errors import PlanError
     from headtune.core.plan import Plan, help_for, with_overrides
+
     p = Plan()
     p.model.name_or_path, p.data.path = "m", "d.jsonl"
     with pytest.raises(PlanError, match="memory.loss_chunk_tokens"):

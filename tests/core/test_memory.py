@@ -11,9 +11,17 @@ from headtune.core.errors import PlanError
 from headtune.core.estimate import CATEGORIES, GiB, ModelShape, estimate, parse_size
 from headtune.core.plan import Plan, with_overrides
 
-LLAMA3_8B = {"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
-             "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False,
-             "model_type": "llama", "max_position_embeddings": 8192}
+LLAMA3_8B = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+    "model_type": "llama",
+    "max_position_embeddings": 8192,
+}
 
 
 def plan(*overrides: str) -> Plan:
@@ -37,20 +45,30 @@ def test_breakdown_sums_to_peak_and_json_keys():
     assert est.total_bytes == est.tensors_peak_bytes + est.overhead_bytes and est.overhead_bytes > 0
     assert est.phases[est.peak_phase] == est.tensors_peak_bytes == max(est.phases.values())
     d = est.to_dict()
-    for key in ("tensors_peak_bytes", "overhead_bytes", "total_bytes", "breakdown", "phases", "capacity_bytes",
-                "fit", "advice"):
+    for key in (
+        "tensors_peak_bytes",
+        "overhead_bytes",
+        "total_bytes",
+        "breakdown",
+        "phases",
+        "capacity_bytes",
+        "fit",
+        "advice",
+    ):
         assert key in d
     assert estimate(plan(), SHAPE, "cpu").overhead_bytes == 0
 
 
-@pytest.mark.parametrize("key,low,high", [
-    ("data.max_seq_len", 512, 2048),
-    ("training.batch_size", 1, 4),
-    ("adapter.r", 8, 64),
-])
+@pytest.mark.parametrize(
+    "key,low,high", [("data.max_seq_len", 512, 2048), ("training.batch_size", 1, 4), ("adapter.r", 8, 64)]
+)
 def test_more_tokens_or_rank_never_lower(key, low, high):
-    for extra in ([], ["model.quantization=4bit"], ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true"],
-                  ["training.gradient_checkpointing=false"]):
+    for extra in (
+        [],
+        ["model.quantization=4bit"],
+        ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true"],
+        ["training.gradient_checkpointing=false"],
+    ):
         a = estimate(plan(f"{key}={low}", *extra), SHAPE, "cuda").tensors_peak_bytes
         b = estimate(plan(f"{key}={high}", *extra), SHAPE, "cuda").tensors_peak_bytes
         assert b > a, (key, extra)
@@ -61,10 +79,22 @@ def test_more_tokens_or_rank_never_lower(key, low, high):
 def test_enabling_a_mode_never_lowers(mode, quant):
     rows = ["embeddings.token_ids=[1, 2, 3]"] if mode == "tokens" else []
     off = estimate(plan(f"model.quantization={quant}"), SHAPE, "cuda").tensors_peak_bytes
-    emb = estimate(plan(f"model.quantization={quant}", "embeddings.train_embeddings=true",
-                        f"embeddings.mode={mode}", *rows), SHAPE, "cuda").tensors_peak_bytes
-    both = estimate(plan(f"model.quantization={quant}", "embeddings.train_embeddings=true",
-                         "embeddings.train_lm_head=true", f"embeddings.mode={mode}", *rows), SHAPE, "cuda")
+    emb = estimate(
+        plan(f"model.quantization={quant}", "embeddings.train_embeddings=true", f"embeddings.mode={mode}", *rows),
+        SHAPE,
+        "cuda",
+    ).tensors_peak_bytes
+    both = estimate(
+        plan(
+            f"model.quantization={quant}",
+            "embeddings.train_embeddings=true",
+            "embeddings.train_lm_head=true",
+            f"embeddings.mode={mode}",
+            *rows,
+        ),
+        SHAPE,
+        "cuda",
+    )
     assert off < emb <= both.tensors_peak_bytes
 
 
@@ -94,8 +124,10 @@ def test_tied_model_counts_one_matrix():
 
 
 def test_quantisation_lowers_frozen_weights():
-    w = {q: estimate(plan(f"model.quantization={q}"), SHAPE, "cuda").breakdown["weights_frozen"]
-         for q in ("none", "8bit", "4bit")}
+    w = {
+        q: estimate(plan(f"model.quantization={q}"), SHAPE, "cuda").breakdown["weights_frozen"]
+        for q in ("none", "8bit", "4bit")
+    }
     assert w["none"] > w["8bit"] > w["4bit"]
     dq = estimate(plan("model.quantization=4bit", "model.double_quant=false"), SHAPE, "cuda")
     assert dq.breakdown["weights_frozen"] > w["4bit"]
@@ -129,12 +161,31 @@ def test_parse_size():
 
 def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
     import yaml
+
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_untied)}, "data": {"path": "d.jsonl"}}))
-    assert main(["estimate", str(plan_file), "--device", "cuda", "--gpu-memory", "12GiB", "--json",
-                 "--set", "embeddings.train_embeddings=true"]) == 0
+    assert (
+        main(
+            [
+                "estimate",
+                str(plan_file),
+                "--device",
+                "cuda",
+                "--gpu-memory",
+                "12GiB",
+                "--json",
+                "--set",
+                "embeddings.train_embeddings=true",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
-    assert d["capacity_bytes"] == 12 * GiB and d["fit"] == "fits" and sum(d["breakdown"].values()) == d["tensors_peak_bytes"]
+    assert (
+        d["capacity_bytes"] == 12 * GiB
+        and d["fit"] == "fits"
+        and sum(d["breakdown"].values()) == d["tensors_peak_bytes"]
+    )
     assert d["common_gpus"] == {"8GiB": "fits", "12GiB": "fits", "16GiB": "fits", "24GiB": "fits"}
     assert d["cpu_training"]["fit"] == "fits" and d["cpu_training"]["ram_bytes"] > GiB
     assert main(["estimate", str(plan_file), "--device", "cpu"]) == 0
@@ -145,8 +196,9 @@ def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
     assert main(["estimate", str(plan_file), "--gpu-memory", "huge"]) == 2
 
 
-@pytest.mark.parametrize("extra", [{"train_lm_head": True}, {"new_tokens": ["<a>", "<b>"]},
-                                   {"train_lm_head": False, "new_tokens": ["<a>"]}])
+@pytest.mark.parametrize(
+    "extra", [{"train_lm_head": True}, {"new_tokens": ["<a>", "<b>"]}, {"train_lm_head": False, "new_tokens": ["<a>"]}]
+)
 @pytest.mark.parametrize("mode", ["full", "tokens", "lora"])
 @pytest.mark.parametrize("which", ["tied", "untied"])
 def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_untied, mode, which, extra):
@@ -158,10 +210,16 @@ def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_u
     from headtune.core.estimate import read_model_config
     from headtune.core.plan import plan_from_dict
     from headtune.core.training.adapters import build_peft_model, count_parameters
+
     folder = tiny_tied if which == "tied" else tiny_untied
     rows = {"token_ids": [5, 6, 7]} if mode == "tokens" else {}
-    p = plan_from_dict({"model": {"name_or_path": str(folder), "dtype": "float32"}, "data": {"path": "d.jsonl"},
-                        "embeddings": {"train_embeddings": True, "mode": mode, **rows, **extra}})
+    p = plan_from_dict(
+        {
+            "model": {"name_or_path": str(folder), "dtype": "float32"},
+            "data": {"path": "d.jsonl"},
+            "embeddings": {"train_embeddings": True, "mode": mode, **rows, **extra},
+        }
+    )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
     new_ids, before = add_new_tokens(tok, p.embeddings.new_tokens)
@@ -184,8 +242,11 @@ def test_each_lean_option_removes_what_it_should():
 
     def with_(*o):
         return estimate(plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=adamw_8bit", *o), SHAPE, "cuda")
+
     # No frozen duplicates: two fp32 originals (the k-bit upcast) are gone.
-    assert stock.breakdown["weights_frozen"] - with_("memory.frozen_copy=false").breakdown["weights_frozen"] == 2 * M * 4
+    assert (
+        stock.breakdown["weights_frozen"] - with_("memory.frozen_copy=false").breakdown["weights_frozen"] == 2 * M * 4
+    )
     # No upcast: frozen originals and trained copies in bf16.
     no_up = with_("memory.matrix_dtype=model")
     assert stock.breakdown["weights_frozen"] - no_up.breakdown["weights_frozen"] == 2 * M * 2
@@ -197,7 +258,8 @@ def test_each_lean_option_removes_what_it_should():
     # 8-bit states for the embedding too (the Trainer keeps 32-bit for nn.Embedding).
     eight = with_("memory.matrix_states=8bit")
     assert stock.breakdown["optimizer_states"] - eight.breakdown["optimizer_states"] == pytest.approx(
-        2 * M * 4 - (2 * M + 2 * M / 256 * 4), abs=8)
+        2 * M * 4 - (2 * M + 2 * M / 256 * 4), abs=8
+    )
     # Chunked loss: the logits phase shrinks from seq x vocab to chunk x vocab.
     chunked = with_("memory.loss=chunked")
     loss_phases = ("forward_loss", "loss_backward", "head_backward")
@@ -212,19 +274,22 @@ def test_each_lean_option_removes_what_it_should():
 
 def test_fused_step_falls_back_where_it_would_not_be_exact():
     from headtune.core.plan.memory_options import resolve
+
     p = plan(*BOTH, "memory.fused_step=true")  # max_grad_norm 1.0 by default
     eff = resolve(p, "cuda")
     assert not eff.fused_step and any("max_grad_norm" in n for n in eff.notes)
     with_fused = estimate(p, SHAPE, "cuda")
     assert with_fused.notes == list(eff.notes) and "notes" in with_fused.to_dict()
     assert with_fused.tensors_peak_bytes == estimate(plan(*BOTH), SHAPE, "cuda").tensors_peak_bytes
-    assert not resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0", "training.grad_accum=4"),
-                       "cuda").fused_step
+    assert not resolve(
+        plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0", "training.grad_accum=4"), "cuda"
+    ).fused_step
     assert resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0"), "cuda").fused_step
 
 
 def test_fused_step_off_under_a_distributed_launcher(monkeypatch):
     from headtune.core.plan.memory_options import resolve
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     eff = resolve(plan(*BOTH, "memory.fused_step=true", "training.max_grad_norm=0"), "cuda")
     assert not eff.fused_step and any("distributed" in n for n in eff.notes)
@@ -232,6 +297,7 @@ def test_fused_step_off_under_a_distributed_launcher(monkeypatch):
 
 def test_fallbacks_by_device():
     from headtune.core.plan.memory_options import resolve
+
     assert resolve(plan("memory.loss=fused"), "cpu").loss == "chunked"
     assert resolve(plan("memory.matrix_states=paged_8bit"), "cpu").matrix_states == "8bit"
     assert resolve(plan("memory.matrix_states=paged_8bit"), "cuda").matrix_states == "paged_8bit"
@@ -244,8 +310,18 @@ def test_fallbacks_by_device():
 def test_llama3_8b_full_embeddings_and_head_fit_12gib_lean_not_stock():
     """A 12 GiB card's plan, by the estimate: QLoRA, full embeddings + head, seq 1024, batch 1, GC."""
     stock = estimate(plan(*QLORA_1024, *BOTH, *STOCK, "training.optimizer=paged_adamw_8bit"), SHAPE, "cuda")
-    lean = estimate(plan(*QLORA_1024, *BOTH, "training.optimizer=adamw_8bit", "memory.matrix_states=8bit",
-                         "memory.fused_step=true", "training.max_grad_norm=0"), SHAPE, "cuda")
+    lean = estimate(
+        plan(
+            *QLORA_1024,
+            *BOTH,
+            "training.optimizer=adamw_8bit",
+            "memory.matrix_states=8bit",
+            "memory.fused_step=true",
+            "training.max_grad_norm=0",
+        ),
+        SHAPE,
+        "cuda",
+    )
     # Stock: even with its paged states set apart it does not fit 16 GiB; lean fits 12 GiB with
     # every state on the GPU (no paging counted on).
     assert stock.total_bytes + stock.paged_optimizer_states_bytes > 20 * GiB

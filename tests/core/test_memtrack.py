@@ -12,14 +12,14 @@ def test_counts_each_storage_once_and_notices_release():
     with LiveTensorTracker() as tracker:
         base = tracker.current
         assert base >= existing.nbytes
-        a = torch.ones(2 ** 20)  # 4 MiB
-        view = a[: 10]  # a view shares the storage: not counted again
+        a = torch.ones(2**20)  # 4 MiB
+        view = a[:10]  # a view shares the storage: not counted again
         b = a * 2  # another 4 MiB
-        assert tracker.current - base == 8 * 2 ** 20
+        assert tracker.current - base == 8 * 2**20
         del b
-        assert tracker.current - base == 4 * 2 ** 20
-        c = torch.ones(2 ** 19)  # 2 MiB, while a is alive
-        assert tracker.peak - base == 8 * 2 ** 20
+        assert tracker.current - base == 4 * 2**20
+        c = torch.ones(2**19)  # 2 MiB, while a is alive
+        assert tracker.peak - base == 8 * 2**20
         del a, view, c
         assert tracker.current == base
 
@@ -27,6 +27,7 @@ def test_counts_each_storage_once_and_notices_release():
 def test_measure_peak_runs_a_plan(tmp_path, tiny_untied, alpaca_file):
     from headtune.core.plan import plan_from_dict
     from helpers import plan_dict
+
     plan = plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
     result = measure_peak(plan, steps=2)
     weights = (tiny_untied / "model.safetensors").stat().st_size  # bf16 on disk, float32 in the run

@@ -33,10 +33,18 @@ def test_hub_id_absent_offline_says_what_to_do(monkeypatch):
 def test_remote_code_needed(tmp_path):
     folder = tmp_path / "custom"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "headtune_custom", "architectures": ["CustomForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_custom.CustomConfig",
-                     "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "headtune_custom",
+                "architectures": ["CustomForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "configuration_custom.CustomConfig",
+                    "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+                },
+            }
+        )
+    )
     with pytest.raises(ModelError, match="needs its own Python code to load.*trust_remote_code: true"):
         models.load_config(models.resolve_source(str(folder)))
 
@@ -44,12 +52,14 @@ def test_remote_code_needed(tmp_path):
 def test_gated_message_explains_token():
     class GatedRepoError(Exception):
         pass
+
     err = models.hub_error(GatedRepoError("Access to model meta-llama/x is restricted"), "meta-llama/x", False)
     assert err is not None and "HF_TOKEN" in str(err) and "hf auth login" in str(err)
 
 
 def test_tied_and_module_names(tiny_tied, tiny_untied):
     from transformers import AutoModelForCausalLM
+
     tied = AutoModelForCausalLM.from_pretrained(tiny_tied)
     untied = AutoModelForCausalLM.from_pretrained(tiny_untied)
     assert models.is_tied(tied) and not models.is_tied(untied)
@@ -59,6 +69,7 @@ def test_tied_and_module_names(tiny_tied, tiny_untied):
 def test_hub_dataset_offline_is_a_data_error(monkeypatch):
     from headtune.core.data.reading import load_examples
     from headtune.core.errors import DataError
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="neither a local file nor loadable from the hub"):
         load_examples("headtune-tests/no-such-dataset")

@@ -21,8 +21,11 @@ from headtune.core.plan import (
 
 
 def minimal(tmp_path, **extra):
-    d = {"model": {"name_or_path": "org/model"}, "data": {"path": str(tmp_path / "d.jsonl")},
-         "output": {"dir": str(tmp_path / "run")}}
+    d = {
+        "model": {"name_or_path": "org/model"},
+        "data": {"path": str(tmp_path / "d.jsonl")},
+        "output": {"dir": str(tmp_path / "run")},
+    }
     for k, v in extra.items():
         d.setdefault(k, {}).update(v)
     return d
@@ -38,8 +41,12 @@ def test_every_key_has_help_text():
 
 
 def test_yaml_round_trip(tmp_path):
-    plan = plan_from_dict(minimal(tmp_path, embeddings={"train_embeddings": True, "mode": "tokens",
-                                                         "token_ids": [3, 4], "new_tokens": ["<x>"]}))
+    plan = plan_from_dict(
+        minimal(
+            tmp_path,
+            embeddings={"train_embeddings": True, "mode": "tokens", "token_ids": [3, 4], "new_tokens": ["<x>"]},
+        )
+    )
     path = tmp_path / "plan.yaml"
     plan.save(path)
     again = load_plan(path)
@@ -55,15 +62,23 @@ def test_unknown_key_is_named(tmp_path):
     assert e.value.key == "training.batch_sise"
 
 
-@pytest.mark.parametrize("section,key,value,expected", [
-    ("training", "batch_size", "four", "training.batch_size: expected an integer"),
-    ("training", "batch_size", 0, "training.batch_size: must be at least 1"),
-    ("model", "quantization", "3bit", "model.quantization: '3bit' is not allowed; use one of 'none', '8bit', '4bit'"),
-    ("embeddings", "train_embeddings", "yes", "embeddings.train_embeddings: expected true or false"),
-    ("embeddings", "token_ids", [1, "x"], "embeddings.token_ids[1]: expected an integer"),
-    ("data", "val_fraction", 0.9, "data.val_fraction: must be between 0 and 0.5"),
-    ("adapter", "target_modules", "everything", "adapter.target_modules: 'everything' is not a preset"),
-])
+@pytest.mark.parametrize(
+    "section,key,value,expected",
+    [
+        ("training", "batch_size", "four", "training.batch_size: expected an integer"),
+        ("training", "batch_size", 0, "training.batch_size: must be at least 1"),
+        (
+            "model",
+            "quantization",
+            "3bit",
+            "model.quantization: '3bit' is not allowed; use one of 'none', '8bit', '4bit'",
+        ),
+        ("embeddings", "train_embeddings", "yes", "embeddings.train_embeddings: expected true or false"),
+        ("embeddings", "token_ids", [1, "x"], "embeddings.token_ids[1]: expected an integer"),
+        ("data", "val_fraction", 0.9, "data.val_fraction: must be between 0 and 0.5"),
+        ("adapter", "target_modules", "everything", "adapter.target_modules: 'everything' is not a preset"),
+    ],
+)
 def test_bad_values_name_key_and_allowed(tmp_path, section, key, value, expected):
     with pytest.raises(PlanError) as e:
         plan_from_dict(minimal(tmp_path, **{section: {key: value}}))
@@ -83,6 +98,7 @@ def test_impossible_combinations(tmp_path):
 
 def test_bitsandbytes_missing_is_refused(tmp_path, monkeypatch):
     from headtune.core.plan import checks as plan_mod
+
     monkeypatch.setattr(plan_mod, "_BNB_PROBLEM", ["is not installed"])
     with pytest.raises(PlanError, match="model.quantization: 4bit needs bitsandbytes, which is not installed"):
         plan_from_dict(minimal(tmp_path, model={"quantization": "4bit"}))
@@ -91,9 +107,17 @@ def test_bitsandbytes_missing_is_refused(tmp_path, monkeypatch):
 
 
 def test_overrides_parse_yaml_values(tmp_path):
-    d = apply_overrides(minimal(tmp_path), ["training.max_steps=20", "data.max_seq_len=512",
-                                            "embeddings.token_ids=[5, 6]", "embeddings.learning_rate=1e-5",
-                                            "embeddings.train_embeddings=true", "embeddings.mode=tokens"])
+    d = apply_overrides(
+        minimal(tmp_path),
+        [
+            "training.max_steps=20",
+            "data.max_seq_len=512",
+            "embeddings.token_ids=[5, 6]",
+            "embeddings.learning_rate=1e-5",
+            "embeddings.train_embeddings=true",
+            "embeddings.mode=tokens",
+        ],
+    )
     plan = plan_from_dict(d)
     assert plan.training.max_steps == 20 and plan.data.max_seq_len == 512
     assert plan.embeddings.token_ids == [5, 6] and plan.embeddings.learning_rate == 1e-5
@@ -107,9 +131,15 @@ def test_relative_paths_resolve_against_plan_folder(tmp_path):
     folder = tmp_path / "plans"
     folder.mkdir()
     (folder / "data.jsonl").write_text("{}\n")
-    (folder / "plan.yaml").write_text(yaml.safe_dump({
-        "model": {"name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "data": {"path": "data.jsonl"}, "output": {"dir": "runs/a"}}))
+    (folder / "plan.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+                "data": {"path": "data.jsonl"},
+                "output": {"dir": "runs/a"},
+            }
+        )
+    )
     plan = load_plan(folder / "plan.yaml")
     assert plan.data.path == str(folder / "data.jsonl")
     assert plan.output.dir == str(folder / "runs" / "a")

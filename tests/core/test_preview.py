@@ -21,10 +21,18 @@ def tokenizer(tiny_untied):
 
 def test_model_summary_reads_the_config_only(tiny_untied, tiny_tied, tiny_llama3_vocab, tmp_path):
     s = model_summary(str(tiny_untied))
-    assert (s.architecture, s.vocab, s.hidden, s.layers, s.context, s.tied, s.source) == \
-        ("LlamaForCausalLM", 512, 64, 2, 512, False, "folder")
+    assert (s.architecture, s.vocab, s.hidden, s.layers, s.context, s.tied, s.source) == (
+        "LlamaForCausalLM",
+        512,
+        64,
+        2,
+        512,
+        False,
+        "folder",
+    )
     import torch
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(tiny_untied, dtype=torch.float32)
     assert s.params == sum(p.numel() for p in model.parameters())
     assert model_summary(str(tiny_tied)).tied is True
@@ -51,6 +59,7 @@ def test_preview_data_splits_trained_and_masked_text(tokenizer, tmp_path):
     # The same split the trainer uses.
     from headtune.core.data.reading import load_examples
     from headtune.core.model.templates import resolve_template
+
     ex = load_examples(str(data))[0][0]
     f = tokenize_example(tokenizer, ex, resolve_template(tokenizer, "model")[0], 64)
     assert p.trained_tokens >= sum(1 for x in f["labels"] if x != IGNORE_INDEX)
@@ -66,7 +75,10 @@ def test_find_tokens_by_text_or_id(tokenizer):
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert find_tokens(tokenizer, "<|im_end|>, 5") == [(end, "<|im_end|>"), (5, tokenizer.convert_ids_to_tokens(5))]
     pieces = find_tokens(tokenizer, "colour numbers")
-    assert len(pieces) >= 2 and [t for t, _ in pieces] == tokenizer("colour numbers", add_special_tokens=False)["input_ids"]
+    assert (
+        len(pieces) >= 2
+        and [t for t, _ in pieces] == tokenizer("colour numbers", add_special_tokens=False)["input_ids"]
+    )
     with pytest.raises(DataError, match="outside this vocabulary"):
         find_tokens(tokenizer, "99999")
     hits = search_vocab(tokenizer, "im_")
@@ -84,8 +96,17 @@ def test_summarize_run(tmp_path):
     s = summarize_run(tmp_path)
     assert (s.state, s.step, s.total_steps, s.last_loss) == ("stopped", 1, 10, 2.0)
     # Resumed and finished: the last word wins.
-    sink(Started(total_steps=10, trainable_params=1, total_params=2, train_examples=3, val_examples=1, device="cpu",
-                 resumed_from_step=1))
+    sink(
+        Started(
+            total_steps=10,
+            trainable_params=1,
+            total_params=2,
+            train_examples=3,
+            val_examples=1,
+            device="cpu",
+            resumed_from_step=1,
+        )
+    )
     sink(Eval(step=10, eval_loss=1.5))
     sink(Finished(step=10, adapter_path="a"))
     sink.close()

@@ -73,10 +73,12 @@ def test_system_check_from_the_help_menu(window, qtbot, monkeypatch, tmp_path):
 
 
 def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
-    failed = json.dumps({"type": "failed", "message": "The check broke: torch could not be imported.",
-                         "error_type": "HeadtuneError"})
-    monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(
-        f"import sys; print({failed!r}); sys.exit(1)"))
+    failed = json.dumps(
+        {"type": "failed", "message": "The check broke: torch could not be imported.", "error_type": "HeadtuneError"}
+    )
+    monkeypatch.setattr(
+        protocols, "doctor_args", lambda output_dir: python_child(f"import sys; print({failed!r}); sys.exit(1)")
+    )
     dialog = window.show_system_check()
     with qtbot.waitSignal(dialog.check_failed, timeout=30_000):
         pass
@@ -86,10 +88,21 @@ def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
     dialog.copy_diagnostics()
     assert QGuiApplication.clipboard().text() == "The check broke: torch could not be imported."
     # Check again runs it anew (here with a fake report, to keep this test quick).
-    fake = doctor.Report(versions={"headtune": "0"}, platform="x", torch_build="cpu", gpus=[], driver=None,
-                         cuda_driver=None, device="cpu", ram_total_bytes=1, ram_available_bytes=1, output_dir=".",
-                         disk_free_bytes=1, disk_total_bytes=1,
-                         checks=[doctor.Check("GPU", "warning", "No GPU: none here", "Install one.")])
+    fake = doctor.Report(
+        versions={"headtune": "0"},
+        platform="x",
+        torch_build="cpu",
+        gpus=[],
+        driver=None,
+        cuda_driver=None,
+        device="cpu",
+        ram_total_bytes=1,
+        ram_available_bytes=1,
+        output_dir=".",
+        disk_free_bytes=1,
+        disk_total_bytes=1,
+        checks=[doctor.Check("GPU", "warning", "No GPU: none here", "Install one.")],
+    )
     printed = json.dumps(fake.to_dict(), indent=2)
     monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(f"print({printed!r})"))
     with qtbot.waitSignal(dialog.checked, timeout=30_000):
@@ -99,9 +112,14 @@ def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
 
 def test_a_check_that_crashes_natively_leaves_the_window_up(window, qtbot, monkeypatch):
     # What a broken bitsandbytes kernel does: the process dies on a signal, with no report.
-    monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(
-        "import os, signal, sys; print('loading kernels', file=sys.stderr, flush=True); "
-        "os.kill(os.getpid(), signal.SIGSEGV)"))
+    monkeypatch.setattr(
+        protocols,
+        "doctor_args",
+        lambda output_dir: python_child(
+            "import os, signal, sys; print('loading kernels', file=sys.stderr, flush=True); "
+            "os.kill(os.getpid(), signal.SIGSEGV)"
+        ),
+    )
     dialog = window.show_system_check()
     with qtbot.waitSignal(dialog.check_failed, timeout=30_000) as blocker:
         pass

@@ -16,8 +16,13 @@ from helpers import plan_dict
 
 @pytest.fixture
 def finished_run(tmp_path, tiny_untied, alpaca_file):
-    d = plan_dict(tiny_untied, alpaca_file, tmp_path / "runs" / "first",
-                  embeddings={"train_lm_head": True, "mode": "full"}, training={"max_steps": 4, "learning_rate": 5e-2})
+    d = plan_dict(
+        tiny_untied,
+        alpaca_file,
+        tmp_path / "runs" / "first",
+        embeddings={"train_lm_head": True, "mode": "full"},
+        training={"max_steps": 4, "learning_rate": 5e-2},
+    )
     TrainingJob(plan_from_dict(d)).run()
     return d
 
@@ -32,8 +37,7 @@ def select_run(w, qtbot, path):
     raise AssertionError("run not listed")
 
 
-def test_export_dialog_exports_with_progress_and_refuses_an_existing_folder(make_window, qtbot, finished_run,
-                                                                            tmp_path):
+def test_export_dialog_exports_with_progress_and_refuses_an_existing_folder(make_window, qtbot, finished_run, tmp_path):
     w = make_window(finished_run)
     run = tmp_path / "runs" / "first"
     button = w.findChild(QPushButton, "exportButton")

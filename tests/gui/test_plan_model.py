@@ -92,8 +92,9 @@ def test_a_plan_error_highlights_the_field_it_names(make_window, tmp_path):
     assert w.fields.highlighted is None and not spin.property("planError")
 
 
-def test_token_health_runs_in_a_child_and_survives_its_crash(make_window, qtbot, monkeypatch, tiny_untied,
-                                                            alpaca_file, tmp_path):
+def test_token_health_runs_in_a_child_and_survives_its_crash(
+    make_window, qtbot, monkeypatch, tiny_untied, alpaca_file, tmp_path
+):
     def not_here(*a, **kw):
         raise AssertionError("token health ran in the window's process")
 
@@ -116,9 +117,11 @@ def test_token_health_runs_in_a_child_and_survives_its_crash(make_window, qtbot,
 
 
 def test_chat_child_that_dies_mid_answer_is_reported(make_window, qtbot, monkeypatch, tmp_path):
-    code = ("import json, os, signal, sys\nprint(json.dumps({'type': 'loaded'}), flush=True)\n"
-            "sys.stdin.readline()\nprint(json.dumps({'type': 'piece', 'tuned': False, 'text': 'Hel'}), flush=True)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import json, os, signal, sys\nprint(json.dumps({'type': 'loaded'}), flush=True)\n"
+        "sys.stdin.readline()\nprint(json.dumps({'type': 'piece', 'tuned': False, 'text': 'Hel'}), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     monkeypatch.setattr(protocols, "chat_args", lambda run_dir: [sys.executable, "-c", code])
     w = make_window(detect=False)
     w.chat.set_run(str(tmp_path))
@@ -130,14 +133,19 @@ def test_chat_child_that_dies_mid_answer_is_reported(make_window, qtbot, monkeyp
     assert not w.chat.running and w.chat_panel.send_button.isEnabled() and w.isVisible()
 
 
-def test_opening_a_plan_keeps_its_values_whatever_the_previous_model(make_window, qtbot, tiny_tied, tiny_untied,
-                                                                    alpaca_file, tmp_path):
+def test_opening_a_plan_keeps_its_values_whatever_the_previous_model(
+    make_window, qtbot, tiny_tied, tiny_untied, alpaca_file, tmp_path
+):
     w = make_window(plan_dict(tiny_tied, alpaca_file, tmp_path / "run"), detect=False)
     qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
     assert w.preview.summary.tied
     # An untied model's plan that trains the embeddings only: the tied model's rule must not apply.
-    plan = plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run2",
-                                    embeddings={"train_embeddings": True, "train_lm_head": False}), check=False)
+    plan = plan_from_dict(
+        plan_dict(
+            tiny_untied, alpaca_file, tmp_path / "run2", embeddings={"train_embeddings": True, "train_lm_head": False}
+        ),
+        check=False,
+    )
     w.set_plan(plan)
     e = w.values()["embeddings"]
     assert e["train_embeddings"] is True and e["train_lm_head"] is False and not w.dirty
@@ -145,11 +153,14 @@ def test_opening_a_plan_keeps_its_values_whatever_the_previous_model(make_window
     assert not w.preview.summary.tied and w.values()["embeddings"]["train_lm_head"] is False
 
 
-def test_training_child_that_dies_natively_fails_the_run_not_the_window(make_window, qtbot, monkeypatch,
-                                                                         tiny_untied, alpaca_file, tmp_path):
-    code = ("import json, os, signal\n"
-            "print(json.dumps({'type': 'log', 'message': 'Loading the model', 'time': 0}), flush=True)\n"
-            "os.kill(os.getpid(), signal.SIGSEGV)\n")
+def test_training_child_that_dies_natively_fails_the_run_not_the_window(
+    make_window, qtbot, monkeypatch, tiny_untied, alpaca_file, tmp_path
+):
+    code = (
+        "import json, os, signal\n"
+        "print(json.dumps({'type': 'log', 'message': 'Loading the model', 'time': 0}), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGSEGV)\n"
+    )
     monkeypatch.setattr(protocols, "train_args", lambda plan_file, resume_dir: [sys.executable, "-c", code])
     w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"), detect=False)
     qtbot.waitUntil(lambda: w.findChild(QPushButton, "startButton").isEnabled(), timeout=60_000)

