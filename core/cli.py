@@ -626,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
         if _speaks_json(args) and not getattr(exc, "reported", False):
             _print_failure_json(str(exc), type(exc).__name__)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `headtune estimate --json | head`): nothing left to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("headtune: aborted.", file=sys.stderr)
         return 130

@@ -126,3 +126,29 @@ def checkpoint_step(path: str | os.PathLike | None) -> int | None:
         return int(name[len(CHECKPOINT_PREFIX) :])
     except ValueError:
         return None
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before anything loads, a run folder that cannot be created or written: a name too
+    long for the file system, a parent that is a file, a read-only or foreign folder."""
+    from .errors import PlanError
+
+    folder = Path(path).expanduser()
+    shown = str(folder) if len(str(folder)) <= 200 else str(folder)[:200] + "…"
+    try:
+        os.stat(folder)  # raises for a name the file system cannot hold, not only for a missing one
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # looked at below
+    except OSError as exc:
+        raise PlanError(f"output.dir: {shown} cannot be used ({exc.strerror or exc}).", "output.dir") from None
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PlanError(f"output.dir: {probe} is a file, so {shown} cannot be created.", "output.dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PlanError(
+            f"output.dir: {probe} is not writable by you, so the run cannot be written to {shown}. Choose "
+            "another folder.",
+            "output.dir",
+        )

@@ -3,7 +3,8 @@
 Rows come from .jsonl/.json/.csv/.parquet/.txt files or a hub dataset, each remembered with
 its line (or row) number so a malformed one can be named. Four formats are understood:
 alpaca (instruction/input/output), messages (role/content), ShareGPT (from/value) and raw
-text; each row becomes an ``Example`` (a conversation, or a text trained on every token).
+text; each row becomes an ``Example`` (a conversation, or a text trained on every token). Text
+files are UTF-8; a byte-order mark at the start (Windows editors write one) is not data.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def _where(path: Path, line: int, unit: str = "line") -> str:
 
 def read_rows(path_or_id: str) -> tuple[list[Row], str]:
     """Read raw rows; returns (rows, unit) where unit is "line" or "row" for messages."""
+    try:
+        return _read_rows(path_or_id)
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be listed
+        shown = path_or_id if len(path_or_id) <= 200 else path_or_id[:200] + "…"
+        raise DataError(f"The dataset {shown} cannot be read ({exc.strerror or exc}). Check data.path.") from None
+
+
+def _read_rows(path_or_id: str) -> tuple[list[Row], str]:
     path = Path(path_or_id).expanduser()
     suffix = path.suffix.lower()
     if path.is_file():
@@ -75,11 +84,8 @@ def read_rows(path_or_id: str) -> tuple[list[Row], str]:
             return reader(path)
         except PermissionError:
             raise DataError(f"{path} cannot be read: permission denied.") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"{path} is not a UTF-8 text file (byte {exc.start} cannot be decoded), so it "
-                f"cannot be a {suffix} file."
-            ) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path, suffix) from None
     if path.exists():
         raise DataError(f"{path} is a folder; data.path must be a file or a hub dataset id.")
     if suffix in FILE_SUFFIXES or path_or_id.startswith((".", "/", "~")):
@@ -87,9 +93,26 @@ def read_rows(path_or_id: str) -> tuple[list[Row], str]:
     return _read_hub(path_or_id), "row"
 
 
+def _not_utf8(path: Path, suffix: str) -> DataError:
+    """The error for a file that is not UTF-8, naming the line and column of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        start = 0
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    line = data.count(b"\n", 0, start) + 1
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    return DataError(
+        f"{_where(path, line)}, column {column}: byte 0x{data[start]:02x} is not UTF-8, so this cannot be a "
+        f"{suffix} file Headtune reads. Save the file as UTF-8 (in most editors: Save as, encoding UTF-8).",
+        line=line,
+    )
+
+
 def _read_jsonl(path: Path) -> tuple[list[Row], str]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -105,7 +128,7 @@ def _read_jsonl(path: Path) -> tuple[list[Row], str]:
 
 
 def _read_json(path: Path) -> tuple[list[Row], str]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -132,7 +155,7 @@ def _read_csv(path: Path) -> tuple[list[Row], str]:
 
 
 def _read_csv_rows(path: Path) -> tuple[list[Row], str]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         sample = fh.read(4096)
         fh.seek(0)
         if "\x00" in sample:
@@ -168,7 +191,7 @@ def _read_txt(path: Path) -> tuple[list[Row], str]:
     rows: list[Row] = []
     buf: list[str] = []
     start = 0
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for n, line in enumerate(fh, start=1):
             if line.strip():
                 if not buf:

@@ -69,7 +69,16 @@ def _looks_like_hub_id(value: str) -> bool:
 
 def resolve_source(name_or_path: str, convert_gguf: bool = True) -> ModelSource:
     """Decide how to load ``name_or_path``; converts a GGUF file once when ``convert_gguf``."""
-    value = name_or_path.strip()
+    try:
+        return _resolve_source(name_or_path.strip(), convert_gguf)
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be listed
+        shown = name_or_path if len(name_or_path) <= 200 else name_or_path[:200] + "…"
+        raise ModelError(
+            f"The model {shown} cannot be read ({exc.strerror or exc}). Check model.name_or_path."
+        ) from None
+
+
+def _resolve_source(value: str, convert_gguf: bool) -> ModelSource:
     path = Path(os.path.expanduser(value))
     if value.lower().endswith(".gguf"):
         if not path.is_file():

@@ -60,6 +60,7 @@ def validate(plan: Plan) -> None:
         "no model given. Set a hub id, a local model folder or a .gguf file.",
     )
     need(bool(d.path.strip()), "data.path", "no dataset given. Set a .jsonl/.json/.csv/.parquet/.txt file or a hub id.")
+    need(bool(plan.output.dir.strip()), "output.dir", "no run folder given. Set the folder the run is written to.")
     _check_ranges(plan)
     if isinstance(a.target_modules, str):
         need(

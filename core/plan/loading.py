@@ -148,24 +148,34 @@ def plan_from_dict(data: dict, base_dir: str | os.PathLike | None = None, check:
     return plan
 
 
-def load_plan(path: str | os.PathLike, overrides: list[str] | None = None, check: bool = True) -> Plan:
-    """Read a YAML plan file, apply ``key=value`` overrides, validate (``check=False``: types only,
-    so the window can reopen a plan that is still being written)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"The plan file {path} does not exist.")
+def read_plan_file(path: Path) -> dict:
+    """The mapping a plan file holds, or a ``PlanError`` saying why it holds none."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not path.is_file():
+            raise PlanError(f"The plan file {path} does not exist.")
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise PlanError(f"The plan file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
     except UnicodeDecodeError:
         raise PlanError(f"The plan file {path} is not a text (UTF-8) file.") from None
+    except RecursionError:
+        raise PlanError(f"The plan file {path} is nested far too deeply to be a plan.") from None
+    except OSError as exc:  # a name too long, a folder given, no permission
+        raise PlanError(f"The plan file {str(path)[:200]} cannot be read ({exc.strerror or exc}).") from None
     if not isinstance(data, dict):
         raise PlanError(
             f"The plan file {path} must hold a mapping of sections (model:, data:, ...), not a {type(data).__name__}."
         )
+    return data
+
+
+def load_plan(path: str | os.PathLike, overrides: list[str] | None = None, check: bool = True) -> Plan:
+    """Read a YAML plan file, apply ``key=value`` overrides, validate (``check=False``: types only,
+    so the window can reopen a plan that is still being written)."""
+    path = Path(path)
+    data = read_plan_file(path)
     data = apply_overrides(data, overrides or [], base_dir=Path.cwd())
     return plan_from_dict(data, base_dir=path.parent, check=check)
 
@@ -218,6 +228,13 @@ def _looks_local(value: str) -> bool:
     )
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system is no file
+        return False
+
+
 def _resolve(value: str, base: Path, always: bool = False) -> str:
     if not value or (value in ("model",) + BUILTIN_TEMPLATE_NAMES and not always):
         return value
@@ -225,7 +242,7 @@ def _resolve(value: str, base: Path, always: bool = False) -> str:
     if os.path.isabs(expanded):
         return expanded
     candidate = base / expanded
-    if always or candidate.exists() or _looks_local(value):
+    if always or _exists(candidate) or _looks_local(value):
         return str(candidate.resolve())
     return value
 

@@ -29,8 +29,9 @@ from ..embeddings.untrained import init_untrained_mean
 from ..errors import HeadtuneError, InternalError, OutOfMemoryError, PlanError, RunError
 from ..model import sources
 from ..plan import Plan, load_plan
+from ..plan.loading import read_plan_file
 from ..plan.memory_options import resolve as resolve_memory_options
-from ..runfolder import RunFolder, checkpoint_step
+from ..runfolder import RunFolder, check_writable, checkpoint_step
 from . import adapters, lean
 from .trainer import memory_sample, release_bnb_overrides
 
@@ -67,11 +68,9 @@ def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Pl
         raise PlanError(
             f"{run_dir} is not a Headtune run folder (it has no {plan_file.name}), so it cannot be resumed."
         )
-    import yaml
-
     # A run started before the memory: section existed ran the stock recipe; resume it that way
     # (its optimizer states were made for it).
-    written = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
+    written = read_plan_file(plan_file)
     legacy = [] if "memory" in written else list(LEGACY_MEMORY)
     saved = load_plan(plan_file, legacy)
     plan = load_plan(plan_file, legacy + list(overrides))
@@ -220,6 +219,7 @@ class TrainingJob:
 
     def _check_output_dir(self) -> str | None:
         run_dir = self.run_dir
+        check_writable(run_dir)
         if self.resume:
             ckpt = self.folder.latest_checkpoint()
             if ckpt is None:
