@@ -154,6 +154,7 @@ class TrainingJob:
         self.trainer = None
         self.lean = None  # core.plan.memory_options.Effective once the run starts
         self.around_training = around_training
+        self.diverged: tuple[int, str] | None = None  # (step, what) once a loss or gradient is not finite
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -357,6 +358,8 @@ class TrainingJob:
         if trainer.fused_step is not None:
             trainer.fused_step.remove()
         self.step = trainer.state.global_step
+        if self.diverged is not None:
+            raise RunError(self._divergence_message())
         adapter_dir = self.folder.adapter_dir
         if self.is_main_process:
             self._save_adapter(model, tokenizer)
@@ -380,6 +383,26 @@ class TrainingJob:
         self.emit(memory_sample(self.step))
         self.emit(event)
         return event
+
+    def _divergence_message(self) -> str:
+        step, what = self.diverged or (self.step, "the loss")
+        t = self.plan.training
+        last = self.folder.latest_checkpoint()
+        kept = (
+            f"The last checkpoint before it, {last}, is kept"
+            if last
+            else "No checkpoint was saved before it (training.save_every)"
+        )
+        clip = (
+            "keep gradient clipping on"
+            if t.max_grad_norm > 0
+            else "turn gradient clipping on (training.max_grad_norm: 1.0)"
+        )
+        return (
+            f"Training diverged at step {step}: {what} became infinite or not a number, so the run stopped "
+            f"and saved nothing of that step (no adapter). Start again with a lower training.learning_rate "
+            f"(now {t.learning_rate:g}; try {t.learning_rate / 4:g}) and {clip}. {kept}."
+        )
 
     def _steps_for_epochs(self) -> int:
         t = self.plan.training
@@ -445,6 +468,8 @@ class TrainingJob:
             label_names=["labels"],
             # Evaluation needs the loss only; gathering batch x seq x vocab logits would undo the lean loss.
             prediction_loss_only=True,
+            # A loss that is not finite is reported (the run stops), not averaged away into the log.
+            logging_nan_inf_filter=False,
         )
         trainer = HeadtuneTrainer(
             model=model,

@@ -182,6 +182,8 @@ class JobCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
+        if "loss" in logs and self._diverged(logs, state, control):
+            return
         if "loss" in logs:
             self.job.emit(
                 ev.Step(
@@ -195,6 +197,21 @@ class JobCallback(TrainerCallback):
                 )
             )
         self._apply_stop(control)
+
+    def _diverged(self, logs: dict, state, control) -> bool:
+        """A loss or gradient that is not a finite number ends the run at once, saving nothing of
+        this step: the weights after it are not finite either."""
+        bad = [name for name in ("loss", "grad_norm") if logs.get(name) is not None and _finite(logs[name]) is None]
+        if not bad:
+            return False
+        self.job.diverged = (
+            state.global_step,
+            " and ".join("the loss" if b == "loss" else "the gradient" for b in bad),
+        )
+        control.should_training_stop = True
+        control.should_save = False
+        control.should_evaluate = False
+        return True
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         if metrics and "eval_loss" in metrics:

@@ -63,6 +63,7 @@ def test_base_and_tuned_answers_match_their_models(run, tiny_untied):
     assert len(pieces) > 1 and "".join(pieces) == tuned_answer  # streamed piece by piece
 
 
+@pytest.mark.slow
 def test_chat_command_answers_with_both(run):
     done = subprocess.run(
         [sys.executable, "-m", "headtune.core.cli", "chat", str(run), "--prompt", "Hi", "--max-new-tokens", "5"],
@@ -142,6 +143,7 @@ def test_json_lines_stop_ends_the_current_answer():
     assert sum(e["type"] == "piece" for e in out) < 1000
 
 
+@pytest.mark.slow
 def test_chat_json_lines_command_streams_and_reports_failures(run, tmp_path):
     import json as _json
 

@@ -146,6 +146,7 @@ def _events_json(args, cwd, stdin_lines=(), stop_after_steps=None):
     return proc.wait(timeout=120), events, proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_events_json_streams_every_event_and_stops_on_request(tmp_path, tiny_untied, alpaca_file):
     plan = write_plan(tmp_path, tiny_untied, alpaca_file, training={"max_steps": 500})
     code, events, err = _events_json([str(plan)], tmp_path, stop_after_steps=2)
@@ -161,6 +162,7 @@ def test_events_json_streams_every_event_and_stops_on_request(tmp_path, tiny_unt
     assert events[-1]["type"] == "finished" and events[-1]["step"] == 6
 
 
+@pytest.mark.slow
 def test_events_json_reports_bad_input_as_a_failed_event(tmp_path, tiny_untied, alpaca_file):
     plan = write_plan(tmp_path, tiny_untied, alpaca_file, training={"batch_size": 0})
     code, events, err = _events_json([str(plan)], tmp_path)

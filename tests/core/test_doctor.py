@@ -201,6 +201,7 @@ def test_minimum_versions_match_pyproject():
         assert (f"<{high}" in pins[dist]) if high else "<" not in pins[dist]
 
 
+@pytest.mark.slow
 def test_doctor_json_from_the_command_line(tmp_path):
     """The real command in a fresh process: one JSON object, exit code from the verdict."""
     proc = subprocess.run(

@@ -233,6 +233,7 @@ def test_failure_midway_leaves_nothing_and_keeps_the_old_export(tmp_path, small_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+@pytest.mark.slow
 def test_cli_export_and_refusal(tmp_path, small_run):
     out = tmp_path / "cli-out"
     cmd = [
@@ -316,6 +317,7 @@ def next_tokens(model, tok):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
 def test_gguf_export_loads_back_with_the_merged_models_tokens(tmp_path, gguf_run, gguf_type):
     from transformers import AutoTokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -210,3 +211,33 @@ def test_eight_bit_runs_do_not_pin_models(tmp_path, tiny_untied, alpaca_file):
     TrainingJob(plan).run()
     manager = bnb.optim.GlobalOptimManager.get_instance()
     assert manager.module_weight_config_triple == [] and manager.pid2config == {}
+
+
+def test_divergence_stops_the_run_saves_nothing_of_it_and_says_what_to_change(tmp_path, tiny_untied, alpaca_file):
+    """A learning rate that blows the weights up: the first loss that is not finite stops the run
+    with a failure (exit 1 from the command line), the checkpoints before it are kept, none of it
+    or after it is written, no adapter is written, and no step event carries a NaN."""
+    from headtune.core.cli import main
+
+    plan = make_plan(
+        tmp_path,
+        tiny_untied,
+        alpaca_file,
+        training={"learning_rate": 1e30, "max_steps": 6, "save_every": 1, "max_grad_norm": 1.0},
+    )
+    path = tmp_path / "plan.yaml"
+    plan.save(path)
+    assert main(["train", str(path)]) == 1
+    run = tmp_path / "run"
+    events = list(ev.read_events(run / "events.jsonl"))
+    failed = events[-1]
+    assert isinstance(failed, ev.Failed) and failed.error_type == "RunError"
+    assert "Training diverged at step" in failed.message and "training.learning_rate" in failed.message
+    diverged = failed.step
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    assert diverged >= 2 and [e.step for e in steps] == list(range(1, diverged))
+    assert all(math.isfinite(e.loss) for e in steps)
+    assert not (run / "adapter").exists()
+    kept = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir())
+    assert kept and max(kept) == diverged - 1
+    assert f"checkpoint-{diverged - 1}, is kept" in failed.message

@@ -34,6 +34,7 @@ def python_child(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+@pytest.mark.slow
 def test_system_check_from_the_help_menu(window, qtbot, monkeypatch, tmp_path):
     commands = []
     real = protocols.doctor_args

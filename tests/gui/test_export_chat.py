@@ -37,6 +37,7 @@ def select_run(w, qtbot, path):
     raise AssertionError("run not listed")
 
 
+@pytest.mark.slow
 def test_export_dialog_exports_with_progress_and_refuses_an_existing_folder(make_window, qtbot, finished_run, tmp_path):
     w = make_window(finished_run)
     run = tmp_path / "runs" / "first"
@@ -73,6 +74,7 @@ def test_export_button_off_without_a_saved_adapter(make_window, qtbot, tiny_unti
     assert not w.chat_panel.send_button.isEnabled()
 
 
+@pytest.mark.slow
 def test_chat_tab_streams_both_answers(make_window, qtbot, finished_run, tmp_path):
     w = make_window(finished_run)
     run = tmp_path / "runs" / "first"

@@ -181,6 +181,7 @@ def _run_window(make_window, qtbot, data: dict) -> MainWindow:
     return w
 
 
+@pytest.mark.slow
 def test_start_plots_loss_and_finishes(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     out = tmp_path / "run"
     w = _run_window(
@@ -214,6 +215,7 @@ def test_start_plots_loss_and_finishes(make_window, qtbot, tiny_untied, alpaca_f
     assert (Path(f"{out}-2") / "adapter").is_dir()
 
 
+@pytest.mark.slow
 def test_stop_mid_run_saves_a_checkpoint_and_resume_continues(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     out = tmp_path / "run"
     w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out, training={"max_steps": 400}))
@@ -236,6 +238,7 @@ def test_stop_mid_run_saves_a_checkpoint_and_resume_continues(make_window, qtbot
     assert w.run_panel.state_label.text().startswith("Stopped at step")
 
 
+@pytest.mark.slow
 def test_bad_dataset_shows_an_error_and_the_window_stays_usable(make_window, qtbot, tiny_untied, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", ALPACA_ROWS[:5], raw_lines=['{"instruction": "x", "output": '])
     w = make_window(plan_dict(tiny_untied, bad, tmp_path / "run"))
@@ -298,6 +301,7 @@ def test_unsaved_changes_are_not_lost_silently(make_window, tiny_untied, alpaca_
     assert w.close()
 
 
+@pytest.mark.slow
 def test_closing_during_a_run_stops_and_saves(make_window, qtbot, tiny_untied, alpaca_file, tmp_path):
     out = tmp_path / "run"
     w = _run_window(make_window, qtbot, plan_dict(tiny_untied, alpaca_file, out, training={"max_steps": 400}))
@@ -339,12 +343,14 @@ def _open_window(args, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_headtune_without_arguments_opens_the_window_on_the_demo(tmp_path):
     proc = _open_window([], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "HEADTUNE_SHOWN" in proc.stdout and "HEADTUNE_READY" in proc.stdout
 
 
+@pytest.mark.slow
 def test_headtune_gui_opens_a_plan_file(tmp_path, tiny_untied, alpaca_file):
     plan = tmp_path / "p.yaml"
     plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run")).save(plan)
@@ -355,6 +361,7 @@ def test_headtune_gui_opens_a_plan_file(tmp_path, tiny_untied, alpaca_file):
     assert proc.returncode == 0 and "HEADTUNE_READY" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 def test_token_health_panel_finds_untrained_rows_and_applies_fixes(
     make_window, qtbot, tiny_untied, alpaca_file, tmp_path
 ):
