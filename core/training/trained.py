@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..model.weights import check_folder
 from ..plan import Plan, load_plan
 from ..runfolder import RunFolder
 
@@ -32,6 +33,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = N
     folder = RunFolder(run_dir).require_adapter()
     plan = load_plan(folder.plan_file)
     adapter_dir = folder.adapter_dir
+    check_folder(adapter_dir, "adapter file")  # a truncated adapter is refused, not merged half-read
     spec = dataclasses.replace(
         plan.model, quantization=quantization or plan.model.quantization, dtype=dtype or plan.model.dtype
     )

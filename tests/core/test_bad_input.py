@@ -113,3 +113,46 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path, tiny_untied, alpaca_f
         timeout=300,
     )
     assert proc.stdout == "{" and "Traceback" not in proc.stderr and "Broken" not in proc.stderr, proc.stderr
+
+
+def test_weights_that_do_not_cover_the_model_are_refused(tmp_path, tiny_untied, alpaca_file, capsys):
+    """A checkpoint without lm_head.weight would train on a random head: refused, naming it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "no-head"
+    shutil.copytree(tiny_untied, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["lm_head.weight"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    plan = write_plan(tmp_path, folder, alpaca_file)
+    assert main(["train", str(plan)]) == 2
+    assert "do not cover the model: lm_head.weight is missing" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_truncated_model_weights_are_refused(tmp_path, tiny_untied, alpaca_file, capsys):
+    import shutil
+
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_untied, folder)
+    f = folder / "model.safetensors"
+    with f.open("r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+    plan = write_plan(tmp_path, folder, alpaca_file)
+    assert main(["train", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors is damaged" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_running_out_of_memory_while_loading_weights_gives_memory_advice(monkeypatch):
+    from headtune.core.errors import OutOfMemoryError
+    from headtune.core.model import sources
+
+    def no_memory():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: not enough memory")
+
+    with pytest.raises(OutOfMemoryError, match="ran out of memory while loading the weights of m.*4-bit"):
+        sources._call(no_memory, "m", False, "weights")

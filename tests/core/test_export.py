@@ -9,6 +9,7 @@ load back through transformers' ``gguf_file=`` and give the merged model's greed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -521,3 +522,29 @@ def test_modelfile_template_renders_like_the_jinja_template(smol_tokenizer, toke
             else ""
         )
         assert bos + render_go(go, "Be short.", msgs) == jinja
+
+
+def test_a_truncated_adapter_is_refused_by_export_and_reload(tmp_path, small_run, capsys):
+    from headtune.core.cli import main
+    from headtune.core.training.trained import load_trained
+
+    f = small_run / "adapter" / "adapter_model.safetensors"
+    with f.open("r+b") as fh:
+        fh.truncate(f.stat().st_size - 100)
+    assert main(["export", str(small_run), "--format", "adapter", "--out", str(tmp_path / "out")]) == 2
+    assert "is damaged" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(BadInputError, match="cut short"):
+        load_trained(small_run)
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next(tmp_path, small_run):
+    out = tmp_path / "out"
+    dead = tmp_path / ".out.partial-999999999-abcd"  # no such process
+    older = tmp_path / ".out.partial-x1y2"  # the name earlier versions used
+    alive = tmp_path / f".out.partial-{os.getpid()}-efgh"  # an export still going in a live process
+    for p in (dead, older, alive):
+        p.mkdir()
+        (p / "model.safetensors").write_bytes(b"half")
+    export_run(small_run, "adapter", out)
+    assert not dead.exists() and not older.exists() and alive.exists()
+    assert (out / "adapter_config.json").is_file()

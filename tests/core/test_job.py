@@ -98,8 +98,14 @@ def test_out_of_memory_is_explained_and_recorded(tmp_path, tiny_untied, alpaca_f
     with pytest.raises(OutOfMemoryError) as e:
         TrainingJob(plan, sinks=[explode]).run()
     assert "ran out of memory at step 2" in str(e.value) and "data.max_seq_len" in str(e.value)
+    # The way forward is named: no checkpoint yet, so a new folder for the changed plan.
+    assert "Nothing was saved" in str(e.value) and f"--set output.dir={tmp_path / 'run'}-2" in str(e.value)
     last = json.loads((tmp_path / "run" / "events.jsonl").read_text().splitlines()[-1])
     assert last["type"] == "failed" and last["error_type"] == "OutOfMemoryError" and last["step"] == 2
+    # With a checkpoint, it is named and kept.
+    plan = make_plan(tmp_path, tiny_untied, alpaca_file, "run2", training={"max_steps": 4, "save_every": 1})
+    with pytest.raises(OutOfMemoryError, match=r"The last checkpoint, .*checkpoint-1, is kept"):
+        TrainingJob(plan, sinks=[explode]).run()
 
 
 def adapter_tensors(run):

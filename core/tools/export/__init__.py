@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ... import runfolder
 from ...errors import BadInputError, HeadtuneError
+from ...model.weights import check_folder
 from ...runfolder import RunFolder
 from ...training.trained import run_plan
 from . import adapter, gguf, merged
@@ -94,8 +95,10 @@ class PeakRSS:
 
 
 def check_run(run_dir: str | Path) -> Path:
-    """The run folder, if it holds a plan and a saved adapter (else a BadInputError saying why)."""
-    return RunFolder(run_dir).require_adapter().path
+    """The run folder, if it holds a plan and a complete saved adapter (else a BadInputError saying why)."""
+    folder = RunFolder(run_dir).require_adapter()
+    check_folder(folder.adapter_dir, "adapter file")
+    return folder.path
 
 
 def _check_destination(out: Path, run: Path, overwrite: bool) -> None:
@@ -118,14 +121,30 @@ def _check_destination(out: Path, run: Path, overwrite: bool) -> None:
 
 
 def _make_temp(out: Path) -> Path:
+    """The hidden folder this export writes into (named with this process's id), after removing
+    those of earlier exports to ``out`` whose process is gone (killed, or the computer went down)."""
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        _remove_stale_partials(out)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise BadInputError(
             f"Cannot write to {parent} ({exc.strerror or exc}). Choose a folder you can write to."
         ) from None
+
+
+def _remove_stale_partials(out: Path) -> list[Path]:
+    import psutil
+
+    removed = []
+    prefix = f".{out.name}.partial-"
+    for p in out.parent.glob(prefix + "*"):
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if p.is_dir() and not (pid.isdigit() and psutil.pid_exists(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def _model_bytes(plan, dtype: str) -> int:
