@@ -100,7 +100,7 @@ def test_empty_missing_and_mislabelled_files(tmp_path):
     with pytest.raises(DataError, match="not a readable Parquet file"):
         reading.load_examples(str(write(tmp_path / "d.parquet", "instruction,output\n")))
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(DataError, match="not a UTF-8 text file"):
+    with pytest.raises(DataError, match="bin.jsonl, line 1, column 1: byte 0xff is not UTF-8"):
         reading.load_examples(str(tmp_path / "bin.jsonl"))
     with pytest.raises(DataError, match="looks like JSON Lines"):
         reading.load_examples(str(write(tmp_path / "d.json", '{"text": "a"}\n{"text": "b"}\n')))
