@@ -35,10 +35,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from helpers import WORDS, build_model, build_tokenizer, plan_dict, write_jsonl  # noqa: E402
+from headtune.core.testing import WORDS, build_model, build_tokenizer, plan_dict, write_jsonl  # noqa: E402
 
 V = 128_256
 MiB = 1024**2

@@ -30,9 +30,8 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import ALPACA_ROWS, build_model, build_tokenizer, plan_dict, write_jsonl  # noqa: E402
+from headtune.core.testing import ALPACA_ROWS, build_model, build_tokenizer, plan_dict, write_jsonl
 
 WARMUP_STEPS = 5
 # A small Llama whose CPU step is compute-bound (about 0.5 s here), like real CPU fine-tuning.

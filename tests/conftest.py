@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -13,9 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import ALPACA_ROWS, build_model, build_tokenizer, write_jsonl  # noqa: E402
+from headtune.core.testing import ALPACA_ROWS, build_model, build_tokenizer, write_jsonl
 
 
 @pytest.fixture(scope="session")

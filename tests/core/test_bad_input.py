@@ -17,7 +17,7 @@ from headtune.core.cli import main
 from headtune.core.data.reading import read_rows
 from headtune.core.errors import DataError, PlanError
 from headtune.core.plan import load_plan, plan_from_dict
-from helpers import ALPACA_ROWS, plan_dict
+from headtune.core.testing import ALPACA_ROWS, plan_dict
 
 LONG = "/tmp/" + "x" * 5000  # longer than any file system's name limit
 

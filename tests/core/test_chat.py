@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from headtune.core.plan import plan_from_dict
+from headtune.core.testing import plan_dict
 from headtune.core.tools.chat import ChatPair
 from headtune.core.training.job import TrainingJob
-from helpers import plan_dict
 
 MESSAGES = [{"role": "user", "content": "Name colour number 3."}]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_untied):
-    from helpers import ALPACA_ROWS, write_jsonl
+    from headtune.core.testing import ALPACA_ROWS, write_jsonl
 
     root = tmp_path_factory.mktemp("chat")
     data = write_jsonl(root / "data.jsonl", ALPACA_ROWS)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from headtune.core.cli import main
-from helpers import ALPACA_ROWS, plan_dict, write_jsonl
+from headtune.core.testing import ALPACA_ROWS, plan_dict, write_jsonl
 
 
 def write_plan(tmp_path, model_dir, data_file, **sections):

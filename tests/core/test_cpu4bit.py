@@ -14,8 +14,8 @@ import torch
 from headtune.core.model import cpu4bit
 from headtune.core.model.sources import load_model, resolve_source
 from headtune.core.plan import ModelSpec, plan_from_dict
+from headtune.core.testing import build_model, plan_dict
 from headtune.core.training.job import TrainingJob
-from helpers import build_model, plan_dict
 
 needs_packed = pytest.mark.skipif(
     not cpu4bit.packed_kernel_available(),

@@ -147,7 +147,7 @@ def test_prepare_pack_and_fallback_template(tmp_path, tok):
     try:
         prepared = examples.prepare(spec, tok, seed=0)
     finally:
-        from helpers import CHATML
+        from headtune.core.testing import CHATML
 
         tok.chat_template = CHATML
     assert prepared.stats.template_source.startswith("chatml")

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from headtune.core.embeddings.setup import init_new_rows
 from headtune.core.plan import plan_from_dict
+from headtune.core.testing import ALPACA_ROWS, plan_dict, write_jsonl
 from headtune.core.training.job import TrainingJob
 from headtune.core.training.trained import load_trained
-from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 
 
 @pytest.fixture(scope="module")

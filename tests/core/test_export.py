@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from headtune.core.errors import BadInputError
 from headtune.core.model.templates import template_parts
 from headtune.core.plan import plan_from_dict
+from headtune.core.testing import ALPACA_ROWS, build_model, plan_dict, write_jsonl
 from headtune.core.tools.export import ExportError, export_run
 from headtune.core.tools.export.gguf import modelfile
 from headtune.core.training.job import TrainingJob
 from headtune.core.training.trained import load_trained
-from helpers import ALPACA_ROWS, build_model, plan_dict, write_jsonl
 
 IDS = torch.tensor([[1, 5, 17, 42, 99, 7, 200, 3]])
 

@@ -10,8 +10,8 @@ import torch
 from headtune.core.embeddings.untrained import init_untrained_mean, untrained_rows
 from headtune.core.model.sources import load_tokenizer, resolve_source
 from headtune.core.plan import DataSpec
+from headtune.core.testing import ALPACA_ROWS, write_jsonl
 from headtune.core.tools.health import check_template, inspect_model
-from helpers import ALPACA_ROWS, write_jsonl
 
 
 def test_random_matrix_is_healthy_and_planted_rows_are_found():
@@ -104,7 +104,7 @@ def test_inspect_command_and_init_untrained_in_a_run(planted, tmp_path, capsys):
     import yaml
 
     from headtune.core.cli import main
-    from helpers import plan_dict
+    from headtune.core.testing import plan_dict
 
     assert main(["inspect", str(planted)]) == 0
     out = capsys.readouterr().out

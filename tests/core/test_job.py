@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from headtune.core import events as ev
 from headtune.core.errors import DataError, OutOfMemoryError, PlanError, RunError
 from headtune.core.plan import plan_from_dict
+from headtune.core.testing import ALPACA_ROWS, plan_dict, write_jsonl
 from headtune.core.training.job import TrainingJob, resume_plan
-from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 
 
 def make_plan(tmp_path, model_dir, data_file, name="run", **sections):

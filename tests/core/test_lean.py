@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from headtune.core.plan import plan_from_dict
+from headtune.core.testing import plan_dict
 from headtune.core.training import lean
 from headtune.core.training.job import TrainingJob
 from headtune.core.training.trained import load_trained
-from helpers import plan_dict
 
 STOCK = {"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer"}
 FULL = {"train_embeddings": True, "train_lm_head": True, "mode": "full"}

@@ -26,7 +26,7 @@ def test_counts_each_storage_once_and_notices_release():
 
 def test_measure_peak_runs_a_plan(tmp_path, tiny_untied, alpaca_file):
     from headtune.core.plan import plan_from_dict
-    from helpers import plan_dict
+    from headtune.core.testing import plan_dict
 
     plan = plan_from_dict(plan_dict(tiny_untied, alpaca_file, tmp_path / "run"))
     result = measure_peak(plan, steps=2)

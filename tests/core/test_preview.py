@@ -10,8 +10,8 @@ from headtune.core.errors import DataError, ModelError
 from headtune.core.events import Eval, Finished, JsonlSink, Started, Step, Stopped, summarize_run
 from headtune.core.model.sources import load_tokenizer, resolve_source
 from headtune.core.plan import DataSpec
+from headtune.core.testing import ALPACA_ROWS, write_jsonl
 from headtune.core.tools.preview import find_tokens, model_summary, preview_data, search_vocab
-from helpers import ALPACA_ROWS, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
 
 from headtune.core.plan import plan_from_dict
+from headtune.core.testing import plan_dict
 from headtune.core.tools.chat import ChatPair
 from headtune.core.training.job import TrainingJob
-from helpers import plan_dict
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from PySide6.QtWidgets import QLineEdit, QMessageBox, QPushButton, QSpinBox
 
 from headtune.core.errors import PlanError
 from headtune.core.plan import Plan, plan_from_dict
+from headtune.core.testing import plan_dict
 from headtune.core.tools import health
 from headtune.gui import protocols
 from headtune.gui.fields import PlanFields
 from headtune.gui.plan_model import PlanModel
-from helpers import plan_dict
 
 
 def heard(model: PlanModel) -> list[str]:

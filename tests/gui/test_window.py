@@ -15,8 +15,8 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushBu
 
 from headtune.core.plan import load_plan, plan_from_dict
 from headtune.core.runfolder import RunFolder
+from headtune.core.testing import ALPACA_ROWS, plan_dict, write_jsonl
 from headtune.gui.main_window import MainWindow, fresh_run_dir
-from helpers import ALPACA_ROWS, plan_dict, write_jsonl
 
 NO = QMessageBox.StandardButton
 

@@ -1,4 +1,8 @@
-"""Builders for tiny local models, tokenizers, datasets and plans used across the tests."""
+"""Tiny local models, a real tokenizer, datasets and plans, for the tests and the benchmarks.
+
+Everything is built on the spot (no hub): a byte-level BPE tokenizer trained on a few words with
+ChatML special tokens, small Llama models tied or untied, JSON Lines files and plan mappings.
+Heavy libraries are imported inside the functions."""
 
 from __future__ import annotations
 
