@@ -97,39 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except HeadtuneError as exc:
         window.show_error("Cannot load the demo plan", str(exc))
     if os.environ.get("HEADTUNE_EXIT_AFTER_SHOWN"):
-        # Startup benchmark: report when the window is on screen and when its plots are, then quit.
-        from PySide6.QtCore import QTimer
+        from .startup_check import install
 
-        def shown():  # a zero timer runs after the posted show/paint events have been handled
-            print(f"HEADTUNE_SHOWN {time.perf_counter() - _T0:.3f}", flush=True)
-            QTimer.singleShot(0, ready)
-
-        # HEADTUNE_EXIT_AFTER_SHOWN=estimate (the bundle's smoke test) also waits, up to 5 minutes,
-        # for the plan's memory estimate (the model's configuration is read off the UI thread).
-        want_estimate = os.environ["HEADTUNE_EXIT_AFTER_SHOWN"] == "estimate"
-
-        def ready():
-            waiting = not window.plots_built or (want_estimate and window.last_estimate is None)
-            if waiting and time.perf_counter() - _T0 < 300:
-                QTimer.singleShot(5, ready)
-                return
-            app.processEvents()
-            if want_estimate:
-                est = window.last_estimate
-                sizes = sorted(s.width() for s in app.windowIcon().availableSizes())
-                print(f"HEADTUNE_ICON {','.join(map(str, sizes))}", flush=True)
-                print(
-                    "HEADTUNE_ESTIMATE " + (f"{est.total_bytes} {est.fit}" if est is not None else "none"), flush=True
-                )
-            print(f"HEADTUNE_READY {time.perf_counter() - _T0:.3f}", flush=True)
-            window.file.confirm_discard = lambda: True
-            window.close()
-            if want_estimate and window.last_estimate is None:
-                app.exit(1)  # the smoke test fails: no estimate within the time limit
-            else:
-                app.quit()
-
-        QTimer.singleShot(0, shown)
+        install(app, window, _T0, want_estimate=os.environ["HEADTUNE_EXIT_AFTER_SHOWN"] == "estimate")
     code = app.exec()
     window.shutdown()
     return code
