@@ -17,17 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-LLAMA3_8B = {
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "tie_word_embeddings": False,
-    "model_type": "llama",
-    "max_position_embeddings": 8192,
-}
+from headtune.core.testing import LLAMA3_8B
+
 MODES = {
     "LoRA only": [],
     "full embeddings + head": [

@@ -10,6 +10,12 @@ tensor tracker (``headtune.core.memtrack``), next to our estimate and two peer r
     python benchmarks/memory_accuracy.py            # the full grid (about 10 minutes here)
     python benchmarks/memory_accuracy.py --quick    # the first 8 rows
     python benchmarks/memory_accuracy.py --markdown docs/memory_accuracy.md
+    python benchmarks/memory_accuracy.py --defaults --markdown docs/memory-accuracy-defaults.md
+
+``--defaults`` runs a second grid with the memory options a user gets by default (the chunked loss,
+no frozen duplicate, matrices in the model dtype; bfloat16), each row marked as *calibration* (used
+to set a constant of the estimate) or *held out* (never used for that); the summary reports the two
+apart.
 
 Prints one row per plan and a summary (median and worst ratio estimate/measured). On a machine
 with a CUDA GPU the same rows run there and are measured with ``torch.cuda.max_memory_allocated``.
@@ -142,6 +148,48 @@ def grid() -> list[dict]:
     return rows
 
 
+def defaults_grid() -> list[dict]:
+    """Rows with the default memory options; ``held_out`` rows never set a constant of the estimate."""
+    rows = []
+
+    def add(model, held_out, **kv):
+        rows.append({"model": model, "held_out": held_out, **kv})
+
+    both = {"embeddings.train_embeddings": True, "embeddings.train_lm_head": True}
+    tokens = {"embeddings.mode": "tokens", "embeddings.token_ids": list(range(100, 294))}
+    # Calibration of the checkpointed-chunk loss (CHECKPOINTED_CHUNK_BYTES, CHECKPOINTED_VOCAB_BYTES).
+    for dtype in ("float32", "bfloat16"):
+        for chunk in (128, 512):
+            at = {"model.dtype": dtype, "memory.loss_chunk_tokens": chunk, "data.max_seq_len": 512}
+            add("untied64", False, **at, **{"embeddings.train_lm_head": True, "embeddings.mode": "lora"})
+            add("untied64", False, **at, **both, **tokens)
+    # Held out: other models, quantisation, tied matrices, batches and modes.
+    add("untied64", True, **{"data.max_seq_len": 512, "model.quantization": "4bit", **both, "embeddings.mode": "lora"})
+    add(
+        "tied64",
+        True,
+        **{"data.max_seq_len": 256, "model.quantization": "4bit", "embeddings.train_embeddings": True, **tokens},
+    )
+    add("tied64", True, **{"data.max_seq_len": 512, "training.batch_size": 2, **both, "embeddings.mode": "lora"})
+    add("untied64", True, **{"data.max_seq_len": 512, "embeddings.train_lm_head": True, "embeddings.mode": "full"})
+    add("untied128", True, **{"data.max_seq_len": 256, "model.quantization": "8bit", **both, "embeddings.mode": "lora"})
+    add(
+        "untied64",
+        True,
+        **{"data.max_seq_len": 256, "model.dtype": "float32", "training.batch_size": 2, **both, **tokens},
+    )
+    add("untied64", True, **{"data.max_seq_len": 512, "embeddings.train_embeddings": True, "embeddings.mode": "lora"})
+    add("untied512", True, **{"data.max_seq_len": 64, **both, "embeddings.mode": "lora"})
+    add(
+        "untied64",
+        True,
+        **{"data.max_seq_len": 256, "training.gradient_checkpointing": False, **both, "embeddings.mode": "lora"},
+    )
+    return rows
+
+
+STOCK = {"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer"}
+
 MODELS = {
     "untied64": (64, False),
     "tied64": (64, True),
@@ -167,11 +215,26 @@ def peers(shape, plan) -> tuple[int, int]:
     return accel, unsloth
 
 
+def _summary(table: list, label: str) -> str:
+    ratios = [r[5] for r in table]
+    if not ratios:
+        return f"{label}: none"
+    worst = max(ratios, key=lambda r: abs(r - 1))
+    within = sum(abs(r - 1) <= 0.10 for r in ratios)
+    return (
+        f"{label} {len(ratios)}; estimate/measured median {statistics.median(ratios):.3f}, worst {worst:.3f}, "
+        f"lowest {min(ratios):.3f}, within ±10%: {within}/{len(ratios)}; accel rule median "
+        f"{statistics.median(r[6] for r in table):.2f}x; unsloth rule median "
+        f"{statistics.median(r[7] for r in table):.2f}x"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the first 8 rows")
     ap.add_argument("--model", help="only rows on this model (e.g. untied512)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
+    ap.add_argument("--defaults", action="store_true", help="the grid with the default memory options, held out apart")
     args = ap.parse_args()
 
     from transformers.utils import logging as hf_logging
@@ -192,7 +255,8 @@ def main() -> int:
     tok = build_tokenizer(work / "tok")
     data = write_jsonl(work / "d.jsonl", [{"instruction": "Repeat the words.", "output": " ".join(WORDS * 40)}] * 24)
     folders = {}
-    rows = grid()[:8] if args.quick else grid()
+    rows = defaults_grid() if args.defaults else grid()
+    rows = rows[:8] if args.quick else rows
     if args.model:
         rows = [r for r in rows if r["model"] == args.model]
     header = (
@@ -204,6 +268,7 @@ def main() -> int:
     for n, row in enumerate(rows, 1):
         row = dict(row)
         model = row.pop("model")
+        held_out = row.pop("held_out", None)
         if model not in folders:
             hidden, tied = MODELS[model]
             folders[model] = build_model(work / model, tok, V, tied=tied, hidden=hidden, layers=2)
@@ -214,10 +279,11 @@ def main() -> int:
             data={"val_fraction": 0.0},
             adapter={"r": 4, "alpha": 8, "dropout": 0.0},
             training={"batch_size": 1, "learning_rate": 1e-3},
-            # The stock memory recipe these rows were measured with (the lean options have
-            # their own benchmark, benchmarks/lean_memory.py).
-            memory={"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer"},
+            # The stock memory recipe the first grid was measured with; --defaults keeps the defaults.
+            memory={} if args.defaults else STOCK,
         )
+        if args.defaults:
+            d["model"]["dtype"] = "bfloat16"  # the plan's default; a row may change it
         for key, value in row.items():
             section, leaf = key.split(".")
             d.setdefault(section, {})[leaf] = value
@@ -229,7 +295,9 @@ def main() -> int:
         measured = measure_peak(plan, steps=3)["peak_bytes"]
         ratio = est.tensors_peak_bytes / measured
         accel, unsloth = peers(shape, plan)
-        desc = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in row.items())
+        desc = ", ".join(f"{k.split('.')[-1]}={f'{len(v)} ids' if isinstance(v, list) else v}" for k, v in row.items())
+        if held_out is not None:
+            desc = ("held out: " if held_out else "calibration: ") + desc
         line = (
             f"{n:>2} {model:9} {desc:78} {measured / MiB:8.0f}M {est.tensors_peak_bytes / MiB:8.0f}M "
             f"{ratio:6.3f} {accel / measured:6.2f}x {unsloth / measured:6.2f}x"
@@ -248,24 +316,26 @@ def main() -> int:
                 est.peak_phase,
             )
         )
-    ratios = [r[5] for r in table]
-    worst = max(ratios, key=lambda r: abs(r - 1))
-    within = sum(abs(r - 1) <= 0.10 for r in ratios)
-    summary = (
-        f"rows {len(ratios)}; estimate/measured median {statistics.median(ratios):.3f}, worst {worst:.3f}, "
-        f"within ±10%: {within}/{len(ratios)}; accel rule median "
-        f"{statistics.median(r[6] for r in table):.2f}x; unsloth rule median "
-        f"{statistics.median(r[7] for r in table):.2f}x"
-    )
+    summary = _summary(table, "rows")
+    if args.defaults:
+        held = [r for r in table if r[2].startswith("held out")]
+        calib = [r for r in table if r[2].startswith("calibration")]
+        summary = _summary(held, "held-out rows") + "\n" + _summary(calib, "calibration rows")
     print(summary)
     if args.markdown:
         intro = (
             "# Memory estimate vs measured peak (CPU)\n\n"
-            "Generated by `python benchmarks/memory_accuracy.py --markdown docs/memory-accuracy.md`. Each row "
+            f"Generated by `python benchmarks/memory_accuracy.py {'--defaults ' if args.defaults else ''}"
+            f"--markdown {args.markdown}`. Each row "
             "ran 3 real optimizer steps on a 2-layer Llama-style model with the real 128,256-token vocabulary "
-            "(hidden size 64, 128 or 512; tied and untied), LoRA r4 on all linear layers, float32, gradient "
-            "checkpointing on and batch 1 unless the row says otherwise. *measured*: the peak of live tensor "
-            "bytes (on CPU: `headtune.core.memtrack.LiveTensorTracker`; on CUDA: "
+            "(hidden size 64, 128 or 512; tied and untied), LoRA r4 on all linear layers, "
+            + (
+                "bfloat16 and the default memory options (chunked loss), "
+                if args.defaults
+                else "float32 and the stock memory options (full logits), "
+            )
+            + "gradient checkpointing on and batch 1 unless the row says otherwise. *measured*: the peak of live "
+            "tensor bytes (on CPU: `headtune.core.training.memtrack.LiveTensorTracker`; on CUDA: "
             "`torch.cuda.max_memory_allocated`), here on " + device + "; *estimate*: `headtune estimate`'s "
             "`tensors_peak_bytes` for the same device. Peer rules for the same rows, as multiples of the "
             "measured peak: *weights×4* (accelerate `estimate-memory`'s training figure) and the "
@@ -281,7 +351,7 @@ def main() -> int:
                 f"{uns:.2f}x | {phase} |"
             )
         out.append("")
-        out.append(summary)
+        out += summary.splitlines()
         Path(args.markdown).write_text(intro + "\n".join(out) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return 0

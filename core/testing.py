@@ -14,6 +14,19 @@ CHATML = (
     "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Llama-3-8B's config.json, the numbers the memory estimate reads (no weights needed).
+LLAMA3_8B = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+    "model_type": "llama",
+    "max_position_embeddings": 8192,
+}
+
 WORDS = (
     "the a model learns to answer short questions about colours numbers animals and places with one "
     "clear sentence red blue green cat dog bird one two three four five paris rome tokyo river hill"

@@ -10,18 +10,7 @@ from headtune.core.cli import main
 from headtune.core.errors import PlanError
 from headtune.core.estimate import CATEGORIES, GiB, ModelShape, estimate, parse_size
 from headtune.core.plan import Plan, with_overrides
-
-LLAMA3_8B = {
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "tie_word_embeddings": False,
-    "model_type": "llama",
-    "max_position_embeddings": 8192,
-}
+from headtune.core.testing import LLAMA3_8B
 
 
 def plan(*overrides: str) -> Plan:
