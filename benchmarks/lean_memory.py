@@ -16,7 +16,7 @@ gradient checkpointing, the same seed, data and steps for every row. Rows:
 
 Gradient clipping is off in every row (``training.max_grad_norm: 0``), because the fused step is
 exact only without it, and rows must differ in one technique only. Per row: the measured tensor
-peak over the whole run (``headtune.core.memtrack.LiveTensorTracker``, CPU; on a CUDA machine
+peak over the whole run (``headtune.core.training.memtrack.LiveTensorTracker``, CPU; on a CUDA machine
 ``torch.cuda.max_memory_allocated``), its ratio to ``stock``, the estimate's ratio to the measured
 peak, and the loss at every step compared with ``stock`` (max |difference| over the run).
 """

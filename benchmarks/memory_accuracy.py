@@ -2,7 +2,7 @@
 
 Each row is a plan run for 3 real optimizer steps on a Llama-style model with the real
 128,256-token vocabulary and a small hidden size (tied and untied), measured with the live
-tensor tracker (``headtune.core.memtrack``), next to our estimate and two peer rules:
+tensor tracker (``headtune.core.training.memtrack``), next to our estimate and two peer rules:
 
 - ``accel``: weights x 4 for Adam training, as accelerate's ``estimate-memory`` reports;
 - ``unsloth``: Unsloth Studio's published quick formula, params x 0.9 + 1.4 GB (its badge).

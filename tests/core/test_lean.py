@@ -1,7 +1,7 @@
 """Lean memory (core.training.lean): the chunked loss, no frozen duplicate, no upcast, 8-bit matrix states
 and the fused step, on tiny real Llama models. Each would fail if its technique broke: the loss
 and gradients must equal transformers' own, the frozen original must really be gone, the saved
-run must reload (core.trained.load_trained) with the trained model's logits, and
+run must reload (core.training.trained.load_trained) with the trained model's logits, and
 merge_and_unload must carry the trained matrices."""
 
 from __future__ import annotations
