@@ -346,7 +346,7 @@ def _cmd_train(args) -> int:
         losses = f" train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
         if result.eval_loss is not None:
             losses += f", eval loss {result.eval_loss:.4f}"
-        print(f"Finished {result.step} steps:{losses}. Adapter: {result.adapter_path}")
+        print(f"Finished {result.step} steps{':' if losses else ''}{losses}. Adapter: {result.adapter_path}")
     return EXIT_OK
 
 

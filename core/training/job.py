@@ -437,9 +437,8 @@ class TrainingJob:
         do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
         if do_eval and ckpt is None:
             trainer.evaluate()
-        total = trainer.args.max_steps if trainer.args.max_steps > 0 else self._steps_for_epochs()
         result = None
-        if ckpt is not None and (checkpoint_step(ckpt) or 0) >= total:
+        if ckpt is not None and self._checkpoint_is_last_step(ckpt, trainer):
             # The checkpoint is the run's last step, so only the adapter's save was left (it was
             # cut short). Training on would take a step past the budget; load the weights instead.
             from transformers.trainer_callback import TrainerState
@@ -477,6 +476,19 @@ class TrainingJob:
         self.emit(memory_sample(self.step))
         self.emit(event)
         return event
+
+    def _checkpoint_is_last_step(self, ckpt: str, trainer) -> bool:
+        """Whether the checkpoint ends the plan's step budget (so there is nothing left to train)."""
+        state = json.loads((Path(ckpt) / runfolder.TRAINER_STATE).read_text(encoding="utf-8"))
+        step = int(state.get("global_step") or 0)
+        if trainer.args.max_steps > 0:
+            return step >= trainer.args.max_steps
+        # An epoch budget: the Trainer's own step count, as the checkpoint recorded it.
+        return (
+            bool(state.get("max_steps"))
+            and step >= int(state["max_steps"])
+            and self.plan.training.epochs <= float(state.get("num_train_epochs") or 0)
+        )
 
     def _steps_for_epochs(self) -> int:
         t = self.plan.training

@@ -150,17 +150,25 @@ class HeadtuneTrainer(Trainer):
             staging.mkdir(parents=True, exist_ok=True)
             check_free_disk(root, self._next_checkpoint_bytes(root), name)
         # The Trainer writes (and rotates) inside the staging folder; nothing reads a checkpoint there.
+        # Under a distributed launcher every process writes its random state into the same folder,
+        # so all of them finish before the main process seals it and renames it.
+        self._barrier()
         self._staging = str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = None
+        self._barrier()
         if self.args.should_save:
             runfolder.seal(staging / name, step=self.state.global_step)
             runfolder.place(staging / name, root / name, staging / f"replaced-{name}")
             self._rotate(root)
             with contextlib.suppress(OSError):
                 staging.rmdir()  # only when empty
+
+    def _barrier(self) -> None:
+        if self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()
 
     def _next_checkpoint_bytes(self, root: Path) -> int:
         written = [runfolder.folder_bytes(p) for p in RunFolderView(root).checkpoints()]
