@@ -368,3 +368,23 @@ def test_sigterm_stops_with_a_checkpoint_and_the_adapter(tmp_path, tiny_untied, 
     folder = RunFolder(tmp_path / "run")
     assert folder.latest_checkpoint() is not None and folder.has_adapter()
     assert folder.adapter_info()["finished"] is False
+
+
+def test_fused_step_states_resume_through_the_safe_loader(tmp_path, tiny_untied, alpaca_file, capsys):
+    """The fused step's per-matrix optimizer states (matrix_optimizer.pt, 8-bit) load with
+    ``weights_only=True`` and give the same adapter as never stopping."""
+    lean = [
+        "--set=memory.fused_step=true",
+        "--set=memory.matrix_states=8bit",
+        "--set=training.max_grad_norm=0",
+        "--set=embeddings.train_embeddings=true",
+        "--set=embeddings.mode=full",
+        "--quiet",
+    ]
+    straight = write_plan(tmp_path, tiny_untied, alpaca_file, "straight", max_steps=4)
+    assert main(["train", str(straight), *lean]) == 0
+    split = write_plan(tmp_path, tiny_untied, alpaca_file, "split", max_steps=2)
+    assert main(["train", str(split), *lean]) == 0
+    assert (tmp_path / "split" / "checkpoints" / "checkpoint-2" / "matrix_optimizer.pt").is_file()
+    assert main(["train", "--resume", str(tmp_path / "split"), "--set", "training.max_steps=4", "--quiet"]) == 0
+    assert_identical(adapter(tmp_path / "split"), adapter(tmp_path / "straight"))
