@@ -153,7 +153,10 @@ class RunFolder:
         without it silently changes the results. The caller holds the run's lock."""
         if self.staging_dir.exists():
             for p in sorted(self.staging_dir.iterdir()):
-                log(f"Removed {p.name}: its write was cut short before it was complete.")
+                # Besides cut-short writes, the staging folder holds old checkpoints whose deletion
+                # was interrupted (``deleting-...``): removing those needs no word.
+                if p.name.startswith(CHECKPOINT_PREFIX):
+                    log(f"Removed {p.name}: its write was cut short before it was complete.")
             shutil.rmtree(self.staging_dir, ignore_errors=True)
         for p in reversed(self.checkpoints()):
             check = check_checkpoint(p, deep=True)

@@ -194,7 +194,7 @@ def test_kill_between_the_adapter_swap_keeps_a_complete_adapter(tmp_path, tiny_u
     assert_identical(adapter(run), expected)
 
 
-def test_two_trains_on_one_folder_one_is_refused_naming_the_pid(tmp_path, tiny_untied, alpaca_file):
+def test_two_trains_on_one_folder_one_is_refused_naming_the_pid(tmp_path, tiny_untied, alpaca_file, capsys):
     plan = write_plan(tmp_path, tiny_untied, alpaca_file, "run", max_steps=3, save_every=0)
     holding, go = tmp_path / "holding", tmp_path / "go"
     env = {
@@ -221,7 +221,10 @@ def test_two_trains_on_one_folder_one_is_refused_naming_the_pid(tmp_path, tiny_u
         assert f"PID {first.pid}" in second.stderr and "is in use" in second.stderr
         # An export of the run that is still writing is refused too.
         out = tmp_path / "export"
+        capsys.readouterr()
         assert main(["export", str(tmp_path / "run"), "--format", "adapter", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "is still being written" in err and f"PID {first.pid}" in err
         assert not out.exists()
     finally:
         go.write_text("1")
