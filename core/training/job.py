@@ -263,15 +263,16 @@ class TrainingJob:
     def _resume_point(self) -> str | None:
         """Lock the run, then pick the checkpoint to resume from (None: nothing left to do)."""
         run_dir = self.run_dir
-        if not self.is_main_process:
-            return self.folder.latest_checkpoint()
-        self._lock.acquire()
-        self.folder.recover(self.log)
+        if self.is_main_process:
+            self._lock.acquire()
+            self.folder.recover(self.log)
         done = self._finished_step()
         if done is not None:
             self.already_finished = True
             self.step = done
             return None
+        if not self.is_main_process:  # the main process picks, cleans and checks
+            return self.folder.latest_checkpoint()
         ckpt = self.folder.resume_checkpoint(self.log, allow_fresh_state=self.resume_fresh_state)
         if ckpt is None:
             raise PlanError(

@@ -171,7 +171,7 @@ class HeadtuneTrainer(Trainer):
             self.accelerator.wait_for_everyone()
 
     def _next_checkpoint_bytes(self, root: Path) -> int:
-        written = [runfolder.folder_bytes(p) for p in RunFolderView(root).checkpoints()]
+        written = [runfolder.folder_bytes(p) for p in runfolder.RunFolder(root.parent).checkpoints()]
         return max(written[-1] if written else 0, self.checkpoint_bytes)
 
     def _rotate(self, root: Path) -> None:
@@ -180,7 +180,7 @@ class HeadtuneTrainer(Trainer):
         limit = self.args.save_total_limit
         if not limit or limit <= 0:
             return
-        for old in RunFolderView(root).checkpoints()[:-limit]:
+        for old in runfolder.RunFolder(root.parent).checkpoints()[:-limit]:
             doomed = root / runfolder.STAGING / f"deleting-{old.name}"
             os.replace(old, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
@@ -207,13 +207,6 @@ class HeadtuneTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         with refuse_unsafe(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-
-class RunFolderView(runfolder.RunFolder):
-    """The run folder seen from its ``checkpoints/`` folder (the Trainer's output_dir)."""
-
-    def __init__(self, checkpoints_dir: str | os.PathLike):
-        super().__init__(Path(checkpoints_dir).parent)
 
 
 # The files of a checkpoint that torch.load reads (training_args.bin is written by the Trainer
