@@ -67,8 +67,8 @@ def _add_train(sub, fmt) -> None:
         help="run a plan (fine-tune) from the command line",
         formatter_class=fmt,
         description="Fine-tune a model as a YAML plan describes. Progress goes to stdout, one line "
-        "per step; Ctrl+C stops after the current step and saves a checkpoint and the "
-        "adapter (press it twice to abort).",
+        "per step; Ctrl+C (or SIGTERM) stops after the current step and saves a checkpoint and "
+        "the adapter (press it twice to abort). One process at a time may write a run folder.",
         epilog=_plan_keys_help(),
     )
     t.add_argument("plan", nargs="?", help="the plan YAML file (omit with --demo or --resume)")
@@ -83,8 +83,17 @@ def _add_train(sub, fmt) -> None:
     t.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its latest checkpoint (only the step budget "
-        "may change, with --set training.max_steps=N or training.epochs=N)",
+        help="continue the run in RUN_DIR from its newest complete checkpoint (a checkpoint cut "
+        "short by a crash is skipped and removed); only the step budget may change, with --set "
+        "training.max_steps=N or training.epochs=N. A run that already finished its budget is left "
+        "as it is",
+    )
+    t.add_argument(
+        "--resume-fresh-optimizer",
+        action="store_true",
+        help="with --resume: continue from a checkpoint that lacks its optimizer, scheduler or "
+        "random state, starting those fresh (the results then differ from an uninterrupted run); "
+        "without it such a checkpoint is refused",
     )
     t.add_argument(
         "--demo",
@@ -280,20 +289,26 @@ def _cmd_train(args) -> int:
             raise _usage("--resume takes the run folder only; the plan is the one saved in it.")
         plan = resume_plan(args.resume, args.overrides)
     else:
+        if args.resume_fresh_optimizer:
+            raise _usage("--resume-fresh-optimizer goes with --resume RUN_DIR.")
         plan = _plan_from_args(args, "give a plan file, --demo, or --resume RUN_DIR.")
+    options = dict(resume=bool(args.resume), resume_fresh_state=args.resume_fresh_optimizer)
 
     if args.events_json:
         # The driving program decides when to stop (stdin); a Ctrl+C meant for it (same terminal,
-        # same process group) must not kill the run without its checkpoint.
+        # same process group) must not kill the run without its checkpoint. SIGTERM (logout, a
+        # service or container stopping) stops like the stop line.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        job = TrainingJob(plan, sinks=[_print_json], resume=bool(args.resume))
+        job = TrainingJob(plan, sinks=[_print_json], **options)
+        signal.signal(signal.SIGTERM, lambda signum, frame: job.request_stop())
         threading.Thread(target=_stop_on_stdin, args=(job,), daemon=True).start()
         job.run()
         return EXIT_OK
-    job = TrainingJob(plan, sinks=[lambda e: _print_event(e, args.quiet)], resume=bool(args.resume))
+    job = TrainingJob(plan, sinks=[lambda e: _print_event(e, args.quiet)], **options)
     presses = []
 
     def on_sigint(signum, frame):
+        # SIGTERM (logout, systemd, a container stopping) is handled like Ctrl+C.
         presses.append(time.time())
         if len(presses) > 1:
             raise KeyboardInterrupt
@@ -305,15 +320,22 @@ def _cmd_train(args) -> int:
         )
         job.request_stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = job.run()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     from . import events as ev
 
     assert isinstance(result, (ev.Stopped, ev.Finished))
-    if isinstance(result, ev.Stopped) and not result.adapter_path:
+    if job.already_finished:
+        print(
+            f"Nothing to do: the run already finished {result.step} steps and its adapter is unchanged "
+            f"({result.adapter_path}). To train further, resume with a larger budget: --set "
+            "training.max_steps=N."
+        )
+    elif isinstance(result, ev.Stopped) and not result.adapter_path:
         print("Stopped before training started; nothing was written.")
     elif isinstance(result, ev.Stopped):
         print(
@@ -324,7 +346,7 @@ def _cmd_train(args) -> int:
         losses = f" train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
         if result.eval_loss is not None:
             losses += f", eval loss {result.eval_loss:.4f}"
-        print(f"Finished {result.step} steps:{losses}. Adapter: {result.adapter_path}")
+        print(f"Finished {result.step} steps{':' if losses else ''}{losses}. Adapter: {result.adapter_path}")
     return EXIT_OK
 
 

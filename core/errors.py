@@ -42,6 +42,10 @@ class ModelError(BadInputError):
     """The model cannot be found, is gated, needs remote code, or cannot be loaded."""
 
 
+class RunFolderBusyError(BadInputError):
+    """Another process is writing the run folder (the message names its PID); nothing was done."""
+
+
 class RunError(HeadtuneError):
     """A failure while the run was going (after the plan, data and model were accepted)."""
 

@@ -88,7 +88,7 @@ def build_model(
         eos_token_id=2,
         pad_token_id=0,
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(folder)
     for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, folder / f.name)
@@ -103,7 +103,7 @@ def write_jsonl(path: Path, rows, raw_lines: list[str] | None = None) -> Path:
 
 def plan_dict(model_path: Path, data_path: Path, out: Path, **sections) -> dict:
     """A small fast plan; ``sections`` update whole sections, e.g. training={"max_steps": 3}."""
-    d = {
+    d: dict[str, dict] = {
         "model": {"name_or_path": str(model_path), "dtype": "float32"},
         "data": {"path": str(data_path), "max_seq_len": 64, "val_fraction": 0.1},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},

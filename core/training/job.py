@@ -7,6 +7,13 @@ worker thread, or under ``accelerate launch`` / ``torchrun`` (the loop is transf
 Order matters for "bad input writes nothing": the plan, the model source, the tokenizer, the
 dataset and the model are all checked and loaded *before* the run folder is created, so a run
 refused for any of those leaves no trace on disk.
+
+Never losing a run: the job holds the run folder's lock (``core.runfolder.RunLock``) from its
+first write to its end, so a second run or an export is refused rather than interleaved. A resume
+takes the newest checkpoint that was written whole (partial ones are reported and removed),
+refuses one whose training state is missing or whose files are not plain tensors, does nothing
+for a run that already finished its step budget, and rewrites a final adapter whose save was cut
+short. The adapter is written like a checkpoint: sealed in ``adapter.tmp/``, then swapped in.
 """
 
 from __future__ import annotations
@@ -22,18 +29,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import events as ev
+from .. import runfolder
 from ..data.examples import Collator, PreparedData, prepare
 from ..embeddings import setup as setup_mod
 from ..embeddings.setup import embedding_parameter_names
 from ..embeddings.untrained import init_untrained_mean
-from ..errors import HeadtuneError, InternalError, OutOfMemoryError, PlanError, RunError
+from ..errors import HeadtuneError, InternalError, OutOfMemoryError, PlanError, RunError, RunFolderBusyError
 from ..model import sources
 from ..plan import Plan, load_plan
 from ..plan.loading import read_plan_file
 from ..plan.memory_options import resolve as resolve_memory_options
 from ..runfolder import RunFolder, check_writable, checkpoint_step
 from . import adapters, lean
-from .trainer import memory_sample, release_bnb_overrides
+from .trainer import check_free_disk, check_loadable, memory_sample, release_bnb_overrides
 
 # "adamw" is PyTorch's fused AdamW (the Trainer's default): fastest, no step-wide temporaries.
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
@@ -147,18 +155,30 @@ class TrainingJob:
 
     data: PreparedData  # the tokenised data, once the run has read it
 
-    def __init__(self, plan: Plan, sinks: Iterable[ev.Sink] = (), resume: bool = False, around_training=None):
+    def __init__(
+        self,
+        plan: Plan,
+        sinks: Iterable[ev.Sink] = (),
+        resume: bool = False,
+        around_training=None,
+        resume_fresh_state: bool = False,
+    ):
         """``around_training``: a context-manager factory wrapped around the training loop alone
-        (the memory harness measures the loop's peak with it)."""
+        (the memory harness measures the loop's peak with it). ``resume_fresh_state``: resume from
+        a checkpoint that lacks its optimizer, scheduler or random state, starting those fresh."""
         self.plan = plan
         self.sinks = list(sinks)
         self.resume = resume
+        self.resume_fresh_state = resume_fresh_state
+        self.already_finished = False  # set by a resume of a run that had nothing left to do
         self._stop = threading.Event()
         self._file_sink: ev.JsonlSink | None = None
         self.step = 0
         self.device = "cpu"
         self.run_dir = Path(plan.output.dir)
         self.folder = RunFolder(self.run_dir)
+        self._lock = self.folder.lock("training")
+        self._checkpoint_bytes = 0
         self.model = None
         self.trainer = None
         self.lean = None  # core.plan.memory_options.Effective once the run starts
@@ -209,6 +229,7 @@ class TrainingJob:
             if self._file_sink is not None:
                 self._file_sink.close()
                 self._file_sink = None
+            self._lock.release()
             release_bnb_overrides()
 
     def _save_traceback(self, exc: BaseException) -> str:
@@ -232,25 +253,87 @@ class TrainingJob:
         run_dir = self.run_dir
         check_writable(run_dir)
         if self.resume:
-            ckpt = self.folder.latest_checkpoint()
-            if ckpt is None:
-                raise PlanError(
-                    f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a new run instead.",
-                    "output.dir",
-                )
-            return ckpt
+            return self._resume_point()
         if self.is_main_process and run_dir.exists() and not run_dir.is_dir():
             raise PlanError(f"output.dir: {run_dir} is a file; the run needs a folder.", "output.dir")
-        if self.is_main_process and run_dir.exists() and any(run_dir.iterdir()):
+        if self.is_main_process and run_dir.is_dir():
+            holder = self.folder.lock_holder()
+            if holder is not None:
+                raise RunFolderBusyError(runfolder.busy_message(self.folder, holder, "training"))
+            if not self.folder.is_empty_for_a_new_run():
+                raise self._not_empty()
+        return None
+
+    def _not_empty(self) -> PlanError:
+        return PlanError(
+            f"output.dir: {self.run_dir} already exists and is not empty. Choose a new folder, or "
+            f"continue that run with `headtune train --resume {self.run_dir}`.",
+            "output.dir",
+        )
+
+    def _resume_point(self) -> str | None:
+        """Lock the run, then pick the checkpoint to resume from (None: nothing left to do)."""
+        run_dir = self.run_dir
+        if self.is_main_process:
+            self._lock.acquire()
+            self.folder.recover(self.log)
+        done = self._finished_step()
+        if done is not None:
+            self.already_finished = True
+            self.step = done
+            return None
+        if not self.is_main_process:  # the main process picks, cleans and checks
+            return self.folder.latest_checkpoint()
+        ckpt = self.folder.resume_checkpoint(self.log, allow_fresh_state=self.resume_fresh_state)
+        if ckpt is None:
             raise PlanError(
-                f"output.dir: {run_dir} already exists and is not empty. Choose a new folder, or "
-                f"continue that run with `headtune train --resume {run_dir}`.",
+                f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty). Start a new run instead.",
                 "output.dir",
             )
-        return None
+        step = checkpoint_step(ckpt) or 0
+        if 0 < self.plan.training.max_steps < step:
+            raise PlanError(
+                f"training.max_steps={self.plan.training.max_steps} is below the step the run already "
+                f"reached ({step}); give a larger budget to train further.",
+                "training.max_steps",
+            )
+        check_loadable(ckpt)
+        return ckpt
+
+    def _finished_step(self) -> int | None:
+        """The step a finished run ended at, when the resumed plan's budget adds nothing to it."""
+        t = self.plan.training
+        info = self.folder.adapter_info()
+        if info is not None and "finished" in info:
+            if not info["finished"]:
+                return None
+            step, budget = int(info.get("step") or 0), info.get("budget") or {}
+        else:
+            # An adapter written before adapters recorded this: the run's events say it finished.
+            summary = ev.summarize_run(self.run_dir) if self.folder.has_adapter() else None
+            if summary is None or summary.state != "finished":
+                return None
+            import yaml
+
+            saved = yaml.safe_load(self.folder.plan_file.read_text(encoding="utf-8")) or {}
+            step, budget = summary.step, saved.get("training") or {}
+        if t.max_steps > 0:
+            return step if t.max_steps <= step else None
+        same_epochs = int(budget.get("max_steps") or 0) <= 0 and t.epochs <= float(budget.get("epochs") or 0)
+        return step if same_epochs else None
 
     def _run(self) -> ev.Event:
         ckpt = self._check_output_dir()
+        if self.already_finished:
+            t = self.plan.training
+            self.log(
+                f"The run in {self.run_dir} already finished {self.step} steps; nothing to do (its adapter "
+                f"is unchanged). To train further, raise the step budget, e.g. --set "
+                f"training.max_steps={max(t.max_steps, self.step) * 2}."
+            )
+            done = ev.Finished(step=self.step, adapter_path=str(self.folder.adapter_dir))
+            self.emit(done)
+            return done
         self._pick_device()
         model, tokenizer, setup, reset_rows = self._load()
         trainable, total = adapters.count_parameters(model)
@@ -351,6 +434,9 @@ class TrainingJob:
             return
         plan = self.plan
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        if not self.resume and not self.folder.is_empty_for_a_new_run():
+            raise self._not_empty()  # another run started writing here while this one loaded
         if not self.resume:
             plan.save(self.folder.plan_file)
             if plan.embeddings.init_untrained != "none":
@@ -363,17 +449,28 @@ class TrainingJob:
         do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
         if do_eval and ckpt is None:
             trainer.evaluate()
-        with self.around_training() if self.around_training else contextlib.nullcontext():
-            result = trainer.train(resume_from_checkpoint=ckpt)
+        result = None
+        if ckpt is not None and self._checkpoint_is_last_step(ckpt, trainer):
+            # The checkpoint is the run's last step, so only the adapter's save was left (it was
+            # cut short). Training on would take a step past the budget; load the weights instead.
+            from transformers.trainer_callback import TrainerState
+
+            self.log(f"{Path(ckpt).name} is the run's last step; writing the adapter from it.")
+            trainer._load_from_checkpoint(ckpt)
+            trainer.state = TrainerState.load_from_json(str(Path(ckpt) / runfolder.TRAINER_STATE))
+        else:
+            with self.around_training() if self.around_training else contextlib.nullcontext():
+                result = trainer.train(resume_from_checkpoint=ckpt)
         if trainer.fused_step is not None:
             trainer.fused_step.remove()
         self.step = trainer.state.global_step
         if self.diverged is not None:
             raise RunError(self._divergence_message())
         adapter_dir = self.folder.adapter_dir
+        stopped = self.stop_requested and self.step < trainer.state.max_steps
         if self.is_main_process:
-            self._save_adapter(model, tokenizer)
-        if self.stop_requested and self.step < trainer.state.max_steps:
+            self._save_adapter(model, tokenizer, finished=not stopped)
+        if stopped:
             last = self.folder.latest_checkpoint()
             event: ev.Event = ev.Stopped(step=self.step, adapter_path=str(adapter_dir), checkpoint_path=last)
         else:
@@ -414,6 +511,19 @@ class TrainingJob:
             f"(now {t.learning_rate:g}; try {t.learning_rate / 4:g}) and {clip}. {kept}."
         )
 
+    def _checkpoint_is_last_step(self, ckpt: str, trainer) -> bool:
+        """Whether the checkpoint ends the plan's step budget (so there is nothing left to train)."""
+        state = json.loads((Path(ckpt) / runfolder.TRAINER_STATE).read_text(encoding="utf-8"))
+        step = int(state.get("global_step") or 0)
+        if trainer.args.max_steps > 0:
+            return step >= trainer.args.max_steps
+        # An epoch budget: the Trainer's own step count, as the checkpoint recorded it.
+        return (
+            bool(state.get("max_steps"))
+            and step >= int(state["max_steps"])
+            and self.plan.training.epochs <= float(state.get("num_train_epochs") or 0)
+        )
+
     def _steps_for_epochs(self) -> int:
         t = self.plan.training
         per_epoch = math.ceil(len(self.data.train) / (t.batch_size * t.grad_accum))
@@ -428,6 +538,7 @@ class TrainingJob:
         checkpoint = weights + state_bytes + 16 * 1024**2
         keep = (t.save_total_limit + 1) if t.save_every > 0 else 1  # one extra while rotating; one on stop
         need = checkpoint * keep + weights + 64 * 1024**2
+        self._checkpoint_bytes = checkpoint
         free = _free_bytes(self.run_dir)
         if free < need:
             raise RunError(
@@ -495,23 +606,23 @@ class TrainingJob:
         )
         # Progress goes out as events; the Trainer's own console printer would duplicate it.
         trainer.remove_callback(PrinterCallback)
+        trainer.checkpoint_bytes = self._checkpoint_bytes
         return trainer
 
-    def _save_adapter(self, model, tokenizer) -> Path:
-        """Write ``adapter/`` atomically: a temp folder renamed over the old one."""
+    def _save_adapter(self, model, tokenizer, finished: bool) -> Path:
+        """Write ``adapter/`` whole or not at all: into ``adapter.tmp/``, sealed with a manifest that
+        records the step and whether the run finished, then swapped in (``runfolder.place``)."""
         final = self.folder.adapter_dir
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = final.with_name(runfolder.ADAPTER_TMP)
         if tmp.exists():
             shutil.rmtree(tmp)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        previous = runfolder.folder_bytes(final) if final.is_dir() else 0
+        check_free_disk(self.run_dir, max(weights, previous), "adapter")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if final.exists():
-            old = final.with_name(final.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)  # left over from a crash mid-swap
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        t = self.plan.training
+        runfolder.seal(tmp, step=self.step, finished=finished, budget={"max_steps": t.max_steps, "epochs": t.epochs})
+        runfolder.place(tmp, final, final.with_name(runfolder.ADAPTER_OLD))
         self.log(f"Adapter saved to {final}")
         return final

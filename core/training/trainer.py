@@ -1,4 +1,10 @@
-"""transformers ``Trainer`` glue: the embedding/head learning-rate group and the job's callback.
+"""transformers ``Trainer`` glue: the embedding/head learning-rate group, crash-safe checkpoints
+and the job's callback.
+
+Checkpoints are written whole or not at all: the Trainer writes each one into
+``checkpoints/.partial/``, where it is sealed with a manifest and renamed into place (see
+``core.runfolder``), after a check that it will fit on disk. Everything a resume loads is read
+with ``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code.
 
 The callback turns the Trainer's hooks into Headtune events (step, eval, memory, checkpoint)
 and turns a stop request into "save a checkpoint, then end" at the next step boundary.
@@ -6,15 +12,24 @@ and turns a stop request into "save a checkpoint, then end" at the next step bou
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import pickle
+import shutil
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .. import events as ev
+from .. import runfolder
+from ..errors import BadInputError, RunError
+
+GiB = 1024**3
 
 
 class HeadtuneTrainer(Trainer):
@@ -27,6 +42,8 @@ class HeadtuneTrainer(Trainer):
         self.embedding_lr = embedding_lr
         self.lean = lean  # core.plan.memory_options.Effective: the memory options as they run (None: stock behaviour)
         self.fused_step = None
+        self.checkpoint_bytes = 0  # the job's estimate of one checkpoint, until one is written
+        self._staging: str | None = None
         super().__init__(*args, **kwargs)
 
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
@@ -120,6 +137,54 @@ class HeadtuneTrainer(Trainer):
             )
         return self.optimizer
 
+    # -- checkpoints: written whole or not at all ----------------------------------------------
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        root = Path(self.args.output_dir)
+        name = f"{runfolder.CHECKPOINT_PREFIX}{self.state.global_step}"
+        staging = root / runfolder.STAGING
+        if self.args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)  # left by an earlier attempt
+            staging.mkdir(parents=True, exist_ok=True)
+            check_free_disk(root, self._next_checkpoint_bytes(root), name)
+        # The Trainer writes (and rotates) inside the staging folder; nothing reads a checkpoint there.
+        # Under a distributed launcher every process writes its random state into the same folder,
+        # so all of them finish before the main process seals it and renames it.
+        self._barrier()
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self._barrier()
+        if self.args.should_save:
+            runfolder.seal(staging / name, step=self.state.global_step)
+            runfolder.place(staging / name, root / name, staging / f"replaced-{name}")
+            self._rotate(root)
+            with contextlib.suppress(OSError):
+                staging.rmdir()  # only when empty
+
+    def _barrier(self) -> None:
+        if self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    def _next_checkpoint_bytes(self, root: Path) -> int:
+        written = [runfolder.folder_bytes(p) for p in runfolder.RunFolder(root.parent).checkpoints()]
+        return max(written[-1] if written else 0, self.checkpoint_bytes)
+
+    def _rotate(self, root: Path) -> None:
+        """Keep the newest ``save_total_limit`` checkpoints; an old one is renamed into the staging
+        folder before it is deleted, so a kill mid-delete never leaves a half checkpoint in place."""
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        for old in runfolder.RunFolder(root.parent).checkpoints()[:-limit]:
+            doomed = root / runfolder.STAGING / f"deleting-{old.name}"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
     # The fused step's per-matrix optimizer states travel with the checkpoint, beside the
     # Trainer's own optimizer.pt.
     FUSED_STATES = "matrix_optimizer.pt"
@@ -130,11 +195,78 @@ class HeadtuneTrainer(Trainer):
             torch.save(self.fused_step.state_dict(), f"{output_dir}/{self.FUSED_STATES}")
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        import os
+        with refuse_unsafe(checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint and self.fused_step is not None and os.path.isfile(f"{checkpoint}/{self.FUSED_STATES}"):
+                self.fused_step.load_state_dict(safe_load(f"{checkpoint}/{self.FUSED_STATES}"))
 
-        if checkpoint and self.fused_step is not None and os.path.isfile(f"{checkpoint}/{self.FUSED_STATES}"):
-            self.fused_step.load_state_dict(torch.load(f"{checkpoint}/{self.FUSED_STATES}", weights_only=False))
+    def _load_rng_state(self, checkpoint):
+        with refuse_unsafe(checkpoint):
+            super()._load_rng_state(checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with refuse_unsafe(resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+# The files of a checkpoint that torch.load reads (training_args.bin is written by the Trainer
+# for reference and never read back).
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "matrix_optimizer.pt")
+
+
+def safe_load(path: str | os.PathLike, mmap: bool = False):
+    """``torch.load`` that accepts tensors and plain containers only (never code); numpy's RNG
+    state, which the Trainer saves, is allowed by name."""
+    from transformers.trainer import safe_globals
+
+    with safe_globals():
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+@contextlib.contextmanager
+def refuse_unsafe(checkpoint):
+    """Turn a checkpoint file that holds more than tensors into a clear refusal."""
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        raise BadInputError(unsafe_message(checkpoint, exc)) from None
+
+
+def unsafe_message(where, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"Refused to load {where}: it holds Python objects other than tensors and plain values, "
+        f"which could run code on this computer ({first}). Resume only run folders you trust, or "
+        "delete that checkpoint to resume from an earlier one."
+    )
+
+
+def check_loadable(checkpoint: str | os.PathLike) -> None:
+    """Read every file a resume will ``torch.load`` from ``checkpoint`` with the safe loader, before
+    any model loads; a file that is not plain tensors is refused (``BadInputError``)."""
+    folder = Path(checkpoint)
+    for path in sorted(folder.iterdir()):
+        if path.name in TORCH_FILES or (path.name.startswith("rng_state") and path.suffix == ".pth"):
+            try:
+                try:
+                    safe_load(path, mmap=True)
+                except RuntimeError:  # written in the legacy (non-zip) format, which cannot be mapped
+                    safe_load(path)
+            except pickle.UnpicklingError as exc:
+                raise BadInputError(unsafe_message(path, exc)) from None
+
+
+def check_free_disk(folder: Path, need: int, what: str) -> None:
+    """Refuse to start a write that cannot fit (``RunError``): a full disk mid-write would leave
+    it cut short."""
+    need = int(need * 1.1) + 16 * 1024**2
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise RunError(
+            f"Not enough free disk space to save the {what} in {folder}: it needs about {need / GiB:.2f} GiB "
+            f"and {free / GiB:.2f} GiB is free. The last complete checkpoint is kept; free some space and "
+            "resume the run."
+        )
 
 
 def _finite(x) -> float | None:

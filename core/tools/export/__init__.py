@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import runfolder
-from ...errors import BadInputError, HeadtuneError
+from ...errors import BadInputError, HeadtuneError, RunFolderBusyError
 from ...model.weights import check_folder
 from ...runfolder import RunFolder
 from ...training.trained import run_plan
@@ -205,7 +205,26 @@ def export_run(
     dtype = dtype or default_dtype(fmt, gguf_type)
     if dtype not in DTYPES:
         raise BadInputError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    run = check_run(run_dir).resolve()
+    run = RunFolder(run_dir).require_run().path.resolve()
+    # An export reads the adapter while holding the run's lock: a run still writing it is refused,
+    # and no resume can start rewriting it half way through the export.
+    lock = RunFolder(run).lock("exporting")
+    try:
+        lock.acquire()
+    except RunFolderBusyError:
+        raise
+    except OSError:
+        pass  # a folder this user cannot write (read-only media) has no writer to wait for either
+    try:
+        if lock.held:
+            RunFolder(run).recover()  # an adapter save cut between its two renames is finished first
+        check_run(run)
+        return _export_locked(run, fmt, out, dtype, gguf_type, overwrite, progress)
+    finally:
+        lock.release()
+
+
+def _export_locked(run, fmt, out, dtype, gguf_type, overwrite, progress) -> ExportResult:
     out = Path(out).expanduser().resolve()
     _check_destination(out, run, overwrite)
     t0 = time.perf_counter()
