@@ -600,13 +600,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(peft|transformers|torch|bitsandbytes)")
     for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # a dependency: always there
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
