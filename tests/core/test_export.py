@@ -524,16 +524,23 @@ def test_modelfile_template_renders_like_the_jinja_template(smol_tokenizer, toke
         assert bos + render_go(go, "Be short.", msgs) == jinja
 
 
-def test_a_truncated_adapter_is_refused_by_export_and_reload(tmp_path, small_run, capsys):
+@pytest.mark.parametrize("sealed", [True, False])
+def test_a_truncated_adapter_is_refused_by_export_and_reload(tmp_path, small_run, capsys, sealed):
+    """Cut short after it was written: caught by the adapter's manifest, and for an adapter without
+    one (written by an earlier version, or copied in by hand) by the safetensors header."""
     from headtune.core.cli import main
+    from headtune.core.runfolder import MANIFEST
     from headtune.core.training.trained import load_trained
 
+    if not sealed:
+        (small_run / "adapter" / MANIFEST).unlink()
     f = small_run / "adapter" / "adapter_model.safetensors"
     with f.open("r+b") as fh:
         fh.truncate(f.stat().st_size - 100)
+    why = "incomplete or damaged" if sealed else "is damaged: it holds"
     assert main(["export", str(small_run), "--format", "adapter", "--out", str(tmp_path / "out")]) == 2
-    assert "is damaged" in capsys.readouterr().err and not (tmp_path / "out").exists()
-    with pytest.raises(BadInputError, match="cut short"):
+    assert why in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(BadInputError, match=why):
         load_trained(small_run)
 
 
