@@ -121,3 +121,25 @@ def plan_dict(model_path: Path, data_path: Path, out: Path, **sections) -> dict:
     for key, value in sections.items():
         d.setdefault(key, {}).update(value)
     return d
+
+
+def small_report(*checks):
+    """A system-check report with the given checks and nothing measured (for tests of how the
+    window shows one)."""
+    from headtune.core.tools import doctor
+
+    return doctor.Report(
+        versions={"headtune": "0"},
+        platform="x",
+        torch_build="cpu",
+        gpus=[],
+        driver=None,
+        cuda_driver=None,
+        device="cpu",
+        ram_total_bytes=1,
+        ram_available_bytes=1,
+        output_dir=".",
+        disk_free_bytes=1,
+        disk_total_bytes=1,
+        checks=list(checks),
+    )

@@ -11,6 +11,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QPlainTextEdit, QPushButton
 
+from headtune.core.testing import small_report
 from headtune.core.tools import doctor
 from headtune.gui import doctor_dialog, protocols
 from headtune.gui.app import app_icon
@@ -89,21 +90,7 @@ def test_a_failing_check_is_shown_and_can_be_copied(window, qtbot, monkeypatch):
     dialog.copy_diagnostics()
     assert QGuiApplication.clipboard().text() == "The check broke: torch could not be imported."
     # Check again runs it anew (here with a fake report, to keep this test quick).
-    fake = doctor.Report(
-        versions={"headtune": "0"},
-        platform="x",
-        torch_build="cpu",
-        gpus=[],
-        driver=None,
-        cuda_driver=None,
-        device="cpu",
-        ram_total_bytes=1,
-        ram_available_bytes=1,
-        output_dir=".",
-        disk_free_bytes=1,
-        disk_total_bytes=1,
-        checks=[doctor.Check("GPU", "warning", "No GPU: none here", "Install one.")],
-    )
+    fake = small_report(doctor.Check("GPU", "warning", "No GPU: none here", "Install one."))
     printed = json.dumps(fake.to_dict(), indent=2)
     monkeypatch.setattr(protocols, "doctor_args", lambda output_dir: python_child(f"print({printed!r})"))
     with qtbot.waitSignal(dialog.checked, timeout=30_000):

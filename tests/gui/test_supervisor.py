@@ -9,6 +9,7 @@ import pytest
 from PySide6.QtCore import QObject
 
 from headtune.core import events as ev
+from headtune.core.testing import small_report
 from headtune.gui.protocols import DoctorProtocol, ExportDone, ExportProgressed, ExportProtocol, TrainingProtocol
 from headtune.gui.supervisor import ChildProtocol, Supervisor, json_objects
 from headtune.gui.workers import Threads
@@ -138,21 +139,7 @@ def test_export_result_and_a_pretty_printed_report(run_child):
     assert seen[0] == ("completed", ExportDone("/out", "merged", 1.5, 10, ("a",), ()))
     from headtune.core.tools import doctor
 
-    report = doctor.Report(
-        versions={"headtune": "0"},
-        platform="x",
-        torch_build="cpu",
-        gpus=[],
-        driver=None,
-        cuda_driver=None,
-        device="cpu",
-        ram_total_bytes=1,
-        ram_available_bytes=1,
-        output_dir=".",
-        disk_free_bytes=1,
-        disk_total_bytes=1,
-        checks=[doctor.Check("GPU", "warning", "none")],
-    )
+    report = small_report(doctor.Check("GPU", "warning", "none"))
     text = "warming up\n" + json.dumps(report.to_dict(), indent=2)
     seen = run_child(child(f"import sys; print({text!r}); sys.exit(1)"), DoctorProtocol())
     assert [k for k, _ in seen] == ["completed", "finished"]  # exit code 1 only says a check failed
