@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     from headtune.core import APP_ID
 
     app.setDesktopFileName(APP_ID)
+    # Python's cycle collector may otherwise run in a worker thread and destroy Qt widgets there,
+    # which deadlocks against the UI thread (seen: a closed window's menus freed by a thread loading
+    # a tokenizer). Collected on a timer in the UI thread instead.
+    from pyqtgraph.util.garbage_collector import GarbageCollector
+
+    collector = GarbageCollector(interval=1.0)  # noqa: F841 (kept alive for the event loop's life)
     app.setWindowIcon(app_icon())
     window = MainWindow()
     _install_hooks(lambda: window)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QMessageBox
@@ -10,6 +12,16 @@ from headtune.core.plan import plan_from_dict
 from headtune.gui.main_window import MainWindow
 
 NO = QMessageBox.StandardButton
+
+
+@pytest.fixture(autouse=True)
+def _collect_windows_on_the_ui_thread():
+    """After each test (and qtbot's own teardown) collect the closed windows' reference cycles here,
+    on the UI thread: left to the cycle collector they may be freed by the next test's worker
+    thread, destroying Qt widgets off the UI thread, which deadlocks (the window process collects
+    on a UI-thread timer for the same reason)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
