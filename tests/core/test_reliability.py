@@ -139,6 +139,7 @@ def straight(tmp_path_factory, tiny_untied):
     return adapter(tmp / "run"), data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage, at, resumes_from",
     [
@@ -175,6 +176,7 @@ def test_kill_during_a_save_then_resume_gives_the_uninterrupted_adapter(
     assert_identical(adapter(run), expected)
 
 
+@pytest.mark.slow
 def test_kill_between_the_adapter_swap_keeps_a_complete_adapter(tmp_path, tiny_untied, straight):
     expected, data = straight
     run = tmp_path / "run"
@@ -194,6 +196,7 @@ def test_kill_between_the_adapter_swap_keeps_a_complete_adapter(tmp_path, tiny_u
     assert_identical(adapter(run), expected)
 
 
+@pytest.mark.slow
 def test_two_trains_on_one_folder_one_is_refused_naming_the_pid(tmp_path, tiny_untied, alpaca_file, capsys):
     plan = write_plan(tmp_path, tiny_untied, alpaca_file, "run", max_steps=3, save_every=0)
     holding, go = tmp_path / "holding", tmp_path / "go"
@@ -350,6 +353,7 @@ def test_checkpoint_that_will_not_fit_on_disk_is_refused_before_writing(
     assert not any((tmp_path / "run" / "checkpoints").rglob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_the_adapter(tmp_path, tiny_untied, alpaca_file):
     plan = write_plan(tmp_path, tiny_untied, alpaca_file, "run", max_steps=500, save_every=0)
     proc = subprocess.Popen(
