@@ -83,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from headtune.core import APP_ID
 
     app.setDesktopFileName(APP_ID)
-    # Python's cycle collector may otherwise run in a worker thread and destroy Qt widgets there,
-    # which deadlocks against the UI thread (seen: a closed window's menus freed by a thread loading
-    # a tokenizer). Collected on a timer in the UI thread instead.
-    from pyqtgraph.util.garbage_collector import GarbageCollector
+    from .ui_gc import UiThreadCollector
 
-    collector = GarbageCollector(interval=1.0)  # noqa: F841 (kept alive for the event loop's life)
+    UiThreadCollector(parent=app)  # reference cycles are freed on the UI thread only
     app.setWindowIcon(app_icon())
     window = MainWindow()
     _install_hooks(lambda: window)
