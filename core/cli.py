@@ -47,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_gui, _add_train, _add_estimate, _add_inspect, _add_doctor, _add_export, _add_chat):
-        add(sub, fmt)
+        command = add(sub, fmt)
+        if add is not _add_gui:  # --debug also after the command (hidden: the top-level flag documents it)
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
-def _add_gui(sub, fmt) -> None:
+def _add_gui(sub, fmt) -> argparse.ArgumentParser:
     g = sub.add_parser(
         "gui",
         help="open the window (optionally on a plan)",
@@ -59,9 +61,10 @@ def _add_gui(sub, fmt) -> None:
         description="Open the Headtune window, optionally with a saved plan loaded.",
     )
     g.add_argument("plan", nargs="?", help="a plan YAML file to open")
+    return g
 
 
-def _add_train(sub, fmt) -> None:
+def _add_train(sub, fmt) -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="run a plan (fine-tune) from the command line",
@@ -108,10 +111,10 @@ def _add_train(sub, fmt) -> None:
         "stdout and nothing else there; a line 'stop' on stdin, or stdin closing, stops the "
         "run after the current step with a checkpoint",
     )
-    t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return t
 
 
-def _add_estimate(sub, fmt) -> None:
+def _add_estimate(sub, fmt) -> argparse.ArgumentParser:
     es = sub.add_parser(
         "estimate",
         help="predict the memory a plan needs, and whether it fits",
@@ -145,10 +148,10 @@ def _add_estimate(sub, fmt) -> None:
         "or this computer's RAM for cpu)",
     )
     es.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    es.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return es
 
 
-def _add_inspect(sub, fmt) -> None:
+def _add_inspect(sub, fmt) -> argparse.ArgumentParser:
     ins = sub.add_parser(
         "inspect",
         help="token health: untrained embedding/head rows, who uses them, template check",
@@ -165,10 +168,10 @@ def _add_inspect(sub, fmt) -> None:
     ins.add_argument("--chat-template", default="model", help="model, chatml, llama3, or a Jinja file")
     ins.add_argument("--max-seq-len", type=int, default=1024, help="for the truncation check (default 1024)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
-    ins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return ins
 
 
-def _add_doctor(sub, fmt) -> None:
+def _add_doctor(sub, fmt) -> argparse.ArgumentParser:
     doc = sub.add_parser(
         "doctor",
         help="system check: GPU, drivers, bitsandbytes 4/8-bit, bf16, free RAM and disk",
@@ -186,10 +189,10 @@ def _add_doctor(sub, fmt) -> None:
         help="the folder runs are written to, whose free disk is checked (default: ./runs)",
     )
     doc.add_argument("--json", action="store_true", help="print one JSON object")
-    doc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return doc
 
 
-def _add_export(sub, fmt) -> None:
+def _add_export(sub, fmt) -> argparse.ArgumentParser:
     from .tools.export import DTYPES, FORMATS, GGUF_TYPES
 
     ex = sub.add_parser(
@@ -222,10 +225,10 @@ def _add_export(sub, fmt) -> None:
         action="store_true",
         help="for programs driving an export (the window does): print progress and the result as JSON lines on stdout",
     )
-    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return ex
 
 
-def _add_chat(sub, fmt) -> None:
+def _add_chat(sub, fmt) -> argparse.ArgumentParser:
     ch = sub.add_parser(
         "chat",
         help="chat with a run: the base model and the fine-tuned one side by side",
@@ -248,7 +251,7 @@ def _add_chat(sub, fmt) -> None:
         "answer; print JSON events (loaded, piece, answered, failed) on stdout; the model stays "
         "loaded until stdin closes",
     )
-    ch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return ch
 
 
 def _print_event(event, quiet: bool) -> None:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError, RunFolderBusyError
+from .errors import BadInputError, PlanError, RunFolderBusyError
 
 PLAN = "plan.yaml"
 EVENTS = "events.jsonl"
@@ -536,8 +536,6 @@ def checkpoint_step(path: str | os.PathLike | None) -> int | None:
 def check_writable(path: str | os.PathLike) -> None:
     """Refuse, before anything loads, a run folder that cannot be created or written: a name too
     long for the file system, a parent that is a file, a read-only or foreign folder."""
-    from .errors import PlanError
-
     folder = Path(path).expanduser()
     shown = str(folder) if len(str(folder)) <= 200 else str(folder)[:200] + "…"
     try:

@@ -313,9 +313,7 @@ class TrainingJob:
             summary = ev.summarize_run(self.run_dir) if self.folder.has_adapter() else None
             if summary is None or summary.state != "finished":
                 return None
-            import yaml
-
-            saved = yaml.safe_load(self.folder.plan_file.read_text(encoding="utf-8")) or {}
+            saved = read_plan_file(self.folder.plan_file)
             step, budget = summary.step, saved.get("training") or {}
         if t.max_steps > 0:
             return step if t.max_steps <= step else None
