@@ -147,6 +147,12 @@ def _add_estimate(sub, fmt) -> argparse.ArgumentParser:
         help="capacity to check against, e.g. 12GiB (default: the detected GPU's total memory, "
         "or this computer's RAM for cpu)",
     )
+    es.add_argument(
+        "--worst-case",
+        action="store_true",
+        help="estimate every batch at data.max_seq_len, without reading the data (by default the "
+        "data's token lengths give the figure, when the data file and the model's tokenizer are here)",
+    )
     es.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return es
 
@@ -427,6 +433,7 @@ def _cmd_estimate(args) -> int:
     import json
 
     from . import estimate as memory
+    from .tools.preview import data_lengths
 
     plan = _plan_from_args(args, "give a plan file or --demo.")
     device = args.device
@@ -439,10 +446,11 @@ def _cmd_estimate(args) -> int:
         capacity, where = memory.parse_size(args.gpu_memory), f"{args.gpu_memory} given"
     else:
         capacity, where = memory.detect_capacity(device)
-    est, shape = memory.plan_estimate(plan, device, capacity)
+    lengths, no_data = (None, "--worst-case given") if args.worst_case else data_lengths(plan)
+    est, shape = memory.plan_estimate(plan, device, capacity, lengths=lengths)
     gpus = {f"{size}GiB": memory.fit_verdict(est.total_bytes, size * memory.GiB) for size in memory.COMMON_GPUS_GIB}
     ram, ram_where = memory.detect_capacity("cpu")
-    cpu_total = memory.estimate(plan, shape, "cpu", advise=False).total_bytes
+    cpu_total = memory.estimate(plan, shape, "cpu", advise=False, lengths=lengths).total_bytes
     if args.json:
         print(
             json.dumps(
@@ -472,6 +480,7 @@ def _cmd_estimate(args) -> int:
     if est.overhead_bytes:
         print(f"  {'CUDA overhead':<22}{g(est.overhead_bytes):8.2f}   (context, workspaces, allocator slack)")
     print(f"  {'total':<22}{g(est.total_bytes):8.2f}")
+    _print_data_fit(est, no_data)
     if est.paged_optimizer_states_bytes:
         print(
             f"  {'paged optimizer states':<22}{g(est.paged_optimizer_states_bytes):8.2f}   (pageable to CPU "
@@ -492,6 +501,35 @@ def _cmd_estimate(args) -> int:
         f"{memory.fit_verdict(cpu_total, ram) if ram else 'unknown'}."
     )
     return EXIT_OK
+
+
+def _print_data_fit(est, no_data: str) -> None:
+    """The data's figure beside the worst case, the long examples that set the peak, and the
+    memory-saving defaults at work (``headtune estimate``)."""
+    from .estimate import gib
+
+    d = est.data
+    if d is None:
+        print(f"Every batch estimated at data.max_seq_len (worst case): {no_data}.")
+    elif d.packed:
+        print("Packed data: every sequence is up to data.max_seq_len, so this is also the worst case.")
+    else:
+        print(
+            f"For this data ({d.examples:,} examples, the longest batch {d.seq_len:,} tokens a row): "
+            f"{gib(est.total_bytes):.2f} GiB; worst case at data.max_seq_len {d.max_seq_len:,}: "
+            f"{gib(d.worst_case_bytes):.2f} GiB."
+        )
+        if d.cut_at is not None and d.cut_bytes is not None:
+            print(
+                f"  {d.cut_examples} of {d.examples:,} examples are longer than {d.cut_at:,} tokens and set "
+                f"the peak: data.max_seq_len={d.cut_at} would give {gib(d.cut_bytes):.2f} GiB (cutting them)."
+            )
+    if est.saved_by_defaults:
+        print(
+            "Memory-saving defaults at work: "
+            + "; ".join(f"{x['label']} ({x['key']}) saves {gib(x['bytes']):.2f} GiB" for x in est.saved_by_defaults)
+            + "."
+        )
 
 
 def _cmd_export(args) -> int:

@@ -122,6 +122,7 @@ class MainWindow(QMainWindow):
         self.doctor = DoctorController(self.threads, self)
         self.file.title_changed.connect(self.setWindowTitle)
         self.preview.model_read.connect(self._on_preview_model_read)
+        self.preview.data_read.connect(self.estimate.set_data)
         self.runs.target_changed.connect(self._on_runs_target_changed)
         self.runs.run_launched.connect(self._on_runs_run_launched)
         self.runs.run_ended.connect(self._on_runs_run_ended)

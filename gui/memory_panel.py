@@ -55,6 +55,26 @@ def segments_of(est) -> list[tuple[str, int]]:
     return out
 
 
+def data_fit_text(est, rows: int = 0) -> str:
+    """The data's figure beside the worst case, and the long examples that set the peak."""
+    d = est.data
+    if d is None:
+        return "<span style='color:gray'>Every batch counted at max_seq_len (worst case) until the data is read.</span>"
+    if d.packed:
+        return "Packed data: sequences are up to max_seq_len, so this is also the worst case."
+    of = f" (the first {d.examples:,} of {rows:,} examples)" if rows > d.examples else ""
+    text = (
+        f"Longest batch in this data{of}: {d.seq_len:,} tokens a row. Worst case at max_seq_len "
+        f"{d.max_seq_len:,}: {fmt_gib(d.worst_case_bytes)} GiB."
+    )
+    if d.cut_at is not None and d.cut_bytes is not None:
+        text += (
+            f" <b>{d.cut_examples} of {d.examples:,} examples are longer than {d.cut_at:,} tokens and set the "
+            f"peak</b>: max_seq_len {d.cut_at:,} would give {fmt_gib(d.cut_bytes)} GiB (cutting them)."
+        )
+    return text
+
+
 class MemoryBar(QWidget):
     """A horizontal stacked bar of the estimate's categories, with the capacity as a line."""
 
@@ -135,6 +155,16 @@ class MemoryPanel(QWidget):
         self.legend.setWordWrap(True)
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         lay.addWidget(self.legend)
+        self.data_note = QLabel()
+        self.data_note.setObjectName("dataFitLabel")
+        self.data_note.setWordWrap(True)
+        self.data_note.setTextFormat(Qt.TextFormat.RichText)
+        lay.addWidget(self.data_note)
+        self.defaults_note = QLabel()
+        self.defaults_note.setObjectName("savedByDefaultsLabel")
+        self.defaults_note.setWordWrap(True)
+        self.defaults_note.setTextFormat(Qt.TextFormat.RichText)
+        lay.addWidget(self.defaults_note)
         self.verdict = QLabel()
         self.verdict.setObjectName("fitVerdictLabel")
         self.verdict.setTextFormat(Qt.TextFormat.RichText)
@@ -187,15 +217,26 @@ class MemoryPanel(QWidget):
         self.estimate_label.setText(text)
         self.bar.set_data([], None)
         self.legend.clear()
+        self.data_note.clear()
+        self.defaults_note.clear()
         self.verdict.clear()
         self._set_advice([], 0)
 
-    def show_estimate(self, est, note: str = "") -> None:
+    def show_estimate(self, est, note: str = "", rows: int = 0) -> None:
+        """Show ``est``; ``rows`` is how many examples the data has (its lengths may cover fewer)."""
         _, capacity, where = self.target()
         total = est.total_bytes
         self.estimate_label.setText(
-            f"Estimated peak: <b>{fmt_gib(total)} GiB</b> of {capacity / GiB:.1f} GiB ({where})"
-            + (f" <span style='color:gray'>{note}</span>" if note else "")
+            f"Estimated peak{' for this data' if est.data is not None else ''}: <b>{fmt_gib(total)} GiB</b> "
+            f"of {capacity / GiB:.1f} GiB ({where})" + (f" <span style='color:gray'>{note}</span>" if note else "")
+        )
+        self.data_note.setText(data_fit_text(est, rows))
+        self.defaults_note.setText(
+            "<span style='color:gray'>Saved by the memory defaults: "
+            + ", ".join(f"{x['label']} {fmt_gib(x['bytes'])} GiB" for x in est.saved_by_defaults)
+            + "</span>"
+            if est.saved_by_defaults
+            else ""
         )
         segs = segments_of(est)
         self.bar.set_data(segs, capacity)

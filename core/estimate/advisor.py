@@ -34,6 +34,32 @@ ADVICE_STEPS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+# Memory options whose defaults save memory: what the plan would hold without each, and its label.
+SAVING_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "memory.loss": ("standard", "chunked loss"),
+    "memory.frozen_copy": (True, "no frozen copy beside a matrix trained in full"),
+    "memory.matrix_dtype": ("peft", "embedding/head matrices in the model dtype"),
+    "memory.matrix_states": ("auto", "8-bit optimizer states for the embedding/head matrices"),
+}
+
+
+def saved_by_defaults(plan, shape: ModelShape, device: str, total: int) -> list[dict]:
+    """The memory-saving defaults that ``plan`` keeps, each with the bytes it saves here (its
+    total without that one default, minus ``total``); those that save nothing are left out."""
+    from ..plan.schema import Plan
+
+    default = Plan()
+    out = []
+    for key, (without, label) in SAVING_DEFAULTS.items():
+        value = plan.get(key)
+        if value != default.get(key) or value == without:
+            continue
+        saved = tensor_peak(_changed(plan, {key: without}), shape, device).total_bytes - total
+        if saved > 0:
+            out.append({"key": key, "label": label, "bytes": int(saved)})
+    return sorted(out, key=lambda x: -x["bytes"])
+
+
 FULL_MATRIX_KEYS = ("memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states", "memory.fused_step")
 
 

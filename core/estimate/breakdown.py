@@ -76,12 +76,18 @@ class Estimate:
     advice: list = field(default_factory=list)  # core.estimate.advisor.Advice
     # Why a memory: option will not run as written here (core.plan.memory_options.resolve's fallbacks).
     notes: list[str] = field(default_factory=list)
+    # Memory-saving defaults at work in this plan: {"key", "label", "bytes" saved}.
+    saved_by_defaults: list[dict] = field(default_factory=list)
+    # The figure for the dataset's real lengths (core.estimate.lengths.DataFit), when they are known.
+    data: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.capacity_bytes is None:
             for k in ("capacity_bytes", "fit", "advice"):
                 d.pop(k)
+        if self.data is None:
+            d.pop("data")
         return d
 
 

@@ -99,8 +99,9 @@ def _check_bitsandbytes(plan: Plan) -> None:
                 f"{'none' if key == 'model.quantization' else 'adamw'}.",
                 key,
             )
-    mem = plan.memory
-    if mem.matrix_states in ("8bit", "paged_8bit"):
+    mem, e = plan.memory, plan.embeddings
+    full_matrices = (e.train_embeddings or e.train_lm_head) and e.mode == "full"
+    if mem.matrix_states in ("8bit", "paged_8bit") and full_matrices:
         problem = bitsandbytes_problem()
         if problem:
             raise PlanError(

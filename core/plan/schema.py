@@ -206,9 +206,10 @@ class MemorySpec:
         "peft (as PEFT prepares 4/8-bit models: every matrix, even frozen, in fp32).",
     )
     matrix_states: MatrixStates = _f(
-        "auto",
-        "Optimizer states of matrices trained in full: auto (the precision of "
-        "training.optimizer), 8bit (bitsandbytes blockwise, 2 bytes a value), "
+        "8bit",
+        "Optimizer states of matrices trained in full: 8bit (bitsandbytes blockwise, 2 bytes a "
+        "value; the default, measured to change the loss by less than another seed does: "
+        "docs/matrix-states-loss.md), auto (the precision of training.optimizer), "
         "paged_8bit (8-bit, paged to CPU memory when the GPU is full; CUDA "
         "only), 32bit, or trainer (the Trainer's rule: 32-bit for the embedding "
         "under an 8-bit optimizer).",

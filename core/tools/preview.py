@@ -170,3 +170,19 @@ def search_vocab(tokenizer, text: str, limit: int = 100) -> list[tuple[int, str]
     hits = [(tid, tok) for tok, tid in tokenizer.get_vocab().items() if needle in tok]
     hits.sort(key=lambda x: (x[0] not in special, x[0]))
     return hits[:limit]
+
+
+def data_lengths(plan) -> tuple[list[int] | None, str]:
+    """Tokens per example of ``plan``'s data (all of it, before truncation) for the estimate, or
+    (None, why not) when the data or the model's tokenizer cannot be read here."""
+    from ..errors import HeadtuneError
+    from ..model.sources import load_tokenizer
+
+    if not Path(plan.data.path).is_file():
+        return None, f"the data file {plan.data.path} is not here"
+    try:
+        tokenizer = load_tokenizer(resolve_source(plan.model.name_or_path), plan.model.trust_remote_code)
+        preview = preview_data(plan.data, tokenizer, table_rows=0, max_examples=10**9)
+    except HeadtuneError as exc:
+        return None, str(exc)
+    return preview.lengths, ""

@@ -58,6 +58,7 @@ class EstimateController(QObject):
         self._tasks = tasks
         self._host = host
         self.summary = None  # the model's ModelSummary, once read
+        self.data = None  # the DataPreview of the plan's data (its token lengths), once read
         self.hardware: Hardware | None = None
         self.last_estimate = None
         self.last_check = PlanChecked(None)
@@ -88,6 +89,15 @@ class EstimateController(QObject):
     def set_summary(self, summary) -> None:
         self.summary = summary
         self.refresh()
+
+    @Slot(object)
+    def set_data(self, preview) -> None:
+        """The data preview whose token lengths the estimate uses (None: the worst case)."""
+        self.data = preview
+        self.update_estimate()
+
+    def _lengths(self) -> list[int] | None:
+        return self.data.lengths if self.data is not None and self.data.lengths else None
 
     @Slot(str)
     def _on_model_changed(self, _key: str) -> None:
@@ -121,13 +131,13 @@ class EstimateController(QObject):
         try:
             plan = self._model.plan(check=False)
             device, capacity, _ = self._panel.target()
-            est = estimate(plan, self.summary.shape, device, capacity or None)
+            est = estimate(plan, self.summary.shape, device, capacity or None, lengths=self._lengths())
         except HeadtuneError as exc:
             self.last_estimate = None
             self._panel.show_message(f"No estimate: {exc}")
             return
         self.last_estimate = est
-        self._panel.show_estimate(est)
+        self._panel.show_estimate(est, rows=self.data.rows if self.data is not None else 0)
 
     def run_estimate_bytes(self, plan) -> int | None:
         """The estimate for a run of ``plan`` on the device it will train on."""
@@ -135,7 +145,7 @@ class EstimateController(QObject):
 
         if self.summary is None:
             return None
-        return estimate(plan, self.summary.shape, self.run_device).total_bytes
+        return estimate(plan, self.summary.shape, self.run_device, lengths=self._lengths()).total_bytes
 
     def _on_hardware_detected(self, hardware: Hardware) -> None:
         self.hardware = hardware

@@ -35,6 +35,7 @@ class PreviewController(QObject):
     """Fills the Model and Data tabs and the token tools from what it reads off the UI thread."""
 
     model_read = Signal(object)  # the ModelSummary, or None while there is none
+    data_read = Signal(object)  # the DataPreview (token lengths for the estimate), or None
 
     def __init__(self, model: PlanModel, model_panel, data_panel, training_panel, tasks, host):
         super().__init__(host)
@@ -83,6 +84,7 @@ class PreviewController(QObject):
     @Slot()
     def _on_model_replaced(self) -> None:
         self._set_summary(None)
+        self.data_read.emit(None)
         self._data_timer.stop()  # the preview follows the new model's tokenizer
         self._model_timer.start()  # debounced: the window paints first, then the model is read
         self._data_panel.update_max_len(self._model.value("data.max_seq_len"))
@@ -142,6 +144,8 @@ class PreviewController(QObject):
     def load_data_preview(self) -> None:
         from headtune.core.tools.preview import preview_data
 
+        self.data_read.emit(None)  # until this data is read, the estimate is the worst case
+
         if not self._model.value("data.path").strip():
             self._tasks.forget("data")
             self._data_panel.show_error("Choose a dataset: a data file or a hub dataset id.", hint=True)
@@ -164,6 +168,7 @@ class PreviewController(QObject):
 
     def _on_data_preview(self, preview) -> None:
         self._data_panel.show_preview(preview)
+        self.data_read.emit(preview)
         self._data_panel.update_max_len(self._model.value("data.max_seq_len"))
         self._remember("recent/datasets", self._model.value("data.path"), self._data_panel.path_row)
 

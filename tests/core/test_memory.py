@@ -185,6 +185,78 @@ def test_cli_json_and_table(tmp_path, tiny_untied, capsys):
     assert main(["estimate", str(plan_file), "--gpu-memory", "huge"]) == 2
 
 
+def test_llama3_8b_both_matrices_4bit_fit_12gib_with_the_defaults():
+    """Ticking the two boxes on Llama-3-8B, 4-bit, seq 1024, batch 1 and nothing else fits 12 GiB:
+    the 8-bit states of the two matrices are what brings it under, and the estimate says so."""
+    both = ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true"]
+    p = plan(*both, "model.quantization=4bit", "data.max_seq_len=1024", "training.batch_size=1")
+    assert p.training.gradient_checkpointing and p.training.optimizer == "adamw"
+    est = estimate(p, SHAPE, "cuda", capacity_bytes=12 * GiB)
+    assert est.total_bytes <= 12 * GiB and est.fit in ("fits", "tight")
+    saved = {x["key"]: x["bytes"] for x in est.saved_by_defaults}
+    assert set(saved) == {"memory.loss", "memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states"}
+    # Without the 8-bit states default it would not fit; the saving reported is that difference.
+    without = estimate(with_overrides(p, ["memory.matrix_states=auto"]), SHAPE, "cuda")
+    assert without.total_bytes > 12 * GiB
+    assert saved["memory.matrix_states"] == without.total_bytes - est.total_bytes
+    # A default the user changed is not listed; nothing is listed when no default saves anything.
+    assert "memory.loss" not in {
+        x["key"] for x in estimate(plan(*both, "memory.loss=standard"), SHAPE).saved_by_defaults
+    }
+    lora_only = estimate(plan("memory.frozen_copy=true"), SHAPE).saved_by_defaults
+    assert {x["key"] for x in lora_only} <= {"memory.loss"}
+
+
+def test_data_lengths_give_the_longest_batch_and_keep_the_worst_case():
+    p = plan("data.max_seq_len=2048", "training.batch_size=2", "training.gradient_checkpointing=false")
+    worst = estimate(p, SHAPE, "cuda")
+    lengths = [300, 120, 500, 80, 450]
+    est = estimate(p, SHAPE, "cuda", lengths=lengths)
+    assert est.data.seq_len == 500 and est.data.worst_case_bytes == worst.total_bytes
+    # The figure is the plan's estimate with every batch as long as the longest example.
+    assert est.total_bytes == estimate(with_overrides(p, ["data.max_seq_len=500"]), SHAPE, "cuda").total_bytes
+    assert est.total_bytes < worst.total_bytes and "data" in est.to_dict() and "data" not in worst.to_dict()
+    # Examples longer than max_seq_len are cut to it; packed data fills every sequence.
+    assert estimate(p, SHAPE, "cuda", lengths=[5000, 10]).total_bytes == worst.total_bytes
+    packed = estimate(with_overrides(p, ["data.packing=true"]), SHAPE, "cuda", lengths=lengths)
+    assert packed.data.packed and packed.total_bytes == packed.data.worst_case_bytes
+
+
+def test_a_rare_long_example_is_named_with_the_max_seq_len_that_avoids_it():
+    p = plan("data.max_seq_len=8192", "training.batch_size=4", "training.gradient_checkpointing=false")
+    lengths = [200 + (i * 37) % 300 for i in range(300)] + [7000, 6000]
+    est = estimate(p, SHAPE, "cuda", capacity_bytes=48 * GiB, lengths=lengths)
+    d = est.data
+    # At most 1% of 302 examples (3) are cut: the two long ones and the longest ordinary one.
+    assert (d.seq_len, d.cut_at, d.cut_examples) == (7000, sorted(lengths)[-4], 3)
+    assert d.cut_bytes == estimate(with_overrides(p, [f"data.max_seq_len={d.cut_at}"]), SHAPE, "cuda").total_bytes
+    assert est.fit == "no" and d.cut_bytes <= 48 * GiB
+    assert {"data.max_seq_len": d.cut_at} in [a.set for a in est.advice]
+    # Evenly long data has no such examples.
+    assert estimate(p, SHAPE, "cuda", lengths=[500] * 50).data.cut_at is None
+
+
+def test_cli_estimates_for_the_data_and_the_worst_case(tmp_path, tiny_untied, alpaca_file, capsys):
+    import yaml
+
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        yaml.safe_dump({"model": {"name_or_path": str(tiny_untied)}, "data": {"path": str(alpaca_file)}})
+    )
+    assert main(["estimate", str(plan_file), "--device", "cpu", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["data"]["examples"] > 0 and d["data"]["seq_len"] < d["data"]["max_seq_len"]
+    assert d["total_bytes"] < d["data"]["worst_case_bytes"]
+    assert main(["estimate", str(plan_file), "--device", "cpu"]) == 0
+    assert "For this data (" in capsys.readouterr().out
+    assert main(["estimate", str(plan_file), "--device", "cpu", "--worst-case", "--json"]) == 0
+    assert "data" not in json.loads(capsys.readouterr().out)
+    plan_file.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_untied)}, "data": {"path": "gone.jsonl"}}))
+    assert main(["estimate", str(plan_file), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "(worst case): the data file " in out and "gone.jsonl is not here" in out
+
+
 @pytest.mark.parametrize(
     "extra", [{"train_lm_head": True}, {"new_tokens": ["<a>", "<b>"]}, {"train_lm_head": False, "new_tokens": ["<a>"]}]
 )

@@ -105,7 +105,7 @@ def test_required_object_names_and_readable_combos(make_window):
 
 def test_ticking_train_embeddings_raises_the_estimate(make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path):
     w = make_window(plan_dict(tiny_llama3_vocab, alpaca_file, tmp_path / "run"))
-    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None and w.estimate.data is not None, timeout=60_000)
     before = estimate_gib(w)
     w.plan_tabs.setCurrentWidget(w.training_panel)
     box = w.findChild(QCheckBox, "trainEmbeddingsCheck")
@@ -116,6 +116,28 @@ def test_ticking_train_embeddings_raises_the_estimate(make_window, qtbot, tiny_l
     # The breakdown bar shows the new trainable weights.
     assert dict(w.memory_panel.bar.segments)["weights_trainable"] > 0
     assert w.last_estimate.total_bytes / 1024**3 == pytest.approx(after, abs=0.01)
+
+
+def test_the_estimate_follows_the_data_and_names_the_defaults_that_save(
+    make_window, qtbot, tiny_llama3_vocab, alpaca_file, tmp_path
+):
+    data = plan_dict(
+        tiny_llama3_vocab,
+        alpaca_file,
+        tmp_path / "run",
+        data={"max_seq_len": 512},
+        embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
+    )
+    w = make_window(data, detect=False)
+    qtbot.waitUntil(lambda: w.preview.summary is not None and w.estimate.data is not None, timeout=60_000)
+    est = w.last_estimate
+    longest = max(w.estimate.data.lengths)
+    assert est.data.seq_len == longest < 512 and est.total_bytes < est.data.worst_case_bytes
+    assert "for this data" in w.findChild(QLabel, "vramEstimateLabel").text()
+    note = w.findChild(QLabel, "dataFitLabel").text()
+    assert f"{longest:,} tokens a row" in note and "Worst case at max_seq_len 512" in note
+    saved = w.findChild(QLabel, "savedByDefaultsLabel").text()
+    assert "8-bit optimizer states for the embedding/head matrices" in saved and "chunked loss" in saved
 
 
 def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_tied, alpaca_file, tmp_path):
@@ -136,7 +158,7 @@ def test_advice_applies_with_one_click(make_window, qtbot, tiny_llama3_vocab, al
         tiny_llama3_vocab, alpaca_file, tmp_path / "run", training={"batch_size": 8}, memory={"loss": "standard"}
     )
     w = make_window(data, detect=False)
-    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.preview.summary is not None and w.estimate.data is not None, timeout=60_000)
     total = w.last_estimate.total_bytes
     # Pretend this computer has a little less RAM than the plan needs.
     w.memory_panel.set_targets(None, int(total * 0.8), preferred="ram")
