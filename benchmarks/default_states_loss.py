@@ -1,6 +1,6 @@
 """What do 8-bit optimizer states for the embedding and head matrices cost in loss?
 
-    python benchmarks/default_states_loss.py --steps 20 --batch 4 --markdown docs/matrix-states-loss.md
+    python benchmarks/default_states_loss.py --steps 10 --batch 2 --markdown docs/matrix-states-loss.md
 
 ``memory.matrix_states: 8bit`` (the default) keeps bitsandbytes' blockwise 8-bit Adam states for
 the embedding and LM-head matrices when they train in full; ``32bit`` keeps them in the matrix's
@@ -50,7 +50,7 @@ def run(name: str, overrides: list[str], steps: int, batch: int, work: Path) -> 
             f"training.max_steps={steps}",
             f"training.batch_size={batch}",
             "training.save_every=0",
-            f"training.eval_every={max(1, steps // 4)}",
+            f"training.eval_every={max(1, steps // 2)}",
         ],
         runs_dir=work,
     )

@@ -96,6 +96,8 @@ GOAL = [
 ]
 LEAN = ["memory.loss=chunked", "memory.frozen_copy=false", "memory.matrix_dtype=model", "memory.matrix_states=8bit"]
 GOAL_ROWS = {
+    "the defaults: only the two boxes ticked (AdamW)": [],
+    "the defaults with AdamW's own states for the matrices (memory.matrix_states=auto)": ["memory.matrix_states=auto"],
     "stock (paged 8-bit AdamW)": STOCK + ["training.optimizer=paged_adamw_8bit"],
     "stock (8-bit AdamW, nothing paged)": STOCK + ["training.optimizer=adamw_8bit"],
     "+ chunked loss": STOCK + ["training.optimizer=adamw_8bit", "memory.loss=chunked"],

@@ -10,12 +10,17 @@ tensor tracker (``headtune.core.training.memtrack``), next to our estimate and t
     python benchmarks/memory_accuracy.py            # the full grid (about 10 minutes here)
     python benchmarks/memory_accuracy.py --quick    # the first 8 rows
     python benchmarks/memory_accuracy.py --markdown docs/memory_accuracy.md
-    python benchmarks/memory_accuracy.py --defaults --markdown docs/memory-accuracy-defaults.md
+    python benchmarks/memory_accuracy.py --defaults --skip-model wide8b --markdown docs/memory-accuracy-defaults.md
+    python benchmarks/memory_accuracy.py --defaults --model wide8b --markdown docs/memory-accuracy-wide.md
 
 ``--defaults`` runs a second grid with the memory options a user gets by default (the chunked loss,
-no frozen duplicate, matrices in the model dtype; bfloat16), each row marked as *calibration* (used
-to set a constant of the estimate) or *held out* (never used for that); the summary reports the two
-apart.
+no frozen duplicate, matrices in the model dtype, 8-bit states for matrices trained in full;
+bfloat16), estimated for the data's real token lengths as the window does, each row marked as
+*calibration* (used to set a constant of the estimate) or *held out* (never used for that); the
+summary reports the two apart. It covers every embeddings mode x tied/untied x none/8bit/4bit x
+gradient checkpointing on/off, chat data of mixed lengths, and two rows at Llama-3-8B's layer
+width (``wide8b``: 2 layers of hidden 4096, MLP 14,336, 32 heads, 8 KV heads; about 12 GB of RAM
+and tens of minutes on 2 CPU cores).
 
 Prints one row per plan and a summary (median and worst ratio estimate/measured). On a machine
 with a CUDA GPU the same rows run there and are measured with ``torch.cuda.max_memory_allocated``.
@@ -157,19 +162,32 @@ def defaults_grid() -> list[dict]:
 
     both = {"embeddings.train_embeddings": True, "embeddings.train_lm_head": True}
     tokens = {"embeddings.mode": "tokens", "embeddings.token_ids": list(range(100, 294))}
-    # Calibration of the checkpointed-chunk loss (CHECKPOINTED_CHUNK_BYTES, CHECKPOINTED_VOCAB_BYTES).
+    # Calibration of the checkpointed-chunk loss (CHECKPOINTED_CHUNK_BYTES): several chunks ...
     for dtype in ("float32", "bfloat16"):
         for chunk in (128, 512):
             at = {"model.dtype": dtype, "memory.loss_chunk_tokens": chunk, "data.max_seq_len": 512}
             add("untied64", False, **at, **{"embeddings.train_lm_head": True, "embeddings.mode": "lora"})
             add("untied64", False, **at, **both, **tokens)
-    # Held out: other models, quantisation, tied matrices, batches and modes.
-    add("untied64", True, **{"data.max_seq_len": 512, "model.quantization": "4bit", **both, "embeddings.mode": "lora"})
-    add(
-        "tied64",
-        True,
-        **{"data.max_seq_len": 256, "model.quantization": "4bit", "embeddings.train_embeddings": True, **tokens},
-    )
+    # ... and one chunk of fewer labelled tokens than the chunk size.
+    for seq in (64, 128, 256):
+        add("untied64", False, **{"data.max_seq_len": seq, **both, "embeddings.mode": "lora"})
+    # Held out: every mode x tied/untied x none/8bit/4bit x checkpointing on/off, both matrices.
+    for model in ("untied64", "tied64"):
+        for quant in ("none", "8bit", "4bit"):
+            for mode in ("full", "tokens", "lora"):
+                for gc in (True, False):
+                    add(
+                        model,
+                        True,
+                        **{
+                            "data.max_seq_len": 128,
+                            "model.quantization": quant,
+                            "training.gradient_checkpointing": gc,
+                            **both,
+                            **(tokens if mode == "tokens" else {"embeddings.mode": mode}),
+                        },
+                    )
+    # Held out: other models, batches, one matrix, float32.
     add("tied64", True, **{"data.max_seq_len": 512, "training.batch_size": 2, **both, "embeddings.mode": "lora"})
     add("untied64", True, **{"data.max_seq_len": 512, "embeddings.train_lm_head": True, "embeddings.mode": "full"})
     add("untied128", True, **{"data.max_seq_len": 256, "model.quantization": "8bit", **both, "embeddings.mode": "lora"})
@@ -180,12 +198,21 @@ def defaults_grid() -> list[dict]:
     )
     add("untied64", True, **{"data.max_seq_len": 512, "embeddings.train_embeddings": True, "embeddings.mode": "lora"})
     add("untied512", True, **{"data.max_seq_len": 64, **both, "embeddings.mode": "lora"})
-    add(
-        "untied64",
-        True,
-        **{"data.max_seq_len": 256, "training.gradient_checkpointing": False, **both, "embeddings.mode": "lora"},
-    )
+    add("untied512", True, **{"data.max_seq_len": 64, **both, "embeddings.mode": "full"})
+    # Held out: chat data of mixed lengths, batches of 2, one whole epoch (every batch measured).
+    mixed = {"data": "mixed", "data.max_seq_len": 1024, "training.batch_size": 2, "steps": 3}
+    add("untied64", True, **mixed, **both, **{"embeddings.mode": "lora"})
+    add("tied64", True, **mixed, **{"embeddings.train_embeddings": True}, **tokens)
+    add("untied64", True, **mixed, **both, **{"model.quantization": "4bit", "embeddings.mode": "full"})
+    # Held out: Llama-3-8B's layer width (2 layers), 4-bit, seq 1024: the two-box plan in two modes.
+    wide = {"data": "long", "data.max_seq_len": 1024, "model.quantization": "4bit", **both}
+    add("wide8b", True, **wide, **{"embeddings.mode": "full"})
+    add("wide8b", True, **wide, **{"embeddings.mode": "lora"})
     return rows
+
+
+# Chat rows of mixed length for the length-aware rows: replies of 4 to 150 words.
+MIXED_WORDS = (4, 150, 20, 60, 9, 35)
 
 
 STOCK = {"loss": "standard", "frozen_copy": True, "matrix_dtype": "peft", "matrix_states": "trainer"}
@@ -196,6 +223,14 @@ MODELS = {
     "untied128": (128, False),
     "untied512": (512, False),
     "tied512": (512, True),
+    "wide8b": (4096, False),
+}
+# Llama-3-8B's layer geometry (2 layers of it, with its vocabulary).
+WIDE = {
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
 }
 
 
@@ -216,23 +251,46 @@ def peers(shape, plan) -> tuple[int, int]:
 
 
 def _summary(table: list, label: str) -> str:
-    ratios = [r[5] for r in table]
+    ratios = [r["ratio"] for r in table]
     if not ratios:
         return f"{label}: none"
     worst = max(ratios, key=lambda r: abs(r - 1))
-    within = sum(abs(r - 1) <= 0.10 for r in ratios)
+    within = sum(0.95 <= r <= 1.10 for r in ratios)
     return (
         f"{label} {len(ratios)}; estimate/measured median {statistics.median(ratios):.3f}, worst {worst:.3f}, "
-        f"lowest {min(ratios):.3f}, within ±10%: {within}/{len(ratios)}; accel rule median "
-        f"{statistics.median(r[6] for r in table):.2f}x; unsloth rule median "
-        f"{statistics.median(r[7] for r in table):.2f}x"
+        f"lowest {min(ratios):.3f}, highest {max(ratios):.3f}, within [0.95, 1.10]: {within}/{len(ratios)}; "
+        f"accel rule median {statistics.median(r['accel'] for r in table):.2f}x; unsloth rule median "
+        f"{statistics.median(r['unsloth'] for r in table):.2f}x"
     )
+
+
+def _data_files(work: Path) -> dict[str, Path]:
+    """The grid's datasets: one reply repeated (every batch alike), chat replies of mixed length, and
+    replies long enough to fill 1,024 tokens."""
+    ask = "Repeat the words."
+    return {
+        "repeat": write_jsonl(work / "d.jsonl", [{"instruction": ask, "output": " ".join(WORDS * 40)}] * 24),
+        "mixed": write_jsonl(
+            work / "mixed.jsonl",
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": ask},
+                        {"role": "assistant", "content": " ".join(WORDS * 40)[: n * 6]},
+                    ]
+                }
+                for n in MIXED_WORDS
+            ],
+        ),
+        "long": write_jsonl(work / "long.jsonl", [{"instruction": ask, "output": " ".join(WORDS * 140)}] * 8),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the first 8 rows")
     ap.add_argument("--model", help="only rows on this model (e.g. untied512)")
+    ap.add_argument("--skip-model", action="append", default=[], help="leave out rows on this model (repeatable)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--defaults", action="store_true", help="the grid with the default memory options, held out apart")
     args = ap.parse_args()
@@ -243,9 +301,11 @@ def main() -> int:
     hf_logging.disable_progress_bar()
 
     import torch
+    from transformers import AutoTokenizer
 
     from headtune.core.estimate import ModelShape, estimate, read_model_config
     from headtune.core.plan import plan_from_dict
+    from headtune.core.tools.preview import data_tokens, preview_data
     from headtune.core.training.memtrack import measure_peak
 
     # On a CUDA machine the same grid compares with torch.cuda.max_memory_allocated.
@@ -253,28 +313,31 @@ def main() -> int:
     print(f"device: {device}")
     work = Path(tempfile.mkdtemp(prefix="headtune-memacc-"))
     tok = build_tokenizer(work / "tok")
-    data = write_jsonl(work / "d.jsonl", [{"instruction": "Repeat the words.", "output": " ".join(WORDS * 40)}] * 24)
-    folders = {}
+    files = _data_files(work)
+    folders: dict[str, Path] = {}
     rows = defaults_grid() if args.defaults else grid()
     rows = rows[:8] if args.quick else rows
     if args.model:
         rows = [r for r in rows if r["model"] == args.model]
-    header = (
-        f"{'#':>2} {'model':9} {'plan (changes from LoRA r4, fp32, GC on, batch 1)':78} {'measured':>9} "
-        f"{'estimate':>9} {'ratio':>6} {'accel':>7} {'unsloth':>7}"
+    rows = [r for r in rows if r["model"] not in args.skip_model]
+    print(
+        f"{'#':>2} {'model':9} {'plan':78} {'measured':>9} {'estimate':>9} {'ratio':>6} {'worst':>9} "
+        f"{'accel':>7} {'unsloth':>7}"
     )
-    print(header)
     table = []
     for n, row in enumerate(rows, 1):
         row = dict(row)
         model = row.pop("model")
         held_out = row.pop("held_out", None)
+        dataset = row.pop("data", "repeat")
+        steps = row.pop("steps", 2 if args.defaults else 3)
         if model not in folders:
             hidden, tied = MODELS[model]
-            folders[model] = build_model(work / model, tok, V, tied=tied, hidden=hidden, layers=2)
+            geometry = WIDE if model == "wide8b" else {}
+            folders[model] = build_model(work / model, tok, V, tied=tied, hidden=hidden, layers=2, **geometry)
         d = plan_dict(
             folders[model],
-            data,
+            files[dataset],
             work / "run",
             data={"val_fraction": 0.0},
             adapter={"r": 4, "alpha": 8, "dropout": 0.0},
@@ -289,66 +352,85 @@ def main() -> int:
             d.setdefault(section, {})[leaf] = value
         plan = plan_from_dict(d)
         shape = ModelShape.from_config(read_model_config(str(folders[model])))
-        est = estimate(plan, shape, device=device)
+        # The estimate the window shows: for this data's lengths; and the worst case beside it.
+        lengths = data_tokens(preview_data(plan.data, AutoTokenizer.from_pretrained(str(folders[model]))))
+        est = estimate(plan, shape, device=device, data=lengths if args.defaults else None)
+        worst = estimate(plan, shape, device=device)
         t0 = time.time()
         shutil.rmtree(work / "run", ignore_errors=True)
-        measured = measure_peak(plan, steps=3)["peak_bytes"]
-        ratio = est.tensors_peak_bytes / measured
+        measured = measure_peak(plan, steps=steps)["peak_bytes"]
         accel, unsloth = peers(shape, plan)
         desc = ", ".join(f"{k.split('.')[-1]}={f'{len(v)} ids' if isinstance(v, list) else v}" for k, v in row.items())
+        if dataset != "repeat":
+            desc += f", {dataset} data"
         if held_out is not None:
             desc = ("held out: " if held_out else "calibration: ") + desc
-        line = (
-            f"{n:>2} {model:9} {desc:78} {measured / MiB:8.0f}M {est.tensors_peak_bytes / MiB:8.0f}M "
-            f"{ratio:6.3f} {accel / measured:6.2f}x {unsloth / measured:6.2f}x"
+        r = {
+            "n": n,
+            "model": model,
+            "desc": desc,
+            "measured": measured,
+            "estimate": est.tensors_peak_bytes,
+            "ratio": est.tensors_peak_bytes / measured,
+            "worst": worst.tensors_peak_bytes,
+            "accel": accel / measured,
+            "unsloth": unsloth / measured,
+            "phase": est.peak_phase,
+        }
+        print(
+            f"{n:>2} {model:9} {desc:78} {measured / MiB:8.0f}M {r['estimate'] / MiB:8.0f}M {r['ratio']:6.3f} "
+            f"{r['worst'] / MiB:8.0f}M {r['accel']:6.2f}x {r['unsloth']:6.2f}x  [{est.peak_phase}, "
+            f"{time.time() - t0:.0f}s]",
+            flush=True,
         )
-        print(line + f"  [{est.peak_phase}, {time.time() - t0:.0f}s]", flush=True)
-        table.append(
-            (
-                n,
-                model,
-                desc,
-                measured,
-                est.tensors_peak_bytes,
-                ratio,
-                accel / measured,
-                unsloth / measured,
-                est.peak_phase,
-            )
-        )
+        table.append(r)
     summary = _summary(table, "rows")
     if args.defaults:
-        held = [r for r in table if r[2].startswith("held out")]
-        calib = [r for r in table if r[2].startswith("calibration")]
+        held = [r for r in table if r["desc"].startswith("held out")]
+        calib = [r for r in table if r["desc"].startswith("calibration")]
         summary = _summary(held, "held-out rows") + "\n" + _summary(calib, "calibration rows")
     print(summary)
     if args.markdown:
+        flags = " ".join(
+            ["--defaults"] * args.defaults
+            + ([f"--model {args.model}"] if args.model else [])
+            + [f"--skip-model {m}" for m in args.skip_model]
+        )
         intro = (
             "# Memory estimate vs measured peak (CPU)\n\n"
-            f"Generated by `python benchmarks/memory_accuracy.py {'--defaults ' if args.defaults else ''}"
+            f"Generated by `python benchmarks/memory_accuracy.py {flags + ' ' if flags else ''}"
             f"--markdown {args.markdown}`. Each row "
-            "ran 3 real optimizer steps on a 2-layer Llama-style model with the real 128,256-token vocabulary "
-            "(hidden size 64, 128 or 512; tied and untied), LoRA r4 on all linear layers, "
+            "ran real optimizer steps on a 2-layer Llama-style model with the real 128,256-token vocabulary "
+            "(hidden size 64 to 512, or Llama-3-8B's layer geometry for *wide8b*; tied and untied), LoRA r4 on "
+            "all linear layers, "
             + (
-                "bfloat16 and the default memory options (chunked loss), "
+                "bfloat16 and the default memory options (chunked loss, 8-bit states for matrices trained in full), "
                 if args.defaults
                 else "float32 and the stock memory options (full logits), "
             )
             + "gradient checkpointing on and batch 1 unless the row says otherwise. *measured*: the peak of live "
             "tensor bytes (on CPU: `headtune.core.training.memtrack.LiveTensorTracker`; on CUDA: "
             "`torch.cuda.max_memory_allocated`), here on " + device + "; *estimate*: `headtune estimate`'s "
-            "`tensors_peak_bytes` for the same device. Peer rules for the same rows, as multiples of the "
-            "measured peak: *weights×4* (accelerate `estimate-memory`'s training figure) and the "
-            "*Unsloth badge* (params × 0.9 + 1.4 GB).\n\n"
+            "`tensors_peak_bytes` for the same device"
+            + (
+                " and the same data (its token lengths, as the window and `headtune estimate` read them); "
+                "*worst case*: every batch at max_seq_len with every token labelled"
+                if args.defaults
+                else ""
+            )
+            + ". Rows marked *calibration* were used to set a constant of the estimate; *held out* rows never "
+            "were. Peer rules for the same rows, as multiples of the measured peak: *weights×4* (accelerate "
+            "`estimate-memory`'s training figure) and the *Unsloth badge* (params × 0.9 + 1.4 GB).\n\n"
         )
         out = [
-            "| # | model | plan | measured MiB | estimate MiB | ratio | weights×4 | Unsloth badge | peak phase |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| # | model | plan | measured MiB | estimate MiB | ratio | worst case MiB | weights×4 | Unsloth badge "
+            "| peak phase |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for n, model, desc, meas, est_b, ratio, acc, uns, phase in table:
+        for r in table:
             out.append(
-                f"| {n} | {model} | {desc} | {meas / MiB:.0f} | {est_b / MiB:.0f} | {ratio:.3f} | {acc:.2f}x | "
-                f"{uns:.2f}x | {phase} |"
+                f"| {r['n']} | {r['model']} | {r['desc']} | {r['measured'] / MiB:.0f} | {r['estimate'] / MiB:.0f} | "
+                f"{r['ratio']:.3f} | {r['worst'] / MiB:.0f} | {r['accel']:.2f}x | {r['unsloth']:.2f}x | {r['phase']} |"
             )
         out.append("")
         out += summary.splitlines()

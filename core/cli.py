@@ -446,11 +446,11 @@ def _cmd_estimate(args) -> int:
         capacity, where = memory.parse_size(args.gpu_memory), f"{args.gpu_memory} given"
     else:
         capacity, where = memory.detect_capacity(device)
-    lengths, no_data = (None, "--worst-case given") if args.worst_case else data_lengths(plan)
-    est, shape = memory.plan_estimate(plan, device, capacity, lengths=lengths)
+    data, no_data = (None, "--worst-case given") if args.worst_case else data_lengths(plan)
+    est, shape = memory.plan_estimate(plan, device, capacity, data=data)
     gpus = {f"{size}GiB": memory.fit_verdict(est.total_bytes, size * memory.GiB) for size in memory.COMMON_GPUS_GIB}
     ram, ram_where = memory.detect_capacity("cpu")
-    cpu_total = memory.estimate(plan, shape, "cpu", advise=False, lengths=lengths).total_bytes
+    cpu_total = memory.estimate(plan, shape, "cpu", advise=False, data=data).total_bytes
     if args.json:
         print(
             json.dumps(
@@ -515,7 +515,8 @@ def _print_data_fit(est, no_data: str) -> None:
         print("Packed data: every sequence is up to data.max_seq_len, so this is also the worst case.")
     else:
         print(
-            f"For this data ({d.examples:,} examples, the longest batch {d.seq_len:,} tokens a row): "
+            f"For this data ({d.examples:,} examples; the longest batch {d.seq_len:,} tokens a row, the most "
+            f"labelled tokens in a batch {d.loss_tokens:,}): "
             f"{gib(est.total_bytes):.2f} GiB; worst case at data.max_seq_len {d.max_seq_len:,}: "
             f"{gib(d.worst_case_bytes):.2f} GiB."
         )

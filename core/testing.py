@@ -65,17 +65,25 @@ def build_tokenizer(folder: Path) -> Path:
 
 
 def build_model(
-    folder: Path, tokenizer_dir: Path, vocab_size: int, tied: bool, hidden: int = 64, layers: int = 2, seed: int = 0
+    folder: Path,
+    tokenizer_dir: Path,
+    vocab_size: int,
+    tied: bool,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    **geometry,
 ) -> Path:
     """A tiny Llama. The default width keeps every linear layer within what all of bitsandbytes'
-    4-bit CPU kernels take (in features a multiple of 64, out features of 32)."""
+    4-bit CPU kernels take (in features a multiple of 64, out features of 32); ``geometry``
+    overrides other ``LlamaConfig`` fields (e.g. ``intermediate_size``, ``num_attention_heads``)."""
     import shutil
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=hidden * 2,
@@ -88,6 +96,7 @@ def build_model(
         eos_token_id=2,
         pad_token_id=0,
     )
+    config = LlamaConfig(**{**fields, **geometry})
     model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(folder)
     for f in Path(tokenizer_dir).iterdir():

@@ -7,17 +7,18 @@ device needs beyond that and says whether it fits; ``advisor`` proposes changes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
 
 from ..model.shape import ModelShape, read_model_config
 from .advisor import Advice, advisor, saved_by_defaults
 from .breakdown import CATEGORIES, DTYPE_BYTES, Estimate, tensor_peak
 from .device import COMMON_GPUS_GIB, GiB, detect_capacity, fit_verdict, gib, parse_size
-from .lengths import RARE_LONG_GAIN, DataFit, batch_seq_len, rare_long_cut, with_seq_len
+from .lengths import RARE_LONG_GAIN, DataFit, DataTokens, rare_long_cut
 
 __all__ = [
     "CATEGORIES",
     "DataFit",
+    "DataTokens",
     "COMMON_GPUS_GIB",
     "DTYPE_BYTES",
     "Advice",
@@ -40,49 +41,49 @@ def estimate(
     device: str = "cuda",
     capacity_bytes: int | None = None,
     advise: bool = True,
-    lengths: Sequence[int] | None = None,
+    data: DataTokens | None = None,
 ) -> Estimate:
     """Estimate peak training memory of ``plan`` on ``shape``; ``device`` is "cuda" or "cpu".
 
-    With ``lengths`` (tokens per example of the plan's data, before truncation) the figure is for
-    the longest batch this data forms, and ``data`` holds the worst case at ``data.max_seq_len``
-    beside it. With ``capacity_bytes`` the estimate says whether it fits and, when it does not
-    (and ``advise``), which changes would make it fit."""
-    data = None
-    if lengths:
-        data = DataFit(
-            examples=len(lengths),
-            seq_len=batch_seq_len(plan, lengths),
+    With ``data`` (the token lengths of the plan's data) the figure is for the batches this data
+    forms, and ``Estimate.data`` holds the worst case at ``data.max_seq_len`` beside it. With
+    ``capacity_bytes`` the estimate says whether it fits and, when it does not (and ``advise``),
+    which changes would make it fit."""
+    est = tensor_peak(plan, shape, device, data)
+    est.saved_by_defaults = saved_by_defaults(plan, shape, device, est.total_bytes, data)
+    fit = None
+    if data is not None:
+        fit = DataFit(
+            examples=len(data.lengths),
+            seq_len=data.seq_len(plan),
+            loss_tokens=data.loss_tokens(plan),
             max_seq_len=plan.data.max_seq_len,
             worst_case_bytes=tensor_peak(plan, shape, device).total_bytes,
             packed=plan.data.packing,
-            longest=max(lengths),
+            longest=max(data.lengths),
         )
-        cut = rare_long_cut(plan, lengths)
-        plan = with_seq_len(plan, data.seq_len)
-    est = tensor_peak(plan, shape, device)
-    est.saved_by_defaults = saved_by_defaults(plan, shape, device, est.total_bytes)
-    if data is not None:
+        cut = rare_long_cut(plan, data)
         if cut is not None:
-            cut_total = tensor_peak(with_seq_len(plan, cut[0]), shape, device).total_bytes
+            cut_plan = replace(plan, data=replace(plan.data, max_seq_len=cut[0]))
+            cut_total = tensor_peak(cut_plan, shape, device, data).total_bytes
             if cut_total <= est.total_bytes * (1 - RARE_LONG_GAIN):
-                data.cut_at, data.cut_examples, data.cut_bytes = cut[0], cut[1], cut_total
-        est.data = data
+                fit.cut_at, fit.cut_examples, fit.cut_bytes = cut[0], cut[1], cut_total
+        est.data = fit
     if capacity_bytes:
         est.capacity_bytes = int(capacity_bytes)
         est.fit = fit_verdict(est.total_bytes, capacity_bytes)
         if advise and est.fit != "fits":
-            est.advice = advisor(plan, shape, device, capacity_bytes)
-            if data is not None and data.cut_at is not None and data.cut_bytes is not None:
-                why = f"cut the {data.cut_examples} longest of {data.examples} examples at {data.cut_at} tokens"
-                est.advice.append(Advice({"data.max_seq_len": data.cut_at}, data.cut_bytes, why))
+            est.advice = advisor(plan, shape, device, capacity_bytes, data)
+            if fit is not None and fit.cut_at is not None and fit.cut_bytes is not None:
+                why = f"cut the {fit.cut_examples} longest of {fit.examples} examples at {fit.cut_at} tokens"
+                est.advice.append(Advice({"data.max_seq_len": fit.cut_at}, fit.cut_bytes, why))
                 est.advice.sort(key=lambda x: (x.total_bytes > capacity_bytes, x.total_bytes))
     return est
 
 
 def plan_estimate(
-    plan, device: str = "cuda", capacity_bytes: int | None = None, lengths: Sequence[int] | None = None
+    plan, device: str = "cuda", capacity_bytes: int | None = None, data: DataTokens | None = None
 ) -> tuple[Estimate, ModelShape]:
     """Read the model's config for ``plan`` and estimate (no weights loaded)."""
     shape = ModelShape.from_config(read_model_config(plan.model.name_or_path))
-    return estimate(plan, shape, device, capacity_bytes, lengths=lengths), shape
+    return estimate(plan, shape, device, capacity_bytes, data=data), shape

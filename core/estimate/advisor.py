@@ -43,7 +43,7 @@ SAVING_DEFAULTS: dict[str, tuple[Any, str]] = {
 }
 
 
-def saved_by_defaults(plan, shape: ModelShape, device: str, total: int) -> list[dict]:
+def saved_by_defaults(plan, shape: ModelShape, device: str, total: int, data=None) -> list[dict]:
     """The memory-saving defaults that ``plan`` keeps, each with the bytes it saves here (its
     total without that one default, minus ``total``); those that save nothing are left out."""
     from ..plan.schema import Plan
@@ -54,7 +54,7 @@ def saved_by_defaults(plan, shape: ModelShape, device: str, total: int) -> list[
         value = plan.get(key)
         if value != default.get(key) or value == without:
             continue
-        saved = tensor_peak(_changed(plan, {key: without}), shape, device).total_bytes - total
+        saved = tensor_peak(_changed(plan, {key: without}), shape, device, data).total_bytes - total
         if saved > 0:
             out.append({"key": key, "label": label, "bytes": int(saved)})
     return sorted(out, key=lambda x: -x["bytes"])
@@ -63,8 +63,9 @@ def saved_by_defaults(plan, shape: ModelShape, device: str, total: int) -> list[
 FULL_MATRIX_KEYS = ("memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states", "memory.fused_step")
 
 
-def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]:
-    """Changes that make the plan fit, each re-estimated; those that fit first, lowest total first."""
+def advisor(plan, shape: ModelShape, device: str, capacity: int, data=None) -> list[Advice]:
+    """Changes that make the plan fit, each re-estimated (for ``data``'s lengths when given, a
+    ``core.estimate.lengths.DataTokens``); those that fit first, lowest total first."""
     candidates: list[tuple[dict, str]] = []
     for change, why in ADVICE_STEPS:
         if all(plan.get(k) == v for k, v in change.items()):
@@ -83,7 +84,7 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
         if "memory.fused_step" in change and (plan.training.grad_accum > 1 or plan.model.dtype == "float16"):
             continue  # it would not be exact, so it stays off (core.plan.memory_options.resolve)
         candidates.append((change, why))
-    S, B = plan.data.max_seq_len, plan.training.batch_size
+    S, B = (data.seq_len(plan) if data is not None else plan.data.max_seq_len), plan.training.batch_size
     for seq in (S // 2, S // 4):
         if seq >= 128:
             candidates.append(({"data.max_seq_len": seq}, f"shorter sequences ({seq} tokens)"))
@@ -98,7 +99,7 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
         candidates.append(({"adapter.r": plan.adapter.r // 2}, f"LoRA rank {plan.adapter.r // 2}"))
     out, combined = [], {}
     for change, why in candidates:
-        est = tensor_peak(_changed(plan, change), shape, device)
+        est = tensor_peak(_changed(plan, change), shape, device, data)
         out.append(Advice(set=change, total_bytes=est.total_bytes, why=why))
     # A combination of the changes, best first, when no single one fits.
     if out and not any(x.total_bytes <= capacity for x in out):
@@ -106,7 +107,7 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int) -> list[Advice]
             if "training.optimizer" in adv.set and "training.optimizer" in combined:
                 continue  # one optimizer at a time
             combined.update(adv.set)
-            total = tensor_peak(_changed(plan, combined), shape, device).total_bytes
+            total = tensor_peak(_changed(plan, combined), shape, device, data).total_bytes
             if total <= capacity:
                 out.append(Advice(set=dict(combined), total_bytes=total, why="these changes together"))
                 break

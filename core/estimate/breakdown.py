@@ -53,11 +53,11 @@ BNB_MIN_8BIT_SIZE = 4096
 BNB_STATE_BLOCK = 256
 # The chunked loss through a head that is not one plain matrix (LoRA on the head, trainable token
 # rows): checkpointed chunks recomputed in backward. Measured with the live-tensor tracker (2-layer
-# Llama, 128,256 vocabulary, hidden 64 and 128, chunks of 128 and 512 tokens, float32 and bfloat16,
-# LoRA and token-row heads): 11 bytes per chunk token and vocabulary entry whatever the dtype, plus
-# 128 bytes per vocabulary entry whatever the hidden size, sequence or chunk.
-CHECKPOINTED_CHUNK_BYTES = 11
-CHECKPOINTED_VOCAB_BYTES = 128
+# Llama, 128,256 vocabulary, hidden 64, chunks of 128 and 512 labelled tokens and single chunks of
+# 34 to 226, float32 and bfloat16, LoRA and token-row heads; the calibration rows of
+# benchmarks/memory_accuracy.py --defaults): 12 bytes per labelled chunk token and vocabulary entry
+# whatever the dtype.
+CHECKPOINTED_CHUNK_BYTES = 12
 
 
 @dataclass
@@ -95,7 +95,8 @@ class Estimate:
 class _Sizes:
     """The plan's sizes in elements and bytes per element."""
 
-    T: int  # tokens per micro-batch (batch x max_seq_len)
+    T: int  # tokens per micro-batch (batch x the longest row)
+    N: int  # labelled tokens per micro-batch: the rows the loss computes logits for
     V: int
     H: int
     L: int
@@ -134,12 +135,16 @@ def nf4_bytes(numel: int, double_quant: bool) -> float:
     return numel / 2 + blocks * 4
 
 
-def _sizes(plan, shape: ModelShape, eff: Effective) -> _Sizes:
+def _sizes(plan, shape: ModelShape, eff: Effective, data=None) -> _Sizes:
     m = plan.model
     kbit = m.quantization != "none"
+    B = plan.training.batch_size
+    seq = data.seq_len(plan) if data is not None else plan.data.max_seq_len
     # New tokens either land on spare rows or add a few rows (N x hidden): negligible here.
     return _Sizes(
-        T=plan.training.batch_size * plan.data.max_seq_len,
+        T=B * seq,
+        # Without the data every token is labelled but each row's first (the shift drops it).
+        N=data.loss_tokens(plan) if data is not None else B * (seq - 1),
         V=shape.vocab,
         H=shape.hidden,
         L=shape.layers,
@@ -290,19 +295,20 @@ def _loss_region(s: _Sizes, mats: _Matrices, eff: Effective) -> _LossRegion:
             loss_grads=0,
             merged_head=merged,
         )
-    C = min(eff.loss_chunk, T)
+    # The chunked loss computes logits for labelled tokens only, a chunk of them at a time.
+    C = min(eff.loss_chunk, s.N)
     if mats.head_path == PLAIN:
         # core.training.lean's chunked linear cross-entropy: the head's gradient is accumulated in
         # place during the loss (so it exists from then on, and no second one appears in backward);
         # per chunk an fp32 logits buffer (+ its 16-bit matmul output, then a 16-bit gradient); the
         # labelled hidden rows and their gradient.
         chunk = C * V * (4 + (head_store_b if head_store_b != 4 else 0))
-        rows = 2 * T * s.H * act_b
+        rows = 2 * s.N * s.H * act_b
         return _LossRegion(
             forward=chunk + rows, backward=rows, head=rows, head_grad=0, loss_grads=head_grad, merged_head=merged
         )
     # Any other head (LoRA, token rows): checkpointed chunks, each recomputed in backward.
-    chunk = C * V * CHECKPOINTED_CHUNK_BYTES + V * CHECKPOINTED_VOCAB_BYTES
+    chunk = C * V * CHECKPOINTED_CHUNK_BYTES
     return _LossRegion(
         forward=chunk + autocast,
         backward=chunk + autocast,
@@ -367,13 +373,14 @@ def _phases(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effective)
     return {name: {**dict.fromkeys(CATEGORIES, 0.0), **static, **parts} for name, parts in phases.items()}, opt
 
 
-def tensor_peak(plan, shape: ModelShape, device: str = "cuda") -> Estimate:
-    """Peak of live tensor bytes of ``plan`` on ``shape`` (``device`` "cuda" or "cpu"), no overhead or fit."""
+def tensor_peak(plan, shape: ModelShape, device: str = "cuda", data=None) -> Estimate:
+    """Peak of live tensor bytes of ``plan`` on ``shape`` (``device`` "cuda" or "cpu"), no overhead or
+    fit; for the batches ``data`` forms (a ``core.estimate.lengths.DataTokens``), else the worst case."""
     from .device import overhead_bytes
 
     # The memory options as they will run on this device (fallbacks included), as the job sees them.
     eff = resolve(plan, device, tied=shape.tied)
-    s = _sizes(plan, shape, eff)
+    s = _sizes(plan, shape, eff, data)
     mats = _matrices(plan, shape)
     phases, opt = _phases(plan, shape, s, mats, eff)
     totals = {name: sum(parts.values()) for name, parts in phases.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.examples import tokenize_example
 from ..data.reading import IGNORE_INDEX, load_examples, read_rows
@@ -16,6 +17,9 @@ from ..errors import DataError
 from ..model.shape import ModelShape, read_model_config
 from ..model.sources import resolve_source
 from ..model.templates import resolve_template
+
+if TYPE_CHECKING:
+    from ..estimate import DataTokens
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class DataPreview:
     columns: list[str]
     table: list[list[str]]  # the first rows, one short string per cell
     lengths: list[int]  # tokens per example before truncation
+    trained: list[int]  # labelled tokens per example before truncation (those the loss sees)
+    first_trained: list[int]  # position of each example's first labelled token
     max_seq_len: int
     truncated: int  # examples longer than max_seq_len
     trained_tokens: int  # within max_seq_len, over the examples measured
@@ -91,12 +97,15 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
     ]
     template, source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
     name = Path(spec.path).name
-    lengths, truncated, trained, masked = [], 0, 0, 0
+    lengths, labelled, first, truncated, trained, masked = [], [], [], 0, 0, 0
     segments: list[tuple[str, str]] = []
     for i, ex in enumerate(examples[:max_examples]):
         f = tokenize_example(tokenizer, ex, template, 10**9, f"{name}, line {ex.line}")
         n = len(f["input_ids"])
         lengths.append(n)
+        marks = [j for j, x in enumerate(f["labels"]) if j > 0 and x != IGNORE_INDEX]
+        labelled.append(len(marks))
+        first.append(marks[0] if marks else n)
         truncated += n > spec.max_seq_len
         kept = f["labels"][: spec.max_seq_len]
         t = sum(1 for x in kept if x != IGNORE_INDEX)
@@ -109,6 +118,8 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
         columns=columns,
         table=table,
         lengths=lengths,
+        trained=labelled,
+        first_trained=first,
         max_seq_len=spec.max_seq_len,
         truncated=truncated,
         trained_tokens=trained,
@@ -172,9 +183,17 @@ def search_vocab(tokenizer, text: str, limit: int = 100) -> list[tuple[int, str]
     return hits[:limit]
 
 
-def data_lengths(plan) -> tuple[list[int] | None, str]:
-    """Tokens per example of ``plan``'s data (all of it, before truncation) for the estimate, or
-    (None, why not) when the data or the model's tokenizer cannot be read here."""
+def data_tokens(preview: DataPreview | None) -> DataTokens | None:
+    """The preview's token lengths as the estimate takes them (None: no data, the worst case)."""
+    from ..estimate import DataTokens
+
+    return DataTokens.of(preview.lengths, preview.trained, preview.first_trained) if preview is not None else None
+
+
+def data_lengths(plan) -> tuple[DataTokens | None, str]:
+    """The token lengths of ``plan``'s data (all of it) for the estimate, as a
+    ``core.estimate.DataTokens``, or (None, why not) when the data or the model's tokenizer cannot
+    be read here."""
     from ..errors import HeadtuneError
     from ..model.sources import load_tokenizer
 
@@ -185,4 +204,4 @@ def data_lengths(plan) -> tuple[list[int] | None, str]:
         preview = preview_data(plan.data, tokenizer, table_rows=0, max_examples=10**9)
     except HeadtuneError as exc:
         return None, str(exc)
-    return preview.lengths, ""
+    return data_tokens(preview), ""

@@ -96,8 +96,10 @@ class EstimateController(QObject):
         self.data = preview
         self.update_estimate()
 
-    def _lengths(self) -> list[int] | None:
-        return self.data.lengths if self.data is not None and self.data.lengths else None
+    def _data(self):
+        from headtune.core.tools.preview import data_tokens
+
+        return data_tokens(self.data)
 
     @Slot(str)
     def _on_model_changed(self, _key: str) -> None:
@@ -131,7 +133,7 @@ class EstimateController(QObject):
         try:
             plan = self._model.plan(check=False)
             device, capacity, _ = self._panel.target()
-            est = estimate(plan, self.summary.shape, device, capacity or None, lengths=self._lengths())
+            est = estimate(plan, self.summary.shape, device, capacity or None, data=self._data())
         except HeadtuneError as exc:
             self.last_estimate = None
             self._panel.show_message(f"No estimate: {exc}")
@@ -145,7 +147,7 @@ class EstimateController(QObject):
 
         if self.summary is None:
             return None
-        return estimate(plan, self.summary.shape, self.run_device, lengths=self._lengths()).total_bytes
+        return estimate(plan, self.summary.shape, self.run_device, data=self._data()).total_bytes
 
     def _on_hardware_detected(self, hardware: Hardware) -> None:
         self.hardware = hardware

@@ -8,7 +8,7 @@ import pytest
 
 from headtune.core.cli import main
 from headtune.core.errors import PlanError
-from headtune.core.estimate import CATEGORIES, GiB, ModelShape, estimate, parse_size
+from headtune.core.estimate import CATEGORIES, DataTokens, GiB, ModelShape, estimate, parse_size
 from headtune.core.plan import Plan, with_overrides
 from headtune.core.testing import LLAMA3_8B
 
@@ -211,21 +211,27 @@ def test_data_lengths_give_the_longest_batch_and_keep_the_worst_case():
     p = plan("data.max_seq_len=2048", "training.batch_size=2", "training.gradient_checkpointing=false")
     worst = estimate(p, SHAPE, "cuda")
     lengths = [300, 120, 500, 80, 450]
-    est = estimate(p, SHAPE, "cuda", lengths=lengths)
+    est = estimate(p, SHAPE, "cuda", data=DataTokens.of(lengths))
     assert est.data.seq_len == 500 and est.data.worst_case_bytes == worst.total_bytes
-    # The figure is the plan's estimate with every batch as long as the longest example.
+    # Every token labelled: the plan's estimate with every batch as long as the longest example.
+    assert est.data.loss_tokens == 2 * 499
     assert est.total_bytes == estimate(with_overrides(p, ["data.max_seq_len=500"]), SHAPE, "cuda").total_bytes
     assert est.total_bytes < worst.total_bytes and "data" in est.to_dict() and "data" not in worst.to_dict()
+    # Fewer labelled tokens (a masked prompt) shrink the loss's share: the two most labelled rows.
+    lean = plan("data.max_seq_len=2048", "training.batch_size=2")
+    masked = estimate(lean, SHAPE, "cuda", data=DataTokens.of(lengths, [9, 5, 9, 2, 3]))
+    assert masked.data.loss_tokens == 18
+    assert masked.total_bytes < estimate(lean, SHAPE, "cuda", data=DataTokens.of(lengths)).total_bytes
     # Examples longer than max_seq_len are cut to it; packed data fills every sequence.
-    assert estimate(p, SHAPE, "cuda", lengths=[5000, 10]).total_bytes == worst.total_bytes
-    packed = estimate(with_overrides(p, ["data.packing=true"]), SHAPE, "cuda", lengths=lengths)
+    assert estimate(p, SHAPE, "cuda", data=DataTokens.of([5000, 10])).total_bytes == worst.total_bytes
+    packed = estimate(with_overrides(p, ["data.packing=true"]), SHAPE, "cuda", data=DataTokens.of(lengths, [9] * 5))
     assert packed.data.packed and packed.total_bytes == packed.data.worst_case_bytes
 
 
 def test_a_rare_long_example_is_named_with_the_max_seq_len_that_avoids_it():
     p = plan("data.max_seq_len=8192", "training.batch_size=4", "training.gradient_checkpointing=false")
     lengths = [200 + (i * 37) % 300 for i in range(300)] + [7000, 6000]
-    est = estimate(p, SHAPE, "cuda", capacity_bytes=48 * GiB, lengths=lengths)
+    est = estimate(p, SHAPE, "cuda", capacity_bytes=48 * GiB, data=DataTokens.of(lengths))
     d = est.data
     # At most 1% of 302 examples (3) are cut: the two long ones and the longest ordinary one.
     assert (d.seq_len, d.cut_at, d.cut_examples) == (7000, sorted(lengths)[-4], 3)
@@ -233,7 +239,7 @@ def test_a_rare_long_example_is_named_with_the_max_seq_len_that_avoids_it():
     assert est.fit == "no" and d.cut_bytes <= 48 * GiB
     assert {"data.max_seq_len": d.cut_at} in [a.set for a in est.advice]
     # Evenly long data has no such examples.
-    assert estimate(p, SHAPE, "cuda", lengths=[500] * 50).data.cut_at is None
+    assert estimate(p, SHAPE, "cuda", data=DataTokens.of([500] * 50)).data.cut_at is None
 
 
 def test_cli_estimates_for_the_data_and_the_worst_case(tmp_path, tiny_untied, alpaca_file, capsys):
@@ -400,3 +406,14 @@ def test_advisor_proposes_lean_options():
     assert best.total_bytes <= 12 * GiB
     applied = with_overrides(p, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in best.set.items()])
     assert estimate(applied, SHAPE, "cuda").total_bytes == best.total_bytes
+
+
+def test_loss_tokens_follow_where_the_labels_start_when_rows_are_cut():
+    p = plan("data.max_seq_len=100", "training.batch_size=2")
+    # Two replies after prompts of 30 and 60 tokens, both cut at 100: 70 and 40 labelled tokens kept.
+    data = DataTokens.of([300, 200], trained=[270, 140], first=[30, 60])
+    assert data.loss_tokens(p) == 70 + 40
+    # Without the positions, each row counts as labelled from its second token on (an upper bound).
+    assert DataTokens.of([300, 200], trained=[270, 140]).loss_tokens(p) == 2 * 99
+    # Short rows keep all their labelled tokens.
+    assert DataTokens.of([50, 20], trained=[20, 5], first=[30, 15]).loss_tokens(p) == 25
