@@ -29,6 +29,7 @@ with a CUDA GPU the same rows run there and are measured with ``torch.cuda.max_m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -293,6 +294,9 @@ def main() -> int:
     ap.add_argument("--skip-model", action="append", default=[], help="leave out rows on this model (repeatable)")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--defaults", action="store_true", help="the grid with the default memory options, held out apart")
+    ap.add_argument("--part", help="K/N: run only every N-th row from the K-th (N processes share the grid)")
+    ap.add_argument("--json-out", help="also save the measured rows as JSON (for --from-json)")
+    ap.add_argument("--from-json", nargs="+", help="print and write the table of rows saved by --json-out runs")
     args = ap.parse_args()
 
     from transformers.utils import logging as hf_logging
@@ -320,12 +324,18 @@ def main() -> int:
     if args.model:
         rows = [r for r in rows if r["model"] == args.model]
     rows = [r for r in rows if r["model"] not in args.skip_model]
+    numbered = list(enumerate(rows, 1))
+    if args.part:
+        k, parts = (int(x) for x in args.part.split("/"))
+        numbered = [(n, r) for n, r in numbered if (n - 1) % parts == k - 1]
+    if args.from_json:
+        numbered = []
     print(
         f"{'#':>2} {'model':9} {'plan':78} {'measured':>9} {'estimate':>9} {'ratio':>6} {'worst':>9} "
         f"{'accel':>7} {'unsloth':>7}"
     )
     table = []
-    for n, row in enumerate(rows, 1):
+    for n, row in numbered:
         row = dict(row)
         model = row.pop("model")
         held_out = row.pop("held_out", None)
@@ -384,6 +394,11 @@ def main() -> int:
             flush=True,
         )
         table.append(r)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(table))
+    for path in args.from_json or []:
+        table += json.loads(Path(path).read_text())
+    table.sort(key=lambda r: r["n"])
     summary = _summary(table, "rows")
     if args.defaults:
         held = [r for r in table if r["desc"].startswith("held out")]

@@ -97,7 +97,15 @@ def build_model(
         pad_token_id=0,
     )
     config = LlamaConfig(**{**fields, **geometry})
-    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
+    if vocab_size * hidden > 10**8:  # a wide model is made in bf16 directly: no fp32 copy in RAM
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
+    else:
+        model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(folder)
     for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, folder / f.name)
