@@ -28,7 +28,9 @@ from PySide6.QtWidgets import (
 
 from headtune.core.tools.catalog import SIZE_FILTERS
 
-FIXED_COLUMNS = ("Model", "Size", "Vocabulary", "Tied", "Context", "Licence", "On disk")
+# The badges go between these: the name and size, then one column per variant, then the facts.
+LEAD_COLUMNS = ("Model", "Size")
+FACT_COLUMNS = ("Vocabulary", "Tied", "Context", "Licence", "On disk")
 FIT_COLOURS = {"fits": "#d4efdf", "tight": "#fdebd0", "no": "#f5b7b1"}
 NAME_ROLE = Qt.ItemDataRole.UserRole
 
@@ -79,6 +81,7 @@ class CatalogPanel(QWidget):
         self.fit = QComboBox()
         self.fit.setObjectName("catalogFitCombo")
         self.fit.setAccessibleName("Fit filter")
+        self.fit.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.fit.currentIndexChanged.connect(lambda *_: self.filters_changed.emit())
         bar.addWidget(self.fit)
         lay.addLayout(bar)
@@ -94,7 +97,7 @@ class CatalogPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
-        self.table.setMinimumHeight(260)
+        self.table.setMinimumHeight(340)
         self.table.itemDoubleClicked.connect(lambda item: self._choose(item.row()))
         self.table.itemSelectionChanged.connect(self._on_selection_changed)
         lay.addWidget(self.table, 1)
@@ -200,7 +203,8 @@ class CatalogPanel(QWidget):
         """One row per entry; badge columns from ``badges`` (a ``core.tools.catalog.Badges``)."""
         selected = self.selected_name()
         variants = badges.variants if badges is not None else []
-        headers = list(FIXED_COLUMNS) + [v.label for v in variants]
+        headers = [*LEAD_COLUMNS, *(v.label for v in variants), *FACT_COLUMNS]
+        lead, facts_at = len(LEAD_COLUMNS), len(LEAD_COLUMNS) + len(variants)
         self.card.setText(card)
         self.table.setSortingEnabled(False)
         self.table.clear()
@@ -221,7 +225,8 @@ class CatalogPanel(QWidget):
                 (e.licence + gated) if e.licence else "",
                 "yes" if e.downloaded else "no",
             ]
-            for c, text in enumerate(cells):
+            columns = [0, 1, *range(facts_at, facts_at + len(FACT_COLUMNS))]
+            for c, text in zip(columns, cells):
                 item = QTableWidgetItem(text)
                 item.setData(NAME_ROLE, e.name)
                 self.table.setItem(r, c, item)
@@ -232,7 +237,7 @@ class CatalogPanel(QWidget):
                 + (f" About {_bytes(e.download_bytes)} to download in 16-bit." if s and not e.downloaded else "")
                 + (f" {e.problem}" if e.problem else "")
             )
-            for c, b in enumerate(badges.rows.get(e.name, []) if badges is not None else [], len(FIXED_COLUMNS)):
+            for c, b in enumerate(badges.rows.get(e.name, []) if badges is not None else [], lead):
                 item = QTableWidgetItem(b.text())
                 item.setData(NAME_ROLE, e.name)
                 if b.fit in FIT_COLOURS:
@@ -247,10 +252,19 @@ class CatalogPanel(QWidget):
                 self.table.setItem(r, c, item)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # long names: the badges come first
+        self.table.setColumnWidth(0, 210)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)  # the owner goes first, the name stays
         self.count.setText(f"{len(entries)} models")
         if selected in self._names:
             self.table.selectRow(self._names.index(selected))
         self._on_selection_changed()
+
+    def badge_texts(self, name: str) -> list[str]:
+        """The badges shown on ``name``'s row."""
+        row = self._names.index(name)
+        n = self.table.columnCount() - len(LEAD_COLUMNS) - len(FACT_COLUMNS)
+        return [self.table.item(row, c).text() for c in range(len(LEAD_COLUMNS), len(LEAD_COLUMNS) + n)]
 
     def selected_name(self) -> str | None:
         row = self.table.currentRow()

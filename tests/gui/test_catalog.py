@@ -30,8 +30,7 @@ def set_card(w, gib: int) -> None:
 
 
 def badge_texts(panel, name: str) -> list[str]:
-    row = panel._names.index(name)
-    return [panel.table.item(row, c).text() for c in range(7, panel.table.columnCount())]
+    return panel.badge_texts(name)
 
 
 @pytest.fixture
@@ -55,8 +54,9 @@ def test_catalog_badges_are_the_estimate_and_follow_plan_and_card(
     expected = compute_badges(w.plan.plan(check=False), [entry], "cuda", 12 * GiB).rows[name]
     assert badge_texts(panel, name) == [b.text() for b in expected]
     headers = [panel.table.horizontalHeaderItem(c).text() for c in range(panel.table.columnCount())]
-    assert headers[7:] == ["LoRA only", "+ full", "+ tokens (256 rows)", "+ lora"]
-    tip = panel.table.item(panel._names.index(name), 8).toolTip()
+    assert headers[2:6] == ["LoRA only", "+ full", "+ tokens (256 rows)", "+ lora"]
+    assert headers[:2] == ["Model", "Size"] and headers[6:] == ["Vocabulary", "Tied", "Context", "Licence", "On disk"]
+    tip = panel.table.item(panel._names.index(name), 3).toolTip()
     assert "headtune estimate PLAN --device cuda --gpu-memory 12GiB" in tip and "embeddings.mode=full" in tip
 
     before = badge_texts(panel, name)
@@ -126,3 +126,21 @@ def test_download_from_the_window_shows_progress_and_gated_asks_for_a_token(
         assert saved == ["hf_secret"] and not panel.token_widget.isVisible()
     finally:
         hub.stop()
+
+
+def test_start_offers_to_download_an_uncached_hub_model_first(
+    make_window, qtbot, monkeypatch, empty_cache, tiny_tied, alpaca_file, tmp_path
+):
+    from huggingface_hub import constants
+    from PySide6.QtWidgets import QMessageBox
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    plan = plan_dict(tiny_tied, alpaca_file, tmp_path / "run", model={"name_or_path": "Qwen/Qwen3-0.6B"})
+    w = make_window(plan, detect=False)
+    asked, started = [], []
+    w.ask = lambda title, *a: asked.append(title) or QMessageBox.StandardButton.Yes
+    monkeypatch.setattr(w.catalog, "start_download", started.append)
+    w.runs.start_run()
+    assert asked == ["Download the model first?"] and started == ["Qwen/Qwen3-0.6B"]
+    assert not w.running and w.plan_tabs.currentWidget() is w.model_panel
+    w.ask = lambda *a: QMessageBox.StandardButton.Discard
