@@ -147,3 +147,46 @@ def test_cached_hub_models_and_recent_folders_join_the_list(monkeypatch, tmp_pat
     assert recent.origin == "recent" and recent.shape is not None and recent.shape.tied
     assert "/no/such/folder" not in entries
     assert not entries["Qwen/Qwen3-4B"].downloaded
+
+
+def test_refresh_tool_rewrites_facts_from_the_hub_config(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hub_server import FakeHub, Repo
+
+    listed = catalog_entry("Qwen/Qwen3-4B")
+    hub_config = {  # as the hub serves it: more keys than the estimate reads
+        "architectures": ["Qwen3ForCausalLM"],
+        **listed.config,
+        "rope_theta": 1000000,
+        "torch_dtype": "bfloat16",
+    }
+    hub = FakeHub().start()
+    hub.repos["Qwen/Qwen3-4B"] = Repo({"config.json": json.dumps(hub_config).encode()}, gated=True)
+    hub.tokens_with_access.add("hf_ok")
+    doc = json.loads(catalog_text())
+    row = next(r for r in doc["models"] if r["id"] == "Qwen/Qwen3-4B")
+    row["config"]["vocab_size"] = 1  # stale facts
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(doc))
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    env["HF_TOKEN"] = "hf_ok"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "refresh_catalog.py"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(tool), "--catalog", str(catalog), "--only", "Qwen/Qwen3-4B"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        hub.stop()
+    assert done.returncode == 0, done.stderr
+    assert "vocab_size: 1 -> 151936" in done.stdout and "gated: False -> True" in done.stdout
+    refreshed = next(m for m in parse_catalog(catalog.read_text()) if m.id == "Qwen/Qwen3-4B")
+    assert refreshed.config == listed.config and refreshed.gated
+    assert len(parse_catalog(catalog.read_text())) == len(catalog_models())
