@@ -125,6 +125,7 @@ class MainWindow(QMainWindow):
             self.plan, self.model_panel.catalog, self.memory_panel, self.tasks, self.threads, self
         )
         self.catalog.load()
+        self.catalog.downloaded.connect(self._on_catalog_downloaded)
         self.file.title_changed.connect(self.setWindowTitle)
         self.preview.model_read.connect(self._on_preview_model_read)
         self.runs.target_changed.connect(self._on_runs_target_changed)
@@ -236,6 +237,11 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_preview_model_read(self, summary) -> None:
         self.estimate.set_summary(summary)
+
+    @Slot(str)
+    def _on_catalog_downloaded(self, repo_id: str) -> None:
+        if self.plan.value("model.name_or_path") == repo_id:
+            self.preview.load_model_info()  # its tokenizer now loads from the cache
 
     @Slot(object)
     def _on_runs_target_changed(self, target) -> None:

@@ -386,6 +386,11 @@ def download(
             _fetch(plan, f, storage, meter, control)
             meter.files_done += 1
             meter.emit()
+        # Files were fetched by commit; record which commit the asked-for revision (main) names, so
+        # loaders that ask for the revision find this snapshot, offline too.
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(repo_id, "config.json", revision=revision or "main")
         snapshot = storage / "snapshots" / plan.commit
         return DownloadResult(repo_id, str(snapshot), meter.fetched, plan.total_bytes, time.monotonic() - started)
     except DownloadStopped as stop:

@@ -124,11 +124,18 @@ def test_download_reports_progress_and_fills_the_cache(hub):
     assert any(e["speed"] > 0 and e["eta_s"] is not None for e in weights)
     assert progress[-1]["bytes"] == started["total"] and progress[-1]["files_done"] == 3
     assert ended["outcome"] == "downloaded" and ended["path"] == str(snapshot(hub))
+    assert (snapshot(hub).parent.parent / "refs" / "main").read_text() == hub.repos["acme/big"].sha
     got = (snapshot(hub) / "model.safetensors").read_bytes()
     assert hashlib.sha256(got).digest() == hashlib.sha256(hub.repos["acme/big"].files["model.safetensors"]).digest()
     assert not list(blobs(hub).glob("*.incomplete"))
     fetched = {r.path.rsplit("/", 1)[1] for r in hub.requests("GET") if "/resolve/" in r.path}
     assert fetched == {"config.json", "model.safetensors", "tokenizer.json"}  # no .bin, no original/
+    # The cache now serves the model by name, offline: what training and the catalog look for.
+    check = "from headtune.core.model.sources import hub_weights_cached as c; print(c('acme/big'))"
+    found = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, env=env_for(hub, HF_HUB_OFFLINE="1")
+    )
+    assert found.stdout.strip() == "True", found.stderr
 
 
 def test_pause_keeps_the_partial_file_and_the_next_download_resumes_it_with_a_range(hub):
@@ -245,3 +252,23 @@ def test_training_refuses_a_hub_model_that_is_not_downloaded(monkeypatch, tmp_pa
         require_downloaded(source)
     (snap / "m-1.safetensors").write_bytes(b"x")
     require_downloaded(source)
+
+
+def test_a_downloaded_model_loads_for_training_offline(hub, tiny_tied):
+    hub.repos["acme/tiny"] = Repo({p.name: p.read_bytes() for p in tiny_tied.iterdir() if p.is_file()})
+    code, events, err = run(hub, "acme/tiny", "--progress-json")
+    assert code == 0, err
+    load = (
+        "from headtune.core.model.sources import load_model, load_tokenizer, resolve_source\n"
+        "from headtune.core.plan import plan_from_dict\n"
+        "spec = plan_from_dict({'model': {'name_or_path': 'acme/tiny', 'dtype': 'float32'}}, check=False).model\n"
+        "source = resolve_source('acme/tiny')\n"
+        "model = load_model(source, spec, 'cpu')\n"
+        "print(source.kind, len(load_tokenizer(source)), model.config.vocab_size)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", load], capture_output=True, text=True, env=env_for(hub, HF_HUB_OFFLINE="1")
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    kind, _tokens, vocab = done.stdout.split()
+    assert kind == "hub" and int(vocab) == 512

@@ -144,3 +144,37 @@ def test_start_offers_to_download_an_uncached_hub_model_first(
     assert asked == ["Download the model first?"] and started == ["Qwen/Qwen3-0.6B"]
     assert not w.running and w.plan_tabs.currentWidget() is w.model_panel
     w.ask = lambda *a: QMessageBox.StandardButton.Discard
+
+
+def test_pause_resume_and_cancel_from_the_window(
+    make_window, qtbot, monkeypatch, tmp_path, empty_cache, tiny_tied, alpaca_file
+):
+    hub = FakeHub(piece=64 * 1024, pause_s=0.02).start()  # about 3 s for the weights
+    weights = os.urandom(8 * 1024 * 1024)
+    hub.repos["acme/slow"] = Repo({"config.json": CONFIG, "model.safetensors": weights})
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(empty_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    blobs = empty_cache / "hub" / "models--acme--slow" / "blobs"
+    try:
+        w = make_window(plan_dict(tiny_tied, alpaca_file, tmp_path / "run"), detect=False)
+        panel = w.model_panel.catalog
+        for how, button in (("Paused", panel.pause_button), ("Cancelled", panel.cancel_button)):
+            panel.download_requested.emit("acme/slow")
+            qtbot.waitUntil(lambda: panel.progress.value() > 100, timeout=60_000)
+            assert button.isVisible()
+            button.click()
+            qtbot.waitUntil(lambda h=how: panel.download_status.text().startswith(h), timeout=30_000)
+            qtbot.waitUntil(lambda: w.catalog.downloading is None, timeout=30_000)
+            partial = list(blobs.glob("*.incomplete"))
+            if how == "Paused":
+                assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(weights)
+            else:
+                assert partial == []
+        hub.log.clear()
+        panel.download_requested.emit("acme/slow")  # after a pause and a cancel: whole again
+        qtbot.waitUntil(lambda: panel.download_status.text().startswith("Downloaded acme/slow"), timeout=60_000)
+        snapshot = empty_cache / "hub" / "models--acme--slow" / "snapshots" / hub.repos["acme/slow"].sha
+        assert (snapshot / "model.safetensors").read_bytes() == weights
+    finally:
+        hub.stop()
