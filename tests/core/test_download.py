@@ -254,6 +254,7 @@ def test_training_refuses_a_hub_model_that_is_not_downloaded(monkeypatch, tmp_pa
     require_downloaded(source)
 
 
+@pytest.mark.slow
 def test_a_downloaded_model_loads_for_training_offline(hub, tiny_tied):
     hub.repos["acme/tiny"] = Repo({p.name: p.read_bytes() for p in tiny_tied.iterdir() if p.is_file()})
     code, events, err = run(hub, "acme/tiny", "--progress-json")
