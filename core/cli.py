@@ -46,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the versions of Headtune and its libraries")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_gui, _add_train, _add_estimate, _add_inspect, _add_doctor, _add_export, _add_chat):
+    for add in (
+        _add_gui,
+        _add_train,
+        _add_estimate,
+        _add_inspect,
+        _add_doctor,
+        _add_export,
+        _add_chat,
+        _add_download,
+    ):
         command = add(sub, fmt)
         if add is not _add_gui:  # --debug also after the command (hidden: the top-level flag documents it)
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -258,6 +267,31 @@ def _add_chat(sub, fmt) -> argparse.ArgumentParser:
         "loaded until stdin closes",
     )
     return ch
+
+
+def _add_download(sub, fmt) -> argparse.ArgumentParser:
+    dl = sub.add_parser(
+        "download",
+        help="download a hub model into the Hugging Face cache, with progress (training never does)",
+        formatter_class=fmt,
+        description="Download what training loads of a hub model (config, tokenizer, safetensors weights) "
+        "into the Hugging Face cache, with a progress bar. It first checks that the hub can be reached, "
+        "that the model is not gated for you (then it says how to accept the licence and log in) and that "
+        "the disk has room. Ctrl+C pauses: the partial file is kept and the next download of the model "
+        "continues it; --cancel deletes what a paused download left.",
+    )
+    dl.add_argument("model", help="the hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    dl.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    dl.add_argument(
+        "--cancel", action="store_true", help="delete the partial files a paused download of MODEL left, and exit"
+    )
+    dl.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="for programs driving a download (the window does): print the plan, progress and the result "
+        "as JSON lines on stdout; a line 'pause' or 'cancel' on stdin stops (stdin closing pauses)",
+    )
+    return dl
 
 
 def _print_event(event, quiet: bool) -> None:
@@ -609,6 +643,119 @@ def _cmd_chat(args) -> int:
     return EXIT_OK
 
 
+def _cmd_download(args) -> int:
+    from .tools import download as dl
+
+    if args.cancel:
+        left = dl.partial_files(args.model)
+        for path in left:
+            path.unlink(missing_ok=True)
+        print(f"Deleted {len(left)} partial file(s) of {args.model}." if left else f"No partial files of {args.model}.")
+        return EXIT_OK
+    control = dl.Control()
+    if args.progress_json:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driving program stops it through stdin
+        threading.Thread(target=_download_control_from_stdin, args=(control, args.model), daemon=True).start()
+
+        def report_json(event) -> None:
+            if isinstance(event, dl.DownloadPlan):
+                data = {
+                    "type": "download_started",
+                    "repo_id": event.repo_id,
+                    "commit": event.commit,
+                    "total": event.total_bytes,
+                    "files": [[f.name, f.size] for f in event.files],
+                    "cache_dir": event.cache_dir,
+                    "gated": event.gated,
+                }
+            else:
+                data = event.to_dict()
+            print(json.dumps(data), flush=True)
+
+        result = dl.download(args.model, report_json, control, args.revision)
+        control.finished = True
+        print(json.dumps(result.to_dict()), flush=True)
+        return EXIT_OK
+
+    def on_sigint(signum, frame):
+        if control.state is not None:
+            raise KeyboardInterrupt
+        control.request(dl.PAUSE)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = dl.download(args.model, _print_download_progress, control, args.revision)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(file=sys.stderr)
+    if result.outcome == "paused":
+        print(
+            f"Paused {args.model} after {result.bytes / 1e9:.2f} GB; the partial file is kept. Run `headtune "
+            f"download {args.model}` again to continue, or add --cancel to delete it."
+        )
+    else:
+        print(f"Downloaded {args.model} ({result.total / 1e9:.2f} GB) in {result.seconds:.0f} s to {result.path}")
+    return EXIT_OK
+
+
+def _download_control_from_stdin(control, model: str) -> None:
+    """--progress-json: 'pause' or 'cancel' lines (or JSON {"stop": ...}) on stdin; stdin closing
+    pauses. A download stuck in a network read that does not stop within a few seconds is ended
+    here (a pause keeps the partial file as written; a cancel deletes it)."""
+    from .tools import download as dl
+
+    how = dl.PAUSE
+    for line in sys.stdin:
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                text = str(json.loads(text).get("stop", ""))
+            except (ValueError, AttributeError):
+                continue
+        if text in (dl.PAUSE, dl.CANCEL):
+            how = text
+            break
+    control.request(how)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if control.finished:
+            return
+        time.sleep(0.1)
+    left = dl.partial_files(model)
+    if how == dl.CANCEL:
+        for path in left:
+            path.unlink(missing_ok=True)
+    outcome = "paused" if how == dl.PAUSE else "cancelled"
+    partial = [str(p) for p in left] if how == dl.PAUSE else []
+    data = {"type": "download_ended", "repo_id": model, "outcome": outcome, "partial_files": partial}
+    print(json.dumps({**data, "path": "", "bytes": 0, "total": 0, "seconds": 0.0}), flush=True)
+    os._exit(EXIT_OK)
+
+
+def _print_download_progress(event) -> None:
+    from .tools.download import DownloadPlan
+
+    if isinstance(event, DownloadPlan):
+        print(
+            f"Downloading {event.repo_id} ({len(event.files)} files, {event.total_bytes / 1e9:.2f} GB) into "
+            f"{event.cache_dir}. Ctrl+C pauses.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    share = event.bytes / event.total if event.total else 1.0
+    bar = "#" * int(share * 30)
+    eta = f"{int(event.eta_s // 60)}:{int(event.eta_s % 60):02d}" if event.eta_s is not None else "--:--"
+    name = event.file if len(event.file) <= 40 else "…" + event.file[-39:]
+    print(
+        f"\r[{bar:<30}] {share:4.0%} {event.bytes / 1e9:6.2f}/{event.total / 1e9:.2f} GB "
+        f"{event.speed / 1e6:6.1f} MB/s ETA {eta}  {name:<40}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _cmd_doctor(args) -> int:
     from .tools.doctor import run_checks
 
@@ -633,7 +780,9 @@ def _print_failure_json(message: str, error_type: str) -> None:
     _print_json(ev.Failed(message=message, error_type=error_type))
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(transformers: bool = True) -> None:
+    """Silence the libraries' warnings and progress bars (``transformers=False``: leave transformers
+    unimported, for commands that never load a model)."""
     import logging
     import warnings
 
@@ -642,6 +791,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(peft|transformers|torch|bitsandbytes)")
     for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if not transformers:
+        return
     from transformers.utils import logging as hf_logging  # a dependency: always there
 
     hf_logging.set_verbosity_error()
@@ -664,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_BAD_INPUT
     if not debug:
-        quiet_libraries()
+        quiet_libraries(transformers=args.command != "download")
     try:
         if args.command == "train":
             return _cmd_train(args)
@@ -678,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "chat":
             return _cmd_chat(args)
+        if args.command == "download":
+            return _cmd_download(args)
         print(f"headtune {args.command}: not available in this version of Headtune yet.", file=sys.stderr)
         return EXIT_FAILED
     except HeadtuneError as exc:

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QTabW
 from headtune.core.plan import Plan
 
 from .chat_panel import ChatPanel
+from .controllers.catalog import CatalogController, hub_id_to_download
 from .controllers.chat import ChatController
 from .controllers.estimate import EstimateController
 from .controllers.plan_file import PlanFileController
@@ -120,6 +121,11 @@ class MainWindow(QMainWindow):
         self.chat = ChatController(self.chat_panel, self.threads, self)
         self.health = HealthController(self.plan, self.health_panel, self.threads, self)
         self.doctor = DoctorController(self.threads, self)
+        self.catalog = CatalogController(
+            self.plan, self.model_panel.catalog, self.memory_panel, self.tasks, self.threads, self
+        )
+        self.catalog.load()
+        self.catalog.downloaded.connect(self._on_catalog_downloaded)
         self.file.title_changed.connect(self.setWindowTitle)
         self.preview.model_read.connect(self._on_preview_model_read)
         self.preview.data_read.connect(self.estimate.set_data)
@@ -197,6 +203,26 @@ class MainWindow(QMainWindow):
     def stop_run(self) -> None:
         self.runs.stop_run()
 
+    def offer_download(self, name: str) -> bool:
+        """Before a run: a hub model not on this computer is downloaded first, where its progress
+        shows (training never downloads it silently). True when the run must wait."""
+        from headtune.core.tools.download import offline
+
+        repo = hub_id_to_download(name)
+        if repo is None or offline():  # offline, the run says plainly that the model is not cached
+            return False
+        answer = self.ask(
+            "Download the model first?",
+            f"{repo} is not on this computer yet. Download it now in the Model tab, where you can watch "
+            "its progress? Start the run once it is downloaded.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Yes,
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            self.plan_tabs.setCurrentWidget(self.model_panel)
+            self.catalog.start_download(repo)
+        return True
+
     def show_system_check(self):
         """Help → System check: the ``headtune doctor`` report, run in a child process."""
         return self.doctor.show(self.plan.value("output.dir") or "runs")
@@ -212,6 +238,11 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_preview_model_read(self, summary) -> None:
         self.estimate.set_summary(summary)
+
+    @Slot(str)
+    def _on_catalog_downloaded(self, repo_id: str) -> None:
+        if self.plan.value("model.name_or_path") == repo_id:
+            self.preview.load_model_info()  # its tokenizer now loads from the cache
 
     @Slot(object)
     def _on_runs_target_changed(self, target) -> None:
@@ -274,6 +305,7 @@ class MainWindow(QMainWindow):
         self._closed = True
         self.tasks.closed = True
         self.doctor.shutdown()  # a system check or token health check still going ends now
+        self.catalog.shutdown()  # a download pauses; its partial file is kept for next time
         self.health.shutdown()
         self.preview.stop()
         self.chat.shutdown()  # the answer ends after the current token; the model is freed

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .catalog_panel import CatalogPanel
 from .fields import TARGET_LABELS, TEMPLATE_LABELS, PlanFields, parse_targets, show_targets
 
 ERROR_STYLE = "color: #c0392b;"
@@ -108,6 +109,7 @@ class PathRow(QWidget):
 class ModelPanel(QWidget):
     def __init__(self, fields: PlanFields, parent: QWidget | None = None):
         super().__init__(parent)
+        self.catalog = CatalogPanel()
         inner = QWidget()
         lay = QVBoxLayout(inner)
         edit = fields.line(
@@ -118,6 +120,9 @@ class ModelPanel(QWidget):
         lay.addWidget(self.path_row)
         self.error = _error_label("modelErrorLabel")
         lay.addWidget(self.error)
+        catalog = QGroupBox("Catalog: models that fit this plan, and downloads")
+        QVBoxLayout(catalog).addWidget(self.catalog)
+        lay.addWidget(catalog)
         info = QGroupBox("About this model (from its configuration, no weights loaded)")
         form = QFormLayout(info)
         self.info: dict[str, QLabel] = {}

@@ -225,3 +225,50 @@ class ChatProtocol(ChildProtocol):
 
 def chat_args(run_dir: str) -> list[str]:
     return headtune_command(["chat", run_dir, "--json-lines"])
+
+
+# -- download ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DownloadStarted:
+    repo_id: str
+    total: int
+    files: tuple[tuple[str, int], ...]
+    cache_dir: str
+    gated: bool = False
+
+
+class DownloadProtocol(ChildProtocol):
+    """``headtune download MODEL --progress-json``: the plan, progress, then how it ended.
+
+    Pause is the stop line (the partial file is kept); cancel is ``{"stop": "cancel"}``."""
+
+    what = "download"
+    stop_line = "pause"
+    keep_stdin = True
+
+    def decode(self, data):
+        from headtune.core.tools.download import DownloadResult, Progress
+
+        kind = data.get("type")
+        if kind == "download_started":
+            return PROGRESS, DownloadStarted(
+                data["repo_id"],
+                int(data["total"]),
+                tuple((str(n), int(s)) for n, s in data["files"]),
+                data["cache_dir"],
+                bool(data.get("gated")),
+            )
+        if kind == "progress":
+            return PROGRESS, Progress(**data)
+        if kind == "download_ended":
+            return RESULT, DownloadResult(**data)
+        return super().decode(data)
+
+    def unexpected_end(self, code, tail, cancelled):
+        if cancelled:
+            return ev.Failed(message="Download stopped.", error_type="Cancelled")
+        return super().unexpected_end(code, tail, cancelled)
+
+
+def download_args(repo_id: str) -> list[str]:
+    return headtune_command(["download", repo_id, "--progress-json"])

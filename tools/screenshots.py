@@ -1,9 +1,10 @@
 """Save the window's main states as PNGs under docs/screenshots/ (offscreen, about 2 minutes).
 
-    QT_QPA_PLATFORM=offscreen python tools/screenshots.py
+    QT_QPA_PLATFORM=offscreen python tools/screenshots.py            (all)
+    QT_QPA_PLATFORM=offscreen python tools/screenshots.py catalog    (the model catalog only)
 
 States: empty (a new plan), the demo plan loaded with its estimate, its token-health check, a
-short demo run with its plots, the Chat tab and the Export dialog (GGUF q8_0) on that run, and an error (a malformed dataset line) with its dialog. Runs go to a temporary folder.
+short demo run with its plots, the model catalog with its fit badges, the Chat tab and the Export dialog (GGUF q8_0) on that run, and an error (a malformed dataset line) with its dialog. Runs go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -37,6 +38,37 @@ def save(pixmap, name: str) -> None:
     print(f"saved {OUT / name}.png")
 
 
+def catalog_shots(app, window, tmp: Path) -> None:
+    """The Model tab's catalog with its badges on a 12 GiB card, then filtered to what fits with
+    the embeddings trained, with a model chosen that is not downloaded yet."""
+    from headtune.core.estimate import GiB
+    from headtune.core.tools.demo import demo_plan
+
+    sets = [f"output.dir={tmp / 'catalog'}", "model.dtype=bfloat16", "data.max_seq_len=1024", "training.batch_size=2"]
+    w = window(demo_plan(sets))
+    w.splitter.setSizes([1000, 440])
+    combo = w.memory_panel.target_combo
+    combo.setCurrentIndex(combo.findData(f"gpu:{12 * GiB}"))
+    panel = w.model_panel.catalog
+    wait(app, lambda: panel.table.rowCount() > 40 and "12.0 GiB" in panel.card.text())
+    w.plan_tabs.setCurrentWidget(w.model_panel)
+    panel.select("meta-llama/Llama-3.2-3B-Instruct")
+    w.splitter.setSizes([1000, 440])
+    app.processEvents()
+    save(w.grab(), "catalog")
+    panel.search.setText("instruct")
+    panel.fit.setCurrentText("fits: + full")
+    panel.select("meta-llama/Llama-3.2-1B-Instruct")
+    panel.use_button.click()  # its facts come from the catalog: no network needed
+    chosen = "meta-llama/Llama-3.2-1B-Instruct"
+    wait(app, lambda: panel.offer_button.isVisible() and getattr(w.estimate.summary, "name", "") == chosen)
+    wait(app, lambda: not w.threads.running())
+    w.splitter.setSizes([1000, 440])
+    app.processEvents()
+    save(w.grab(), "catalog-filtered")
+    w.close()
+
+
 def main() -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtGui import QPainter
@@ -57,6 +89,10 @@ def main() -> int:
         w.show()
         wait(app, lambda: w.plots_built and not w.threads.running())
         return w
+
+    catalog_shots(app, window, tmp)
+    if sys.argv[1:] == ["catalog"]:
+        return 0
 
     w = window(Plan())
     save(w.grab(), "empty")

@@ -86,7 +86,10 @@ class ModelShape:
 
 
 def read_model_config(name_or_path: str) -> dict[str, Any]:
-    """config.json of a local folder, a cached hub model, or a GGUF file's header (no weights)."""
+    """config.json of a local folder, a cached hub model, or a GGUF file's header (no weights).
+
+    A hub model that is not cached but is in the catalog (``catalog.py``) gets the catalog's facts,
+    so its estimate needs no network."""
     from .sources import resolve_source
 
     source = resolve_source(name_or_path, convert_gguf=False)  # clear errors for bad paths
@@ -105,8 +108,13 @@ def read_model_config(name_or_path: str) -> dict[str, Any]:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
         cached = try_to_load_from_cache(name_or_path, "config.json")
-        if not isinstance(cached, str):  # not cached: download config.json alone
-            cached = hf_hub_download(name_or_path, "config.json")
+        if not isinstance(cached, str):
+            from .catalog import catalog_entry
+
+            listed = catalog_entry(name_or_path)
+            if listed is not None:  # a catalog model: its facts ship with Headtune (works offline)
+                return dict(listed.config)
+            cached = hf_hub_download(name_or_path, "config.json")  # else download config.json alone
         return json.loads(Path(cached).read_text(encoding="utf-8"))
     except Exception as exc:
         from .sources import hub_error

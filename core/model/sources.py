@@ -63,6 +63,79 @@ def hub_cached(repo_id: str) -> bool:
         return False
 
 
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a hub model (the cached revision holding its config.json)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def folder_has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds whole weights: a single file, or every shard its index names."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return True
+    for name in WEIGHT_INDEXES:
+        index = folder / name
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return False
+            return bool(shards) and all((folder / shard).is_file() for shard in shards)
+    return False
+
+
+def hub_weights_cached(repo_id: str) -> bool:
+    """Whether a hub model's weights are in the local Hugging Face cache (not only its config)."""
+    snapshot = hub_snapshot(repo_id)
+    return snapshot is not None and folder_has_weights(snapshot)
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face cache folder (``HF_HUB_CACHE``, or ``HF_HOME``/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_hub_models() -> list[str]:
+    """Hub ids of the models in the local Hugging Face cache that have a config.json."""
+    root = hub_cache_dir()
+    out = []
+    try:
+        folders = sorted(root.glob("models--*"))
+    except OSError:
+        return []
+    for folder in folders:
+        parts = folder.name.split("--")[1:]
+        if len(parts) == 2 and any(folder.glob("snapshots/*/config.json")):
+            out.append("/".join(parts))
+    return out
+
+
+def require_downloaded(source: ModelSource) -> None:
+    """Refuse to start a silent multi-GB download inside a run: a hub model whose weights are not
+    cached is downloaded first, where its progress can be watched and paused."""
+    if source.kind != "hub" or hub_weights_cached(source.folder):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return  # offline: the loader says plainly that it is not cached
+    raise ModelError(
+        f"The model {source.original} is not downloaded yet. Download it first, where you can watch its "
+        f"progress, pause and resume: `headtune download {source.original}`, or Download in the window's "
+        "Model tab. Training never starts a multi-GB download of its own."
+    )
+
+
 def _looks_like_hub_id(value: str) -> bool:
     parts = value.split("/")
     return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and "\\" not in value
@@ -292,6 +365,7 @@ def load_model(source: ModelSource, spec, device: str):
         kwargs["device_map"] = {"": device}
     if source.kind != "hub":
         check_folder(source.folder)  # a file cut short is named, not half loaded
+    require_downloaded(source)
     model, info = _call(
         lambda: AutoModelForCausalLM.from_pretrained(source.folder, output_loading_info=True, **kwargs),
         source.original,

@@ -147,6 +147,8 @@ class RunController(QObject):
         except PlanError as exc:
             self._host.show_error("The plan cannot run", str(exc))
             return
+        if self._host.offer_download(plan.model.name_or_path):
+            return  # an uncached hub model is downloaded first, in view
         fresh = fresh_run_dir(plan.output.dir)
         if fresh != plan.output.dir:
             self._model.set("output.dir", fresh)
