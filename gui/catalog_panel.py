@@ -247,7 +247,7 @@ class CatalogPanel(QWidget):
                 sets = " ".join(f"--set {o}" for o in [f"model.name_or_path={e.name}", *b.overrides])
                 item.setToolTip(
                     f"{b.variant.label} with this plan on {card or 'this card'}: {b.text()}.\n"
-                    f"The same estimate: headtune estimate PLAN --device {badges.device}{card_arg} {sets}"
+                    f"The same estimate: headtune estimate PLAN --worst-case --device {badges.device}{card_arg} {sets}"
                 )
                 self.table.setItem(r, c, item)
         header = self.table.horizontalHeader()

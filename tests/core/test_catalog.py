@@ -79,7 +79,7 @@ def test_badges_equal_headtune_estimate_for_the_same_plan_and_card(model, rows, 
     badges = compute_badges(plan, listed, "cuda", 12 * GiB)
     verdicts = set()
     for badge in badges.rows[model]:
-        args = ["estimate", "--demo", "--device", "cuda", "--gpu-memory", "12GiB", "--json"]
+        args = ["estimate", "--demo", "--worst-case", "--device", "cuda", "--gpu-memory", "12GiB", "--json"]
         for o in [*common, *badge.overrides]:
             args += ["--set", o]
         assert main(args) == 0
