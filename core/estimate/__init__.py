@@ -2,7 +2,8 @@
 
 ``breakdown`` computes the peak of live tensors by phase and category; ``device`` adds what the
 device needs beyond that and says whether it fits; ``advisor`` proposes changes when it does not.
-``estimate`` puts the three together; ``plan_estimate`` reads the model's config first.
+``estimate`` puts the three together; ``plan_estimate`` reads the model's config first;
+``parallel`` turns it into memory per device on several devices (DDP, FSDP) and the global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from ..model.shape import ModelShape, read_model_config
 from .advisor import Advice, advisor
 from .breakdown import CATEGORIES, DTYPE_BYTES, Estimate, tensor_peak
 from .device import COMMON_GPUS_GIB, GiB, detect_capacity, fit_verdict, gib, parse_size
+from .parallel import PerDevice, per_device
 
 __all__ = [
     "CATEGORIES",
@@ -20,11 +22,13 @@ __all__ = [
     "Estimate",
     "GiB",
     "ModelShape",
+    "PerDevice",
     "detect_capacity",
     "estimate",
     "fit_verdict",
     "gib",
     "parse_size",
+    "per_device",
     "plan_estimate",
     "read_model_config",
 ]
