@@ -21,6 +21,27 @@ from __future__ import annotations
 
 import os
 
+# What Accelerate's launcher sets for a sharded (FSDP) or DeepSpeed configuration.
+SHARDED_LAUNCH_ENV = {
+    "ACCELERATE_USE_FSDP": "FSDP (fully sharded data parallel)",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+}
+
+
+def check_launcher() -> None:
+    """Refuse a launcher configured for sharded training, which this version does not run
+    (the Trainer would otherwise run it some other way than asked, or fail midway)."""
+    from ..errors import BadInputError
+
+    for var, what in SHARDED_LAUNCH_ENV.items():
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes"):
+            raise BadInputError(
+                f"The launcher asks for {what} ({var} is set), which this version of Headtune does not run: "
+                "it trains data parallel only (each process holds the whole model). Launch without it "
+                "(accelerate launch with distributed_type MULTI_GPU, or torchrun), or let `headtune train` "
+                "start the processes (training.devices)."
+            )
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))

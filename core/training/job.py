@@ -332,6 +332,7 @@ class TrainingJob:
         distributed.join()
         loaded = None
         try:
+            distributed.check_launcher()
             ckpt = self._check_output_dir()
             if not self.already_finished:
                 self._pick_device()

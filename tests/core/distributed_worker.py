@@ -51,13 +51,17 @@ def main() -> int:
     rank = int(os.environ["RANK"])
     for sc in scenarios:
         record: dict = {"rank": rank, "world_size": int(os.environ["WORLD_SIZE"])}
-        job = TrainingJob(plan_from_dict(sc["plan"]))
+        seen: list[ev.Event] = []
+        job = TrainingJob(plan_from_dict(sc["plan"]), sinks=[seen.append])
         if sc.get("stop_rank") == rank:
             stop_later(job, sc["stop_at"])
         try:
             record["run"] = outcome(job, job.run(), None)
         except HeadtuneError as exc:
             record["run"] = outcome(job, None, exc)
+        started = [e for e in seen if isinstance(e, ev.Started)]
+        record["announced_steps"] = started[0].total_steps if started else None
+        record["events"] = len(seen)
         if sc.get("resume"):
             job = TrainingJob(resume_plan(sc["plan"]["output"]["dir"]), resume=True)
             record["resumed"] = outcome(job, job.run(), None)

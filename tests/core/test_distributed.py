@@ -67,6 +67,8 @@ def launched(tmp_path_factory, tiny_untied, tiny_tied):
     ]
     stop_plan = plan_dict(tiny_untied, data, root / "stop", embeddings=MODES["full"], training=STOP_TRAINING)
     scenarios.append({"name": "stop", "plan": stop_plan, "stop_rank": 1, "stop_at": 1, "resume": True})
+    epochs = {"max_steps": 0, "epochs": 1, "batch_size": 4, "eval_every": 0, "gradient_checkpointing": False}
+    scenarios.append({"name": "epochs", "plan": plan_dict(tiny_untied, data, root / "epochs", training=epochs)})
     (root / "scenarios.json").write_text(json.dumps(scenarios), encoding="utf-8")
     done = torchrun(2, [str(WORKER), str(root / "scenarios.json"), str(root)])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -102,6 +104,16 @@ def test_two_processes_equal_one_with_the_global_batch(launched, tmp_path, mode,
     events = [json.loads(line) for line in (root / f"{mode}-{tie}" / "events.jsonl").read_text().splitlines()]
     assert [e["type"] for e in events].count("started") == 1 and events[0]["type"] == "log"
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_an_epoch_is_counted_over_every_process(launched):
+    """36 training rows, 4 per process per step: 9 batches shared by 2 processes, 5 steps each
+    (the last share wraps around), announced as run."""
+    _, _, _, seen = launched
+    main, other = seen["epochs"]
+    assert main["announced_steps"] == 5 and main["run"]["step"] == 5 and other["run"]["step"] == 5
+    assert other["events"] == 0  # the other process reports nothing
 
 
 @pytest.mark.slow
@@ -157,5 +169,51 @@ def test_a_refused_plan_exits_2_on_every_process(tmp_path, tiny_untied):
     assert {f.name: f.read_text() for f in codes.iterdir()} == {"rank-0.exit": "2", "rank-1.exit": "2"}
     # Only the main process checks the folder; both refuse, and the message is said once.
     assert done.stderr.count("already exists and is not empty") == 1, done.stderr
-    assert "Traceback" not in done.stderr.replace("traceback : To enable traceback", "")
+    # No process printed a traceback (torchrun by hand prints its own, naming no Headtune code).
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "headtune" in f], done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_sharded_launcher_configuration_is_refused_before_loading(tmp_path, tiny_untied, monkeypatch):
+    from headtune.core.errors import BadInputError
+
+    data = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    job = TrainingJob(plan_from_dict(plan_dict(tiny_untied, data, tmp_path / "run")))
+    with pytest.raises(BadInputError, match="FSDP"):
+        job.run()
+    assert job.model is None and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_headtune_train_starts_the_processes_itself_and_reports_one_run(tmp_path, tiny_untied):
+    """training.devices: 2: `headtune train --events-json` (as the window runs it) prints one
+    run's events (process 0's), and exits 0; the same on a refused plan exits 2, no traceback."""
+    data = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS)
+    plan = tmp_path / "plan.yaml"
+    training = {"max_steps": 2, "devices": 2, "eval_every": 1, "gradient_checkpointing": False}
+    plan_from_dict(plan_dict(tiny_untied, data, tmp_path / "run", training=training)).save(plan)
+    cli = [sys.executable, "-m", "headtune.core.cli", "train", str(plan), "--events-json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run() -> tuple[int, str, str]:
+        # stdin stays open, as the window keeps it (closing it would stop the run).
+        with (tmp_path / "stderr.txt").open("w+") as err:
+            proc = subprocess.Popen(cli, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+            out = proc.stdout.read()
+            code = proc.wait(timeout=600)
+            proc.stdin.close()
+            err.seek(0)
+            return code, out, err.read()
+
+    code, out, err = run()
+    assert code == 0, err[-3000:]
+    events = [json.loads(line) for line in out.splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("started") == 1 and types[-1] == "finished"
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
+    assert [e["step"] for e in events if e["type"] == "eval"] == [0, 1, 2]
+    code, out, err = run()
+    assert code == 2 and "Traceback" not in err
+    assert json.loads(out.splitlines()[-1])["type"] == "failed"
