@@ -1,13 +1,14 @@
 """Data parallelism on the CPU: 1 process against 2 (gloo), same per-process batch.
 
-    python benchmarks/data_parallel.py                 # about 3 minutes on 2 shared CPU cores
+    python benchmarks/data_parallel.py                 # about 2 minutes on 2 CPU cores
     python benchmarks/data_parallel.py --steps 20 --hidden 256
 
 A 4-layer Llama-style model (vocabulary 8,192, untied), float32, LoRA r8 on every linear layer
 with the embeddings and the LM head trained in full (so the DDP gradient buckets are large),
-batch 4 per process, sequences of 128 tokens, gradient checkpointing, evaluation off. The two
-runs get the same CPU cores: 1 process with 2 threads, 2 processes with 1 thread each (under
-``torch.distributed.run``, as ``headtune train`` with ``training.devices: 2`` starts them).
+batch 4 per process, sequences of 128 tokens, gradient checkpointing, evaluation off. One thread
+per process (as one device per process): 1 process on one core, 2 processes (under
+``torch.distributed.run``, as ``headtune train`` with ``training.devices: 2`` starts them) on two.
+On a computer shared with other work the speeds vary from run to run; the peaks do not.
 
 Per row: optimizer steps per second and trained tokens per second over the training loop (the
 global batch counts: 2 processes do twice the tokens per step), the measured tensor peak of each
@@ -74,7 +75,7 @@ def worker(plan_file: str, out: str) -> None:
 def run(nproc: int, plan_file: Path, out: Path) -> list[dict]:
     out.mkdir()
     me = [str(Path(__file__).resolve()), "--worker", str(plan_file), str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(2 // nproc or 1))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     if nproc == 1:
         cmd = [sys.executable, *me]
     else:

@@ -217,3 +217,34 @@ def test_headtune_train_starts_the_processes_itself_and_reports_one_run(tmp_path
     code, out, err = run()
     assert code == 2 and "Traceback" not in err
     assert json.loads(out.splitlines()[-1])["type"] == "failed"
+
+
+def test_the_estimate_per_device(tmp_path, tiny_untied, capsys):
+    """DDP: the one-device estimate plus the gradient buckets (the trainable values once more);
+    FSDP: weights, gradients and states split, the largest unit gathered twice; the global batch."""
+    from headtune.core.cli import main
+    from headtune.core.estimate import ModelShape, estimate, per_device
+    from headtune.core.plan import Plan, with_overrides
+    from headtune.core.testing import LLAMA3_8B
+
+    base = Plan()
+    base.model.name_or_path, base.data.path = "meta-llama/Meta-Llama-3-8B", "d.jsonl"
+    plan = with_overrides(base, ["embeddings.train_lm_head=true", "training.batch_size=2", "training.grad_accum=3"])
+    shape = ModelShape.from_config(LLAMA3_8B)
+    est = estimate(plan, shape, "cuda")
+    one, four = per_device(plan, shape, est, 1), per_device(plan, shape, est, 4)
+    assert one.global_batch == 6 and four.global_batch == 24
+    assert one.ddp_buckets_bytes == 0 and one.ddp_total_bytes == est.total_bytes
+    assert four.ddp_buckets_bytes == est.breakdown["weights_trainable"] > 525_336_576  # the head copy, at least
+    assert four.ddp_total_bytes > est.total_bytes + four.ddp_buckets_bytes  # the allocator slack grows with it
+    # Sharding the 8B weights over 4 devices saves more than the gathered units cost.
+    assert four.fsdp_total_bytes < est.total_bytes < four.ddp_total_bytes
+
+    data = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS)
+    path = tmp_path / "plan.yaml"
+    plan_from_dict(plan_dict(tiny_untied, data, tmp_path / "run", training={"devices": 2})).save(path)
+    assert main(["estimate", str(path), "--device", "cuda", "--gpu-memory", "8GiB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["per_device"]["devices"] == 2 and out["per_device"]["global_batch"] == 4
+    assert main(["estimate", str(path), "--device", "cuda", "--gpu-memory", "8GiB"]) == 0
+    assert "On 2 devices (training.devices): global batch 4" in capsys.readouterr().out
