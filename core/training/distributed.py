@@ -170,3 +170,16 @@ def aliased_parameters(model) -> list[tuple[str, str]]:
         else:
             seen[ptr] = name
     return pairs
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` says another process of the run is gone (killed, out of memory, its
+    machine unreachable): a collective failed rather than this process's own work."""
+    if world_size() <= 1:
+        return False
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL"))

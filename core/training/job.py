@@ -223,6 +223,18 @@ class TrainingJob:
             if _is_oom(exc):
                 last = self.folder.latest_checkpoint() if self.folder.checkpoints_dir.is_dir() else None
                 err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan, last))
+            elif distributed.lost_peer(exc):
+                last = self.folder.latest_checkpoint() if self.folder.checkpoints_dir.is_dir() else None
+                err = RunError(
+                    f"Another process of this {distributed.world_size()}-process run stopped answering at step "
+                    f"{self.step} (it was killed, ran out of memory, or its machine became unreachable), so this one "
+                    "stopped too. "
+                    + (
+                        f"The last checkpoint, {last}, is kept: resume with `headtune train --resume {self.run_dir}`."
+                        if last
+                        else "No checkpoint had been saved yet (training.save_every)."
+                    )
+                )
             else:
                 err = InternalError(
                     f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}. This is "

@@ -248,3 +248,60 @@ def test_the_estimate_per_device(tmp_path, tiny_untied, capsys):
     assert out["per_device"]["devices"] == 2 and out["per_device"]["global_batch"] == 4
     assert main(["estimate", str(path), "--device", "cuda", "--gpu-memory", "8GiB"]) == 0
     assert "On 2 devices (training.devices): global batch 4" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_process_then_resume(tmp_path, tiny_untied):
+    """A process killed outright: the other stops with a message naming the cause and the kept
+    checkpoint (exit 1); `headtune train --resume` then finishes the run on 2 processes again,
+    equal to one process with the global batch."""
+    import time
+
+    import psutil
+
+    data = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS)
+    plan = tmp_path / "plan.yaml"
+    training = {"max_steps": 200, "devices": 2, "save_every": 2, "eval_every": 0, "gradient_checkpointing": False}
+    run = tmp_path / "run"
+    plan_from_dict(plan_dict(tiny_untied, data, run, training=training)).save(plan)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    err = (tmp_path / "stderr.txt").open("w+")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "headtune.core.cli", "train", str(plan)], stdout=subprocess.DEVNULL, stderr=err, env=env
+    )
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "checkpoint-2").is_dir() and time.time() < deadline:
+        time.sleep(0.2)
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert len(ranks) == 1
+    ranks[0].kill()
+    assert launcher.wait(timeout=300) == 1
+    err.seek(0)
+    said = err.read()
+    assert "Another process of this 2-process run stopped answering" in said and "is kept" in said, said
+    assert "Traceback" not in said
+
+    kept = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))
+    budget = kept + 2
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "headtune.core.cli",
+            "train",
+            "--resume",
+            str(run),
+            "--set",
+            f"training.max_steps={budget}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one = dict(training, max_steps=budget, devices=1, batch_size=4, save_every=0)
+    TrainingJob(plan_from_dict(plan_dict(tiny_untied, data, tmp_path / "one", training=one))).run()
+    a, b = adapter(tmp_path / "one"), adapter(run)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
