@@ -144,9 +144,8 @@ class EstimateController(QObject):
         if n == 1:
             return f"({found})" if gpus > 1 else ""
         pd = per_device(plan, self.summary.shape, est, n)
-        return (
-            f"Per device on {n}: {pd.ddp_total_bytes / 2**30:.2f} GiB; global batch {pd.global_batch}"
-            + (f" ({found})" if found else "")
+        return f"Per device on {n}: {pd.ddp_total_bytes / 2**30:.2f} GiB; global batch {pd.global_batch}" + (
+            f" ({found})" if found else ""
         )
 
     def run_estimate_bytes(self, plan) -> int | None:
