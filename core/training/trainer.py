@@ -82,6 +82,10 @@ class HeadtuneTrainer(Trainer):
         from transformers.trainer_utils import EvalLoopOutput
 
         rows = self.eval_dataset if self.eval_dataset is not None else dataloader.dataset
+        if not isinstance(rows, list) or not rows or "labels" not in rows[0]:  # not next-token rows
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
         mine = [rows[i] for i in range(self.args.process_index, len(rows), self.args.world_size)]
         model = self.model
         was_training = model.training
