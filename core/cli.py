@@ -19,6 +19,14 @@ import traceback
 from .errors import HeadtuneError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# Set by `headtune train`'s own launcher in the processes it starts: the launcher reads stdin
+# and signals, and learns each process's exit code from this folder.
+SUPERVISED_ENV = "HEADTUNE_LAUNCHER_DIR"
+
+
+def _rank() -> int:
+    """This process's rank under a distributed launcher (0 otherwise): only rank 0 prints."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _plan_keys_help() -> str:
@@ -336,6 +344,13 @@ def _cmd_train(args) -> int:
             raise _usage("--resume-fresh-optimizer goes with --resume RUN_DIR.")
         plan = _plan_from_args(args, "give a plan file, --demo, or --resume RUN_DIR.")
     options = dict(resume=bool(args.resume), resume_fresh_state=args.resume_fresh_optimizer)
+    if "WORLD_SIZE" not in os.environ:
+        from .tools.launch import launch_if_wanted
+
+        code = launch_if_wanted(plan, args.argv, events_json=args.events_json)
+        if code is not None:
+            return code
+    supervised = SUPERVISED_ENV in os.environ or _rank() != 0  # another process reads stdin
 
     if args.events_json:
         # The driving program decides when to stop (stdin); a Ctrl+C meant for it (same terminal,
@@ -344,17 +359,26 @@ def _cmd_train(args) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         job = TrainingJob(plan, sinks=[_print_json], **options)
         signal.signal(signal.SIGTERM, lambda signum, frame: job.request_stop())
-        threading.Thread(target=_stop_on_stdin, args=(job,), daemon=True).start()
+        if not supervised:
+            threading.Thread(target=_stop_on_stdin, args=(job,), daemon=True).start()
         job.run()
         return EXIT_OK
     job = TrainingJob(plan, sinks=[lambda e: _print_event(e, args.quiet)], **options)
-    presses = []
+    presses: list[float] = []
 
     def on_sigint(signum, frame):
-        # SIGTERM (logout, systemd, a container stopping) is handled like Ctrl+C.
-        presses.append(time.time())
+        # SIGTERM (logout, systemd, a container stopping) is handled like Ctrl+C. Under torchrun
+        # by hand, one Ctrl+C reaches a process twice (from the terminal, and forwarded by
+        # torchrun): signals within a second of the first are the same press.
+        now = time.time()
+        if presses and "LOCAL_RANK" in os.environ and now - presses[0] < 1.0:
+            return
+        presses.append(now)
         if len(presses) > 1:
             raise KeyboardInterrupt
+        if _rank() != 0:
+            job.request_stop()
+            return
         print(
             "\nStopping after this step (a checkpoint and the adapter are saved). Press Ctrl+C again to "
             "abort without saving.",
@@ -372,6 +396,8 @@ def _cmd_train(args) -> int:
     from . import events as ev
 
     assert isinstance(result, (ev.Stopped, ev.Finished))
+    if _rank() != 0:
+        return EXIT_OK
     if job.already_finished:
         print(
             f"Nothing to do: the run already finished {result.step} steps and its adapter is unchanged "
@@ -485,12 +511,14 @@ def _cmd_estimate(args) -> int:
     gpus = {f"{size}GiB": memory.fit_verdict(est.total_bytes, size * memory.GiB) for size in memory.COMMON_GPUS_GIB}
     ram, ram_where = memory.detect_capacity("cpu")
     cpu_total = memory.estimate(plan, shape, "cpu", advise=False, data=data).total_bytes
+    parallel = memory.per_device(plan, shape, est, _devices_for_estimate(plan, device))
     if args.json:
         print(
             json.dumps(
                 {
                     **est.to_dict(),
                     "common_gpus": gpus,
+                    "per_device": parallel.to_dict(),
                     "cpu_training": {
                         "total_bytes": cpu_total,
                         "ram_bytes": ram,
@@ -529,6 +557,17 @@ def _cmd_estimate(args) -> int:
             change = ", ".join(f"{k}={v}" for k, v in adv.set.items())
             mark = "fits" if adv.total_bytes <= capacity else "still too big"
             print(f"  {i}. {change}: {g(adv.total_bytes):.2f} GiB ({mark}) - {adv.why}")
+    t = plan.training
+    if parallel.devices > 1:
+        print(
+            f"On {parallel.devices} devices (training.devices): global batch {parallel.global_batch} "
+            f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} x {parallel.devices}), up to "
+            f"{parallel.tokens_per_step:,} tokens per step. Per device: {g(parallel.ddp_total_bytes):.2f} GiB "
+            f"data parallel (DDP, what runs; its gradient buckets {g(parallel.ddp_buckets_bytes):.2f} GiB included); "
+            f"{g(parallel.fsdp_total_bytes):.2f} GiB if fully sharded (FSDP, not run by this version)."
+        )
+    else:
+        print(f"Global batch {parallel.global_batch} (batch_size {t.batch_size} x grad_accum {t.grad_accum}).")
     sizes = [f"{size.replace('GiB', ' GiB')} {verdict}" for size, verdict in gpus.items()]
     print(
         "Common GPUs: " + ", ".join(sizes) + f"; CPU training in {ram_where}: "
@@ -565,6 +604,17 @@ def _print_data_fit(est, no_data: str) -> None:
             + "; ".join(f"{x['label']} ({x['key']}) saves {gib(x['bytes']):.2f} GiB" for x in est.saved_by_defaults)
             + "."
         )
+
+
+def _devices_for_estimate(plan, device: str) -> int:
+    """The processes the plan asks for (training.devices; 0 = every GPU here, 1 on the CPU)."""
+    if plan.training.devices:
+        return plan.training.devices
+    if device == "cpu":
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def _cmd_export(args) -> int:
@@ -800,8 +850,19 @@ def quiet_libraries(transformers: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    folder = os.environ.get(SUPERVISED_ENV)
+    if folder:  # the launcher that started this process reads every rank's exit code here
+        with open(os.path.join(folder, f"rank-{_rank()}.exit"), "w", encoding="utf-8") as f:
+            f.write(str(code))
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     debug = bool(getattr(args, "debug", False))
     if args.version:
         from .tools.doctor import version_lines
@@ -836,8 +897,10 @@ def main(argv: list[str] | None = None) -> int:
     except HeadtuneError as exc:
         if debug:
             traceback.print_exc()
-        print(f"headtune: {exc}", file=sys.stderr)
-        if _speaks_json(args) and not getattr(exc, "reported", False):
+        # Under a launcher every process refuses bad input alike; rank 0 says it once.
+        if _rank() == 0 or exc.exit_code != EXIT_BAD_INPUT:
+            print(f"headtune: {exc}" if _rank() == 0 else f"headtune (process {_rank()}): {exc}", file=sys.stderr)
+        if _speaks_json(args) and _rank() == 0 and not getattr(exc, "reported", False):
             _print_failure_json(str(exc), type(exc).__name__)
         return exc.exit_code
     except BrokenPipeError:
@@ -855,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
             "please report it."
         )
         print(f"headtune: {message}", file=sys.stderr)
-        if _speaks_json(args) and not getattr(exc, "reported", False):
+        if _speaks_json(args) and _rank() == 0 and not getattr(exc, "reported", False):
             _print_failure_json(message[0].upper() + message[1:], type(exc).__name__)
         return EXIT_FAILED
 

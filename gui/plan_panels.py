@@ -454,6 +454,10 @@ class TrainingPanel(QWidget):
             "Gradient accumulation:",
             fields.spin("training.grad_accum", None, 4096, "gradAccumSpin", "Gradient accumulation"),
         )
+        form.addRow(
+            "Devices (processes):",
+            fields.spin("training.devices", None, 64, "devicesSpin", "Devices", special="every GPU"),
+        )
         form.addRow("Epochs:", fields.dspin("training.epochs", 0.0, 1000.0, 2, 0.5, "epochsSpin", "Epochs"))
         form.addRow(
             "Max steps (0 = epochs):",

@@ -2,7 +2,8 @@
 
 ``breakdown`` computes the peak of live tensors by phase and category; ``device`` adds what the
 device needs beyond that and says whether it fits; ``advisor`` proposes changes when it does not.
-``estimate`` puts the three together; ``plan_estimate`` reads the model's config first.
+``estimate`` puts the three together; ``plan_estimate`` reads the model's config first;
+``parallel`` turns it into memory per device on several devices (DDP, FSDP) and the global batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .advisor import Advice, advisor, saved_by_defaults
 from .breakdown import CATEGORIES, DTYPE_BYTES, Estimate, tensor_peak
 from .device import COMMON_GPUS_GIB, GiB, detect_capacity, fit_verdict, gib, parse_size
 from .lengths import RARE_LONG_GAIN, DataFit, DataTokens, rare_long_cut
+from .parallel import PerDevice, per_device
 
 __all__ = [
     "CATEGORIES",
@@ -25,11 +27,13 @@ __all__ = [
     "Estimate",
     "GiB",
     "ModelShape",
+    "PerDevice",
     "detect_capacity",
     "estimate",
     "fit_verdict",
     "gib",
     "parse_size",
+    "per_device",
     "plan_estimate",
     "read_model_config",
 ]

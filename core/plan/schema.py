@@ -175,6 +175,14 @@ class TrainingSpec:
     )
     save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest deleted first).", ge=1)
     seed: int = _f(42, "Random seed for initialisation, shuffling and the validation split.")
+    devices: int = _f(
+        1,
+        "Processes to train on, one per GPU (data parallel): each takes batch_size examples per step, so the "
+        "global batch is devices x batch_size x grad_accum. 0 = every GPU this computer has (1 without one); "
+        "N > 1 without a GPU runs N CPU processes. `headtune train` starts them itself; under torchrun or "
+        "accelerate launch the launcher decides and this is ignored.",
+        ge=0,
+    )
 
 
 @dataclass

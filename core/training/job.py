@@ -40,7 +40,7 @@ from ..plan import Plan, load_plan
 from ..plan.loading import read_plan_file
 from ..plan.memory_options import resolve as resolve_memory_options
 from ..runfolder import RunFolder, check_writable, checkpoint_step
-from . import adapters, lean
+from . import adapters, distributed, lean
 from .trainer import check_free_disk, check_loadable, memory_sample, release_bnb_overrides
 
 # "adamw" is PyTorch's fused AdamW (the Trainer's default): fastest, no step-wide temporaries.
@@ -173,6 +173,9 @@ class TrainingJob:
         self.already_finished = False  # set by a resume of a run that had nothing left to do
         self._stop = threading.Event()
         self._file_sink: ev.JsonlSink | None = None
+        # Events before the run folder opens (loading, the memory options' notes) wait here and go
+        # into events.jsonl first when it opens; a run refused before then writes nothing.
+        self._pending: list[ev.Event] | None = []
         self.step = 0
         self.device = "cpu"
         self.run_dir = Path(plan.output.dir)
@@ -194,8 +197,12 @@ class TrainingJob:
         return self._stop.is_set()
 
     def emit(self, event: ev.Event) -> None:
+        if not self.is_main_process:  # under a launcher the main process alone reports
+            return
         if self._file_sink is not None:
             self._file_sink(event)
+        elif self._pending is not None:
+            self._pending.append(event)
         for sink in self.sinks:
             sink(event)
 
@@ -216,6 +223,18 @@ class TrainingJob:
             if _is_oom(exc):
                 last = self.folder.latest_checkpoint() if self.folder.checkpoints_dir.is_dir() else None
                 err: HeadtuneError = OutOfMemoryError(oom_message(self.device, self.step, self.plan, last))
+            elif distributed.lost_peer(exc):
+                last = self.folder.latest_checkpoint() if self.folder.checkpoints_dir.is_dir() else None
+                err = RunError(
+                    f"Another process of this {distributed.world_size()}-process run stopped answering at step "
+                    f"{self.step} (it was killed, ran out of memory, or its machine became unreachable), so this one "
+                    "stopped too. "
+                    + (
+                        f"The last checkpoint, {last}, is kept: resume with `headtune train --resume {self.run_dir}`."
+                        if last
+                        else "No checkpoint had been saved yet (training.save_every)."
+                    )
+                )
             else:
                 err = InternalError(
                     f"Training failed at step {self.step}: {exc.__class__.__name__}: {exc}. This is "
@@ -274,16 +293,15 @@ class TrainingJob:
     def _resume_point(self) -> str | None:
         """Lock the run, then pick the checkpoint to resume from (None: nothing left to do)."""
         run_dir = self.run_dir
-        if self.is_main_process:
-            self._lock.acquire()
-            self.folder.recover(self.log)
+        if not self.is_main_process:  # the main process picks, cleans and checks; the others hear
+            return None
+        self._lock.acquire()
+        self.folder.recover(self.log)
         done = self._finished_step()
         if done is not None:
             self.already_finished = True
             self.step = done
             return None
-        if not self.is_main_process:  # the main process picks, cleans and checks
-            return self.folder.latest_checkpoint()
         ckpt = self.folder.resume_checkpoint(self.log, allow_fresh_state=self.resume_fresh_state)
         if ckpt is None:
             raise PlanError(
@@ -321,7 +339,23 @@ class TrainingJob:
         return step if same_epochs else None
 
     def _run(self) -> ev.Event:
-        ckpt = self._check_output_dir()
+        # Under a launcher the processes meet first, so that a plan refused on one of them is
+        # refused on all (same message, same exit code) rather than leaving the others waiting.
+        distributed.join()
+        loaded = None
+        try:
+            distributed.check_launcher()
+            ckpt = self._check_output_dir()
+            if not self.already_finished:
+                self._pick_device()
+                loaded = self._load()
+                self._check_disk(loaded[0])
+        except Exception as exc:
+            distributed.agree(exc)
+            raise
+        distributed.agree(None)
+        # The main process alone picks (and cleans) the checkpoint to resume from.
+        ckpt, self.already_finished, self.step = distributed.from_main((ckpt, self.already_finished, self.step))
         if self.already_finished:
             t = self.plan.training
             self.log(
@@ -332,16 +366,21 @@ class TrainingJob:
             done = ev.Finished(step=self.step, adapter_path=str(self.folder.adapter_dir))
             self.emit(done)
             return done
-        self._pick_device()
-        model, tokenizer, setup, reset_rows = self._load()
+        assert loaded is not None
+        model, tokenizer, setup, reset_rows = loaded
         trainable, total = adapters.count_parameters(model)
-        self._check_disk(model)
-        if self.stop_requested:
+        if distributed.any_rank(self.stop_requested):
+            self.request_stop()
             stopped = ev.Stopped(step=0, adapter_path="")
             self.emit(stopped)
             return stopped
-        self._open_run_folder(reset_rows)
-        trainer = self.trainer = self._trainer(model, tokenizer, setup)
+        try:
+            self._open_run_folder(reset_rows)
+        except Exception as exc:
+            distributed.agree(exc)
+            raise
+        distributed.agree(None)
+        trainer = self.trainer = self._trainer(model, tokenizer, setup, evaluate_first=ckpt is None)
         self.emit(
             ev.Started(
                 total_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else self._steps_for_epochs(),
@@ -423,6 +462,16 @@ class TrainingJob:
         for note in self.lean.notes:
             self.log(note)
         self.model = adapters.build_peft_model(model, plan, setup, self.lean)
+        shared = distributed.aliased_parameters(self.model) if distributed.world_size() > 1 else []
+        if shared:
+            a, b = shared[0]
+            raise PlanError(
+                f"This plan cannot train on {distributed.world_size()} processes: {b} and {a} are two trained "
+                "parameters over the same values (LoRA on embeddings and head that the model ties), which "
+                "data-parallel training cannot keep as one. Train it on one device (training.devices: 1), "
+                "or use embeddings.mode full or tokens.",
+                "embeddings.mode",
+            )
         return self.model, tokenizer, setup, reset_rows
 
     def _open_run_folder(self, reset_rows: list[int]) -> None:
@@ -442,11 +491,12 @@ class TrainingJob:
                     json.dumps({"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8"
                 )
         self._file_sink = ev.JsonlSink(self.folder.events_file)
+        for event in self._pending or ():
+            self._file_sink(event)
+        self._pending = None
 
     def _train(self, trainer, model, tokenizer, ckpt: str | None) -> ev.Event:
         do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
-        if do_eval and ckpt is None:
-            trainer.evaluate()
         result = None
         if ckpt is not None and self._checkpoint_is_last_step(ckpt, trainer):
             # The checkpoint is the run's last step, so only the adapter's save was left (it was
@@ -523,8 +573,11 @@ class TrainingJob:
         )
 
     def _steps_for_epochs(self) -> int:
+        """The Trainer's count: each process reads every world-size-th batch (the last share
+        completed by wrapping around), and an epoch ends on a partial accumulation."""
         t = self.plan.training
-        per_epoch = math.ceil(len(self.data.train) / (t.batch_size * t.grad_accum))
+        batches = math.ceil(math.ceil(len(self.data.train) / t.batch_size) / distributed.world_size())
+        per_epoch = max(1, math.ceil(batches / t.grad_accum))
         return max(1, math.ceil(per_epoch * t.epochs))
 
     def _check_disk(self, model) -> None:
@@ -545,7 +598,10 @@ class TrainingJob:
                 "Free some space, lower training.save_total_limit, or choose another output.dir."
             )
 
-    def _trainer(self, model, tokenizer, setup):
+    def _trainer(self, model, tokenizer, setup, evaluate_first: bool = True):
+        """``evaluate_first``: evaluate once at the start of training (a new run; a resumed run
+        was evaluated before). Inside ``train()``, so that the model is wrapped for data
+        parallelism first: evaluating before it made Accelerate treat the model as prepared."""
         from transformers import TrainingArguments
         from transformers.trainer_callback import PrinterCallback
 
@@ -567,6 +623,7 @@ class TrainingJob:
             max_steps=t.max_steps if t.max_steps > 0 else -1,
             logging_steps=1,
             eval_strategy="steps" if has_val else "no",
+            eval_on_start=has_val and evaluate_first,
             eval_steps=t.eval_every if has_val else None,
             save_strategy="steps" if t.save_every > 0 else "no",
             save_steps=t.save_every if t.save_every > 0 else 500,
@@ -589,6 +646,11 @@ class TrainingJob:
             prediction_loss_only=True,
             # A loss that is not finite is reported (the run stops), not averaged away into the log.
             logging_nan_inf_filter=False,
+            # Data parallel: every trained parameter gets a gradient at every step, also when the
+            # lean loss applies the head outside the model's forward (which DDP's search for unused
+            # parameters would take for unused, then see used: an error), so there is nothing to
+            # search for.
+            ddp_find_unused_parameters=False,
         )
         trainer = HeadtuneTrainer(
             model=model,

@@ -27,7 +27,9 @@ from transformers import Trainer, TrainerCallback
 
 from .. import events as ev
 from .. import runfolder
+from ..data.reading import IGNORE_INDEX
 from ..errors import BadInputError, RunError
+from . import distributed
 
 GiB = 1024**3
 
@@ -68,6 +70,44 @@ class HeadtuneTrainer(Trainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
+
+    # -- evaluation: one token-weighted loss over the whole validation set ---------------------
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """The validation loss summed over labelled tokens on this process's share of the
+        validation rows (every world-size-th row), the sums added up across processes, divided by
+        the tokens: the same quantity whatever the number of processes or the batch size. (The
+        stock loop averages per-batch means weighted by rows, over shares padded to equal size.)"""
+        from transformers.trainer_utils import EvalLoopOutput
+
+        rows = self.eval_dataset if self.eval_dataset is not None else dataloader.dataset
+        if not isinstance(rows, list) or not rows or "labels" not in rows[0]:  # not next-token rows
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        mine = [rows[i] for i in range(self.args.process_index, len(rows), self.args.world_size)]
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0
+        size = self.args.eval_batch_size
+        try:
+            with torch.no_grad():
+                for s in range(0, len(mine), size):
+                    inputs = self._prepare_inputs(self.data_collator(mine[s : s + size]))
+                    n = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+                    if n == 0:
+                        continue
+                    with self.compute_loss_context_manager(), self.accelerator.autocast():
+                        loss = self.compute_loss(model, inputs)  # the mean over this batch's tokens
+                    total += float(loss.detach().float()) * n
+                    tokens += n
+        finally:
+            model.train(was_training)
+        total, count = distributed.sum_over_ranks([total, float(tokens)])
+        metrics = {f"{metric_key_prefix}_loss": total / count if count else float("nan")}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(rows))
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -287,6 +327,7 @@ class JobCallback(TrainerCallback):
         self._tokens0 = 0
         self._tps = 0.0
         self._last_memory = 0.0
+        self._agreed_stop = False  # under a launcher: a stop every process has heard of
 
     def _reset_clock(self, state) -> None:
         self._t0 = time.perf_counter()
@@ -297,7 +338,10 @@ class JobCallback(TrainerCallback):
         self.job.emit(ev.Log(message=f"Training {state.max_steps} steps from step {state.global_step}"))
 
     def _apply_stop(self, control) -> None:
-        if self.job.stop_requested and not control.should_training_stop:
+        # Under a launcher a stop request may reach one process only, and between two step ends:
+        # only the stop agreed at a step end applies, so all processes stop after the same step.
+        wanted = self._agreed_stop if distributed.active() else self.job.stop_requested
+        if wanted and not control.should_training_stop:
             control.should_training_stop = True
             control.should_save = True
 
@@ -307,6 +351,9 @@ class JobCallback(TrainerCallback):
         self._tps = (state.num_input_tokens_seen - self._tokens0) / dt if dt > 0 else 0.0
         self._reset_clock(state)
         self.job.step = state.global_step
+        if distributed.active() and distributed.any_rank(self.job.stop_requested):
+            self._agreed_stop = True
+            self.job.request_stop()
         if now - self._last_memory >= self.MEMORY_EVERY_S or state.global_step == 1:
             self._last_memory = now
             self.job.emit(memory_sample(state.global_step))

@@ -32,6 +32,7 @@ class PlanChecked:
 class Hardware:
     gpu: tuple[int, str] | None  # (total bytes, name)
     ram_bytes: int
+    gpu_count: int = 0
 
 
 def detect_hardware() -> Hardware:
@@ -42,7 +43,10 @@ def detect_hardware() -> Hardware:
     gpu_bytes, gpu_name = detect_capacity("cuda")
     ram_bytes, _ = detect_capacity("cpu")
     bitsandbytes_problem()
-    return Hardware((gpu_bytes, gpu_name) if gpu_bytes else None, ram_bytes)
+    import torch
+
+    count = torch.cuda.device_count() if gpu_bytes else 0
+    return Hardware((gpu_bytes, gpu_name) if gpu_bytes else None, ram_bytes, count)
 
 
 class EstimateController(QObject):
@@ -139,7 +143,24 @@ class EstimateController(QObject):
             self._panel.show_message(f"No estimate: {exc}")
             return
         self.last_estimate = est
-        self._panel.show_estimate(est, rows=self.data.rows if self.data is not None else 0)
+        self._panel.show_estimate(
+            est, self._devices_note(plan, est), rows=self.data.rows if self.data is not None else 0
+        )
+
+    def _devices_note(self, plan, est) -> str:
+        """Beside the estimate: the GPUs found, and with training.devices other than 1 the memory
+        per device (data parallel, its gradient buckets included) and the global batch."""
+        from headtune.core.estimate import per_device
+
+        gpus = self.hardware.gpu_count if self.hardware is not None else 0
+        found = f"{gpus} GPU{'s' if gpus != 1 else ''} here" if self.hardware is not None else ""
+        n = plan.training.devices or max(1, gpus)
+        if n == 1:
+            return f"({found})" if gpus > 1 else ""
+        pd = per_device(plan, self.summary.shape, est, n)
+        return f"Per device on {n}: {pd.ddp_total_bytes / 2**30:.2f} GiB; global batch {pd.global_batch}" + (
+            f" ({found})" if found else ""
+        )
 
     def run_estimate_bytes(self, plan) -> int | None:
         """The estimate for a run of ``plan`` on the device it will train on."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton, QSpinBox
 
 from headtune.core.plan import load_plan, plan_from_dict
 from headtune.core.runfolder import RunFolder
@@ -138,6 +138,19 @@ def test_the_estimate_follows_the_data_and_names_the_defaults_that_save(
     assert f"{longest:,} tokens a row" in note and "Worst case at max_seq_len 512" in note
     saved = w.findChild(QLabel, "savedByDefaultsLabel").text()
     assert "8-bit optimizer states for the embedding/head matrices" in saved and "chunked loss" in saved
+
+
+def test_devices_show_the_memory_per_device_and_the_global_batch(
+    make_window, qtbot, tiny_untied, alpaca_file, tmp_path
+):
+    w = make_window(plan_dict(tiny_untied, alpaca_file, tmp_path / "run", training={"batch_size": 3}))
+    qtbot.waitUntil(lambda: w.preview.summary is not None, timeout=60_000)
+    assert "Per device" not in w.memory_panel.estimate_label.text()
+    w.plan_tabs.setCurrentWidget(w.training_panel)
+    w.findChild(QSpinBox, "devicesSpin").setValue(2)
+    assert w.values()["training"]["devices"] == 2
+    qtbot.waitUntil(lambda: "Per device on 2" in w.memory_panel.estimate_label.text(), timeout=5_000)
+    assert "global batch 6" in w.memory_panel.estimate_label.text()
 
 
 def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_tied, alpaca_file, tmp_path):

@@ -1,0 +1,76 @@
+"""Memory per device when a plan runs on several devices, and the global batch.
+
+Each process of a data-parallel run holds what a one-process run holds for its own batch (the
+plan's ``batch_size`` is per device), plus:
+
+- **DDP** (what ``headtune train`` runs with ``training.devices`` > 1): PyTorch's
+  DistributedDataParallel keeps its gradient buckets, one flat buffer per ~25 MB of trainable
+  parameters, the size of all trainable gradients together, allocated when the model is wrapped
+  and alive to the end (``gradient_as_bucket_view`` is off, the Trainer's default). So the
+  trainable gradients are counted once more, in every phase.
+- **FSDP** (fully sharded: weights, gradients and optimizer states split evenly over the
+  devices): the parameters, their gradients and states divided by the number of devices, plus
+  the largest unit (a decoder layer, or the embedding or head matrix) gathered whole, twice over
+  (the one computing and the one prefetched); activations and the loss region are per device
+  and do not shrink. Training does not run FSDP in this version (a plan under an FSDP launcher
+  configuration is refused); this line says what sharding would save.
+
+The single-device ``Estimate`` (``core.estimate.breakdown``) supplies the per-category bytes at
+its peak phase; this module only redistributes them. Not measured on GPUs (see docs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..model.shape import ModelShape
+from .breakdown import Estimate
+from .device import overhead_bytes
+
+SHARDED = ("weights_frozen", "weights_trainable", "optimizer_states", "gradients")
+
+
+@dataclass
+class PerDevice:
+    """What one of ``devices`` processes needs, and what the run's global batch is."""
+
+    devices: int
+    global_batch: int  # examples per optimizer step, over all devices
+    tokens_per_step: int  # at most: global batch x max_seq_len
+    ddp_buckets_bytes: int
+    ddp_total_bytes: int  # per device, with the CUDA overhead
+    fsdp_total_bytes: int  # per device, with the CUDA overhead
+    fsdp_gathered_bytes: int  # the largest unit gathered whole, twice (computing + prefetched)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def per_device(plan, shape: ModelShape, est: Estimate, devices: int) -> PerDevice:
+    """Memory per device of ``plan`` on ``devices`` processes, from its one-device estimate ``est``."""
+    n = max(1, int(devices))
+    t = plan.training
+    global_batch = t.batch_size * t.grad_accum * n
+    bd = est.breakdown
+    # DDP's buckets: every trainable gradient, in the trainable parameters' own dtype (their
+    # bytes per value as the estimate counted them in weights_trainable).
+    buckets = int(bd["weights_trainable"]) if n > 1 else 0
+    ddp_peak = est.tensors_peak_bytes + buckets
+    # FSDP: the sharded categories over n, the per-device rest as is, plus the largest unit twice.
+    params = max(1, shape.total_params)
+    per_value = (bd["weights_frozen"] + bd["weights_trainable"]) / params
+    layer = sum(i * o for i, o in shape.linear_shapes().values())
+    unit = max(layer, shape.vocab * shape.hidden)
+    gathered = int(2 * unit * per_value) if n > 1 else 0
+    sharded = sum(bd[k] for k in SHARDED)
+    fsdp_peak = int(est.tensors_peak_bytes - sharded + sharded / n + gathered)
+    return PerDevice(
+        devices=n,
+        global_batch=global_batch,
+        tokens_per_step=global_batch * plan.data.max_seq_len,
+        ddp_buckets_bytes=buckets,
+        ddp_total_bytes=ddp_peak + overhead_bytes(ddp_peak, est.device),
+        fsdp_total_bytes=fsdp_peak + overhead_bytes(fsdp_peak, est.device),
+        fsdp_gathered_bytes=gathered,
+    )
