@@ -17,7 +17,7 @@ import heapq
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ..data.reading import load_examples
+from ..data.reading import example_texts, load_examples
 from ..embeddings import vocab as vocab_mod
 from ..errors import DataError
 
@@ -59,18 +59,13 @@ class Proposal:
         }
 
 
-def example_texts(examples) -> tuple[list[str], list[str]]:
-    """(the trained text: replies or raw text; every text of the data, prompts included)."""
-    trained, every = [], []
+def _texts(examples) -> tuple[list[str], list[str]]:
+    trained: list[str] = []
+    every: list[str] = []
     for ex in examples:
-        if ex.text is not None:
-            trained.append(ex.text)
-            every.append(ex.text)
-            continue
-        for m in ex.messages:
-            every.append(m["content"])
-            if m["role"] == "assistant":
-                trained.append(m["content"])
+        t, e = example_texts(ex)
+        trained += t
+        every += e
     return trained, every
 
 
@@ -135,7 +130,7 @@ def propose(
     say = progress or (lambda _m: None)
     say(f"Reading {spec.path}")
     examples, _fmt = load_examples(spec.path, spec.format)
-    trained, every = example_texts(examples)
+    trained, every = _texts(examples)
     if not any(trained):
         raise DataError(f"{spec.path} has no trained text to learn new tokens from.")
     backend = tokenizer.backend_tokenizer
