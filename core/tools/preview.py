@@ -65,6 +65,7 @@ class DataPreview:
     masked_tokens: int
     template_source: str
     segments: list[tuple[str, str]] = field(default_factory=list)  # first example: (text, trained|masked|cut)
+    base_lengths: list[int] = field(default_factory=list)  # with the plan's new tokens: lengths without them
 
 
 def _cell(value, limit: int = 120) -> str:
@@ -75,9 +76,27 @@ def _cell(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000) -> DataPreview:
+def preview_data(
+    spec,
+    tokenizer,
+    table_rows: int = 20,
+    max_examples: int = 5000,
+    new_tokens: list[str] | tuple[str, ...] = (),
+    vocab_tokens: list[str] | tuple[str, ...] = (),
+) -> DataPreview:
     """Format, row count, the first rows, token lengths and one example split into trained and
-    masked text, for ``spec`` (a ``DataSpec``). Raises ``DataError`` naming the bad row."""
+    masked text, for ``spec`` (a ``DataSpec``). Raises ``DataError`` naming the bad row.
+
+    With ``new_tokens``/``vocab_tokens`` (the plan's), the lengths are those of the tokenizer the
+    run will use (a copy extended with them), and ``base_lengths`` those of ``tokenizer``."""
+    base_tokenizer = None
+    if new_tokens or vocab_tokens:
+        import copy
+
+        from ..embeddings.setup import add_new_tokens
+
+        base_tokenizer, tokenizer = tokenizer, copy.deepcopy(tokenizer)
+        add_new_tokens(tokenizer, list(new_tokens), list(vocab_tokens))
     rows, _ = read_rows(spec.path)
     examples, fmt = load_examples(spec.path, spec.format)
     columns: list[str] = []
@@ -92,9 +111,12 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
     template, source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
     name = Path(spec.path).name
     lengths, truncated, trained, masked = [], 0, 0, 0
+    base_lengths: list[int] = []
     segments: list[tuple[str, str]] = []
     for i, ex in enumerate(examples[:max_examples]):
         f = tokenize_example(tokenizer, ex, template, 10**9, f"{name}, line {ex.line}")
+        if base_tokenizer is not None:
+            base_lengths.append(len(tokenize_example(base_tokenizer, ex, template, 10**9)["input_ids"]))
         n = len(f["input_ids"])
         lengths.append(n)
         truncated += n > spec.max_seq_len
@@ -115,6 +137,7 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
         masked_tokens=masked,
         template_source=source,
         segments=segments,
+        base_lengths=base_lengths,
     )
 
 
