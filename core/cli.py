@@ -189,7 +189,10 @@ def _add_vocab(sub, fmt) -> argparse.ArgumentParser:
     voc.add_argument("--format", default="auto", help="the dataset's format (default: detect)")
     voc.add_argument("--count", type=int, default=50, help=help_for("embeddings.vocab_count") + " (default 50)")
     voc.add_argument(
-        "--min-share", type=float, default=0.001, help=help_for("embeddings.vocab_min_share") + " (default 0.001)"
+        "--min-share",
+        type=float,
+        default=0.001,
+        help=help_for("embeddings.vocab_min_share").replace("%", "%%") + " (default 0.001)",
     )
     voc.add_argument("--exclude", action="append", default=[], metavar="TEXT", help="never propose this token (repeat)")
     voc.add_argument("--json", action="store_true", help="print one JSON object")

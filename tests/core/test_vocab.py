@@ -196,6 +196,9 @@ def test_a_tokenizer_that_cannot_grow_is_refused_clearly(tmp_path):
 
 
 def test_cli_vocab_lists_candidates_as_json(tmp_path, tiny_untied, planted_file, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["vocab", "--help"])
+    assert done.value.code == 0 and "--min-share" in capsys.readouterr().out
     assert main(["vocab", str(planted_file), "--model", str(tiny_untied), "--count", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {c["text"] for c in out["candidates"]} == set(PLANTED)
