@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_estimate,
         _add_inspect,
+        _add_vocab,
         _add_doctor,
         _add_export,
         _add_chat,
@@ -192,6 +193,34 @@ def _add_inspect(sub, fmt) -> argparse.ArgumentParser:
     ins.add_argument("--max-seq-len", type=int, default=1024, help="for the truncation check (default 1024)")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     return ins
+
+
+def _add_vocab(sub, fmt) -> argparse.ArgumentParser:
+    from .plan.schema import help_for
+
+    voc = sub.add_parser(
+        "vocab",
+        help="propose new tokens from a dataset: the words its model's tokenizer splits most",
+        formatter_class=fmt,
+        description="Train a BPE on the dataset's trained text (replies, or raw text) and list the "
+        "words and word parts the model's tokenizer splits into several pieces, best first by "
+        "tokens saved: each with its count, its pieces and its share of the tokens saved, then "
+        "the measured total (every text must decode back to itself). The list goes into a plan "
+        "as embeddings.vocab_tokens (the last line is the --set for `headtune train`).",
+    )
+    voc.add_argument("data", help="a dataset file or hub id")
+    voc.add_argument("--model", required=True, help="hub id, model folder or .gguf file (its tokenizer is used)")
+    voc.add_argument("--format", default="auto", help="the dataset's format (default: detect)")
+    voc.add_argument("--count", type=int, default=50, help=help_for("embeddings.vocab_count") + " (default 50)")
+    voc.add_argument(
+        "--min-share",
+        type=float,
+        default=0.001,
+        help=help_for("embeddings.vocab_min_share").replace("%", "%%") + " (default 0.001)",
+    )
+    voc.add_argument("--exclude", action="append", default=[], metavar="TEXT", help="never propose this token (repeat)")
+    voc.add_argument("--json", action="store_true", help="print one JSON object")
+    return voc
 
 
 def _add_doctor(sub, fmt) -> argparse.ArgumentParser:
@@ -486,6 +515,41 @@ def _cmd_inspect(args) -> int:
         for p in t.problems or ["no problems found"]:
             print(f"  - {p}")
     print(f"Verdict: {r.verdict}. {r.recommendation}")
+    return EXIT_OK
+
+
+def _cmd_vocab(args) -> int:
+    from .model.sources import load_tokenizer, resolve_source
+    from .plan import plan_from_dict
+    from .tools.vocab import format_proposal, propose
+
+    # Validated like a plan's keys (format name, count and share ranges).
+    plan = plan_from_dict(
+        {
+            "data": {"path": args.data, "format": args.format},
+            "embeddings": {"vocab_count": args.count, "vocab_min_share": args.min_share},
+        },
+        check=False,
+    )
+    from .plan.checks import range_problem
+    from .plan.schema import range_for
+
+    for flag, key in (("--count", "embeddings.vocab_count"), ("--min-share", "embeddings.vocab_min_share")):
+        problem = range_problem(plan.get(key), range_for(key) or {})
+        if problem:
+            raise _usage(f"{flag} {problem}")
+    tokenizer = load_tokenizer(resolve_source(args.model))
+    say = (lambda _m: None) if args.json else (lambda m: print(m + "…", file=sys.stderr, flush=True))
+    p = propose(plan.data, tokenizer, args.count, args.min_share, args.exclude, progress=say)
+    if args.json:
+        print(json.dumps(p.to_dict(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(format_proposal(p))
+    if p.candidates:
+        print(
+            "\nUse them: --set "
+            + json.dumps("embeddings.vocab_tokens=" + json.dumps(p.tokens, ensure_ascii=False), ensure_ascii=False)
+        )
     return EXIT_OK
 
 
@@ -884,6 +948,8 @@ def _main(argv: list[str] | None = None) -> int:
             return _cmd_estimate(args)
         if args.command == "inspect":
             return _cmd_inspect(args)
+        if args.command == "vocab":
+            return _cmd_vocab(args)
         if args.command == "doctor":
             return _cmd_doctor(args)
         if args.command == "export":

@@ -13,9 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QDoubleValidator
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QSpinBox,
+    QWidget,
+)
 
 from headtune.core.embeddings import MODES
 from headtune.core.plan import TARGET_PRESETS, choices_for, help_for, range_for
@@ -34,6 +43,10 @@ LABELS: dict[str, dict[str, str]] = {
     },
     "embeddings.mode": {name: mode.label for name, mode in MODES.items()},
     "embeddings.init_untrained": {"none": "Leave as they are", "mean": "Set to the mean row before training"},
+    "embeddings.new_token_init": {
+        "pieces": "Mean of the rows of their pieces",
+        "mean": "Mean of all rows",
+    },
     "training.lr_scheduler": {
         "linear": "Linear decay",
         "cosine": "Cosine",
@@ -276,6 +289,29 @@ class PlanFields(QObject):
 
         return self._add(Field(key, w, get, lambda v: w.setText(", ".join(str(x) for x in v or [])), w.textChanged))
 
+    def word_list(self, key: str, object_name: str | None = None, accessible: str | None = None) -> QListWidget:
+        """Strings to tick or untick (e.g. proposed new tokens): the value is the ticked ones.
+        Unticked entries stay listed so they can be ticked again; a space shows as ``␣``."""
+        w = QListWidget()
+        _name(w, key, object_name, accessible)
+
+        def items() -> list[QListWidgetItem]:
+            return [w.item(i) for i in range(w.count())]
+
+        def get():
+            return [it.data(Qt.ItemDataRole.UserRole) for it in items() if it.checkState() == Qt.CheckState.Checked]
+
+        def put(value) -> None:
+            wanted = [str(x) for x in value or []]
+            listed = {it.data(Qt.ItemDataRole.UserRole): it for it in items()}
+            for text, it in listed.items():
+                it.setCheckState(Qt.CheckState.Checked if text in wanted else Qt.CheckState.Unchecked)
+            for text in wanted:
+                if text not in listed:
+                    add_word(w, text, "")
+
+        return self._add(Field(key, w, get, put, w.itemChanged))
+
     # -- whole plan ----------------------------------------------------------------------
     def values(self, base: dict | None = None) -> dict:
         """The plan mapping: ``base`` (keys without widgets) updated from every widget."""
@@ -292,6 +328,18 @@ class PlanFields(QObject):
             section, leaf = key.split(".")
             if section in data and leaf in data[section]:
                 f.set(data[section][leaf])
+
+
+def add_word(w: QListWidget, text: str, tip: str, checked: bool = True) -> QListWidgetItem:
+    """One entry of a ``word_list``: shown with visible spaces, the text kept as item data."""
+    it = QListWidgetItem(text.replace(" ", "␣"))
+    it.setData(Qt.ItemDataRole.UserRole, text)
+    it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+    it.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+    if tip:
+        it.setToolTip(tip)
+    w.addItem(it)
+    return it
 
 
 def parse_targets(text: str):

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from .catalog_panel import CatalogPanel
-from .fields import TARGET_LABELS, TEMPLATE_LABELS, PlanFields, parse_targets, show_targets
+from .fields import TARGET_LABELS, TEMPLATE_LABELS, PlanFields, add_word, parse_targets, show_targets
 
 ERROR_STYLE = "color: #c0392b;"
 SEGMENT_STYLES = {
@@ -294,8 +294,12 @@ class DataPanel(QWidget):
         set_error(self.error, None)
         share = p.trained_tokens / max(1, p.trained_tokens + p.masked_tokens)
         tmpl = f" · template: {p.template_source}" if p.template_source else ""
+        grown = ""
+        if p.base_lengths and p.lengths:
+            before, after = sum(p.base_lengths) / len(p.base_lengths), sum(p.lengths) / len(p.lengths)
+            grown = f" · with the new tokens {before:,.1f} → {after:,.1f} tokens per example"
         self.summary.setText(
-            f"<b>{p.format}</b> · {p.rows:,} rows{tmpl} · {share:.0%} of tokens trained, the rest masked"
+            f"<b>{p.format}</b> · {p.rows:,} rows{tmpl} · {share:.0%} of tokens trained, the rest masked{grown}"
         )
         self.table.clear()
         self.table.setColumnCount(len(p.columns))
@@ -344,6 +348,7 @@ class TrainingPanel(QWidget):
 
     token_search_changed = Signal(str)
     output_browse_requested = Signal()
+    vocab_requested = Signal()
 
     def __init__(self, fields: PlanFields, parent: QWidget | None = None):
         super().__init__(parent)
@@ -412,6 +417,34 @@ class TrainingPanel(QWidget):
                 placeholder="e.g. <tool_call>, </tool_call>",
             ),
         )
+        form.addRow(
+            "New rows start at:",
+            fields.combo("embeddings.new_token_init", "newTokenInitCombo", "New rows start at"),
+        )
+        propose = QHBoxLayout()
+        propose.addWidget(QLabel("at most"))
+        propose.addWidget(fields.spin("embeddings.vocab_count", None, None, "vocabCountSpin", "New tokens at most"))
+        propose.addWidget(QLabel("each saving at least"))
+        propose.addWidget(
+            fields.dspin("embeddings.vocab_min_share", None, None, 4, 0.0005, "vocabMinShareSpin", "Least share saved")
+        )
+        self.vocab_button = QPushButton("Propose from the data")
+        self.vocab_button.setObjectName("vocabProposeButton")
+        self.vocab_button.setToolTip(
+            "Find the words of the training data that the model's tokenizer splits most, and list "
+            "them below as new tokens (untick any you do not want)."
+        )
+        self.vocab_button.clicked.connect(self.vocab_requested.emit)
+        propose.addWidget(self.vocab_button)
+        propose.addStretch(1)
+        form.addRow("New words:", propose)
+        self.vocab_list = fields.word_list("embeddings.vocab_tokens", "vocabTokensList", "New words from the data")
+        self.vocab_list.setMaximumHeight(140)
+        form.addRow("", self.vocab_list)
+        self.vocab_summary = QLabel()
+        self.vocab_summary.setObjectName("vocabSummaryLabel")
+        self.vocab_summary.setWordWrap(True)
+        form.addRow("", self.vocab_summary)
         form.addRow(
             "Token rows to train:",
             fields.token_list(
@@ -553,6 +586,28 @@ class TrainingPanel(QWidget):
             item = QListWidgetItem(f"{tid}  {tok!r}")
             item.setData(Qt.ItemDataRole.UserRole, tid)
             self.token_results.addItem(item)
+
+    def show_vocab_proposal(self, p) -> None:
+        """Candidates from ``core.tools.vocab.propose``, all ticked, each with its figures."""
+        self.vocab_list.blockSignals(True)
+        self.vocab_list.clear()
+        for c in p.candidates:
+            add_word(
+                self.vocab_list,
+                c.text,
+                f"{c.count:,} times in the trained text, {c.pieces} pieces today; saves {c.saved:,} tokens ({c.share:.2%})",
+            )
+        self.vocab_list.blockSignals(False)
+        n = max(1, p.examples)
+        self.vocab_summary.setText(
+            f"{len(p.candidates)} tokens ({p.new_rows} new rows): the trained text takes {p.share_saved:.1%} fewer "
+            f"tokens; {p.all_base_tokens / n:,.1f} → {p.all_new_tokens / n:,.1f} tokens per example (measured)."
+            if p.candidates
+            else "No word of the data would save enough tokens."
+        )
+
+    def show_vocab_busy(self, message: str) -> None:
+        self.vocab_summary.setText(message)
 
     def show_token_rows(self, text: str) -> None:
         self.token_rows.setText(text)

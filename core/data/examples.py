@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..model.templates import assistant_spans, resolve_template
-from .reading import IGNORE_INDEX, Example, load_examples
+from .reading import IGNORE_INDEX, Example, example_texts, load_examples
 
 
 @dataclass
@@ -131,6 +131,21 @@ def prepare(spec, tokenizer, seed: int) -> PreparedData:
         train, val = pack(train, spec.max_seq_len), pack(val, spec.max_seq_len)
         stats.packed_sequences = len(train)
     return PreparedData(train=train, val=val, stats=stats, examples=examples)
+
+
+def check_round_trip(tokenizer, examples: list[Example], name: str) -> None:
+    """Refuse a tokenizer (extended with new tokens) that does not decode every text of the data
+    back to itself; the message names the first row that breaks."""
+    for ex in examples:
+        _trained, every = example_texts(ex)
+        for text in every:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if tokenizer.decode(ids, clean_up_tokenization_spaces=False) != text:
+                raise DataError(
+                    f"{name}, line {ex.line}: with embeddings.vocab_tokens added, this text no longer "
+                    f"decodes back to itself ({text[:60]!r}). Remove the new tokens it contains.",
+                    line=ex.line,
+                )
 
 
 class Collator:

@@ -48,6 +48,15 @@ class Example:
     text: str | None = None
 
 
+def example_texts(ex: Example) -> tuple[list[str], list[str]]:
+    """(the texts the run trains on: the assistant's replies or the raw text; every text of the
+    example, prompts included)."""
+    if ex.text is not None:
+        return [ex.text], [ex.text]
+    messages = ex.messages or []
+    return [m["content"] for m in messages if m["role"] == "assistant"], [m["content"] for m in messages]
+
+
 # -- reading -----------------------------------------------------------------------------
 
 

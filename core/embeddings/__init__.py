@@ -55,7 +55,7 @@ def decide(spec, tied: bool, has_head: bool = True) -> list[Assignment]:
     for role in roles:
         if trained[role]:
             out.append(Assignment(role, MODES[spec.mode], False))
-        elif spec.new_tokens:
+        elif spec.adds_tokens:
             out.append(Assignment(role, NEW_ROWS_MODE, True))
     return out
 

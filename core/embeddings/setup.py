@@ -33,39 +33,67 @@ class EmbeddingSetup:
         return tuple(names)
 
 
-def add_new_tokens(tokenizer, new_tokens: list[str]) -> tuple[list[int], int]:
-    """Add token strings to the tokenizer (as special tokens: never split).
+@dataclass
+class NewRows:
+    """The rows new tokens occupy: their ids (typed special tokens, then the ordinary tokens and
+    the intermediate pieces their merges need), the tokenizer's length before, and for each newly
+    added id the base tokenizer's pieces it starts from."""
 
-    Returns (ids of all ``new_tokens``, tokenizer length before adding). Strings already in
-    the vocabulary keep their id and row; they are still trained.
+    ids: list[int]
+    original_len: int
+    pieces: dict[int, list[int]] = field(default_factory=dict)
+
+
+def add_new_tokens(tokenizer, new_tokens: list[str], vocab_tokens: list[str] | tuple[str, ...] = ()) -> NewRows:
+    """Add the plan's tokens to the tokenizer: ``new_tokens`` as special tokens (never split),
+    ``vocab_tokens`` as ordinary tokens of the BPE vocabulary (``embeddings.vocab``).
+
+    Strings already in the vocabulary keep their id and row; they are still trained. Deterministic:
+    the same base tokenizer and lists give the same ids (a finished run is reloaded this way).
     """
+    from . import vocab
+
     before = len(tokenizer)
+    pieces: dict[int, list[int]] = {}
     if new_tokens:
         missing = [t for t in new_tokens if t not in tokenizer.get_vocab()]
+        base = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in missing}
         if missing:
             tokenizer.add_tokens(missing, special_tokens=True)
-    return [tokenizer.convert_tokens_to_ids(t) for t in new_tokens], before
+        pieces.update({tokenizer.convert_tokens_to_ids(t): p for t, p in base.items()})
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in new_tokens]
+    ext = vocab.extend(tokenizer, list(vocab_tokens))
+    pieces.update(ext.pieces)
+    ids += [i for i in ext.ids if i not in ids] + [i for i in ext.words.values() if i not in ids and i not in ext.ids]
+    return NewRows(ids=ids, original_len=before, pieces=pieces)
 
 
-def init_new_rows(model, tokenizer_len: int, new_ids: list[int], original_len: int) -> None:
-    """Make room for ``tokenizer_len`` tokens and set the rows of newly added ids (those at or
-    past ``original_len``) to the mean of the original rows, in the embedding and the head.
+def init_new_rows(model, tokenizer_len: int, rows: NewRows, init: str = "pieces") -> None:
+    """Make room for ``tokenizer_len`` tokens and start the rows of newly added ids (those at or
+    past ``rows.original_len``), in the embedding and the head: ``pieces`` sets each to the mean of
+    the rows of the pieces the base tokenizer splits the token into (where it has pieces), ``mean``
+    to the mean of the original rows.
 
-    Models often have more rows than their tokenizer has tokens (padding for speed), so a new
-    token can land on an existing, never-trained row: it is reset to the mean as well.
+    Models often have more rows than their tokenizer has tokens (padding for speed, e.g. Qwen2), so a
+    new token can land on an existing, never-trained row: that spare row is used and set here too.
+    Reserved special tokens (Llama 3's ``<|reserved_special_token_N|>``) are not reused: they are
+    special tokens, which text never produces and decoding may drop, not ordinary text.
     """
     import torch
 
     if tokenizer_len > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(tokenizer_len, mean_resizing=False)
-    added = sorted(i for i in new_ids if i >= original_len)
+    added = sorted(i for i in rows.ids if i >= rows.original_len)
     if not added:
         return
     with torch.no_grad():
         layers = (model.get_input_embeddings(), model.get_output_embeddings())
         for layer in {id(m): m for m in layers if m is not None}.values():
             w = layer.weight
-            w[added] = w[:original_len].float().mean(dim=0, keepdim=True).to(w.dtype).expand(len(added), -1)
+            mean = w[: rows.original_len].float().mean(dim=0)
+            for i in added:
+                p = [j for j in rows.pieces.get(i, []) if j is not None and j < rows.original_len]
+                w[i] = (w[p].float().mean(dim=0) if init == "pieces" and p else mean).to(w.dtype)
 
 
 def resolve_embeddings(model, spec, new_token_ids: list[int]) -> EmbeddingSetup:

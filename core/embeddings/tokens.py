@@ -13,11 +13,11 @@ from .base import ROWS, MatrixCost, MatrixFacts
 class TokensMode:
     name = "tokens"
     label = "Selected token rows only"
-    help = "tokens (only the rows in token_ids and new_tokens)"
+    help = "tokens (only the rows in token_ids and of new tokens)"
     rows = True
 
     def check(self, spec) -> None:
-        if (spec.train_embeddings or spec.train_lm_head) and not (spec.token_ids or spec.new_tokens):
+        if (spec.train_embeddings or spec.train_lm_head) and not (spec.token_ids or spec.adds_tokens):
             raise PlanError(
                 "embeddings.token_ids: tokens mode trains only listed rows, but none are listed. Add "
                 "token ids here or strings to embeddings.new_tokens, or choose mode full or lora.",

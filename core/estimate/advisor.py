@@ -72,7 +72,7 @@ def advisor(plan, shape: ModelShape, device: str, capacity: int, data=None) -> l
             continue
         if "embeddings.mode" in change and not (plan.embeddings.train_embeddings or plan.embeddings.train_lm_head):
             continue
-        if "embeddings.mode" in change and not (plan.embeddings.token_ids or plan.embeddings.new_tokens):
+        if "embeddings.mode" in change and not (plan.embeddings.token_ids or plan.embeddings.adds_tokens):
             continue
         if change.get("training.optimizer") == "paged_adamw_8bit" and not device.startswith("cuda"):
             continue

@@ -161,7 +161,7 @@ def _matrices(plan, shape: ModelShape) -> _Matrices:
     e = plan.embeddings
     out = _Matrices(tied=shape.tied)
     for a in decide(e, shape.tied):
-        rows = len(e.new_tokens) if a.new_rows_only else len(set(e.token_ids)) + len(e.new_tokens)
+        rows = e.added_count if a.new_rows_only else len(set(e.token_ids)) + e.added_count
         cost = a.mode.cost(
             MatrixFacts(vocab=shape.vocab, hidden=shape.hidden, rank=plan.adapter.r, rows=rows, tied=shape.tied)
         )

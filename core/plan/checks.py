@@ -81,6 +81,13 @@ def validate(plan: Plan) -> None:
         "embeddings.new_tokens",
         "token strings must be non-empty and unique.",
     )
+    need(
+        len(set(e.vocab_tokens)) == len(e.vocab_tokens) and all(e.vocab_tokens),
+        "embeddings.vocab_tokens",
+        "tokens must be non-empty and unique.",
+    )
+    both = sorted(set(e.vocab_tokens) & set(e.new_tokens))
+    need(not both, "embeddings.vocab_tokens", f"{both[:3]} are listed in embeddings.new_tokens too; keep one.")
     embeddings.check(e)
     _check_bitsandbytes(plan)
 

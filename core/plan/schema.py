@@ -26,6 +26,7 @@ DType = Literal["bfloat16", "float16", "float32"]
 AttnImpl = Literal["sdpa", "eager", "flash_attention_2"]
 DataFormat = Literal["auto", "alpaca", "messages", "sharegpt", "text"]
 InitUntrained = Literal["none", "mean"]
+NewTokenInit = Literal["pieces", "mean"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 LossKind = Literal["standard", "chunked", "fused"]
@@ -141,8 +142,28 @@ class EmbeddingsSpec:
     token_ids: list[int] = _f([], "Token ids whose rows are trained in tokens mode.")
     new_tokens: list[str] = _f(
         [],
-        "Token strings to add to the tokenizer; their rows start at the mean of "
-        "the existing rows and are trained in every mode.",
+        "Special token strings to add to the tokenizer (never split, e.g. <tool_call>); "
+        "their rows start as embeddings.new_token_init says and are trained in every mode.",
+    )
+    vocab_tokens: list[str] = _f(
+        [],
+        "Ordinary tokens to add: words or word parts from the data (a leading space is part "
+        "of a word, as in ' Spektrometrie'), joined by new BPE merges so they appear inside "
+        "text and decode exactly; `headtune vocab` and the Training tab propose them. Their "
+        "rows train in every mode. Byte-level BPE tokenizers only (GPT-2, Llama 3, Qwen, SmolLM2).",
+    )
+    new_token_init: NewTokenInit = _f(
+        "pieces",
+        "How new tokens' rows start (embedding and untied head): pieces (the mean of the rows "
+        "of the pieces the base tokenizer splits the token into) or mean (the mean of all rows).",
+    )
+    vocab_count: int = _f(50, "Proposing new tokens from the data: at most this many.", ge=1, le=20000, unit="tokens")
+    vocab_min_share: float = _f(
+        0.001,
+        "Proposing new tokens from the data: stop at the first token that saves less than this "
+        "share of the trained text's tokens (0.001 = 0.1 %; 0 = no limit).",
+        ge=0.0,
+        lt=1.0,
     )
     init_untrained: InitUntrained = _f(
         "none",
@@ -150,6 +171,16 @@ class EmbeddingsSpec:
         "(see `headtune inspect`) to the mean of the other rows: mean, or "
         "none to leave them.",
     )
+
+    @property
+    def adds_tokens(self) -> bool:
+        """New tokens (special or ordinary) are added, so their rows train."""
+        return bool(self.new_tokens or self.vocab_tokens)
+
+    @property
+    def added_count(self) -> int:
+        """Tokens the plan adds (ordinary ones may bring a few intermediate pieces besides)."""
+        return len(self.new_tokens) + len(self.vocab_tokens)
 
 
 @dataclass
@@ -278,7 +309,7 @@ class Plan:
     @property
     def embeddings_trained(self) -> bool:
         e = self.embeddings
-        return e.train_embeddings or e.train_lm_head or bool(e.new_tokens)
+        return e.train_embeddings or e.train_lm_head or e.adds_tokens
 
 
 # -- what the schema says about a key ------------------------------------------------------

@@ -71,6 +71,7 @@ class DataPreview:
     masked_tokens: int
     template_source: str
     segments: list[tuple[str, str]] = field(default_factory=list)  # first example: (text, trained|masked|cut)
+    base_lengths: list[int] = field(default_factory=list)  # with the plan's new tokens: lengths without them
 
 
 def _cell(value, limit: int = 120) -> str:
@@ -81,9 +82,27 @@ def _cell(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000) -> DataPreview:
+def preview_data(
+    spec,
+    tokenizer,
+    table_rows: int = 20,
+    max_examples: int = 5000,
+    new_tokens: list[str] | tuple[str, ...] = (),
+    vocab_tokens: list[str] | tuple[str, ...] = (),
+) -> DataPreview:
     """Format, row count, the first rows, token lengths and one example split into trained and
-    masked text, for ``spec`` (a ``DataSpec``). Raises ``DataError`` naming the bad row."""
+    masked text, for ``spec`` (a ``DataSpec``). Raises ``DataError`` naming the bad row.
+
+    With ``new_tokens``/``vocab_tokens`` (the plan's), the lengths are those of the tokenizer the
+    run will use (a copy extended with them), and ``base_lengths`` those of ``tokenizer``."""
+    base_tokenizer = None
+    if new_tokens or vocab_tokens:
+        import copy
+
+        from ..embeddings.setup import add_new_tokens
+
+        base_tokenizer, tokenizer = tokenizer, copy.deepcopy(tokenizer)
+        add_new_tokens(tokenizer, list(new_tokens), list(vocab_tokens))
     rows, _ = read_rows(spec.path)
     examples, fmt = load_examples(spec.path, spec.format)
     columns: list[str] = []
@@ -98,9 +117,12 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
     template, source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
     name = Path(spec.path).name
     lengths, labelled, first, truncated, trained, masked = [], [], [], 0, 0, 0
+    base_lengths: list[int] = []
     segments: list[tuple[str, str]] = []
     for i, ex in enumerate(examples[:max_examples]):
         f = tokenize_example(tokenizer, ex, template, 10**9, f"{name}, line {ex.line}")
+        if base_tokenizer is not None:
+            base_lengths.append(len(tokenize_example(base_tokenizer, ex, template, 10**9)["input_ids"]))
         n = len(f["input_ids"])
         lengths.append(n)
         marks = [j for j, x in enumerate(f["labels"]) if j > 0 and x != IGNORE_INDEX]
@@ -126,6 +148,7 @@ def preview_data(spec, tokenizer, table_rows: int = 20, max_examples: int = 5000
         masked_tokens=masked,
         template_source=source,
         segments=segments,
+        base_lengths=base_lengths,
     )
 
 
@@ -201,7 +224,10 @@ def data_lengths(plan) -> tuple[DataTokens | None, str]:
         return None, f"the data file {plan.data.path} is not here"
     try:
         tokenizer = load_tokenizer(resolve_source(plan.model.name_or_path), plan.model.trust_remote_code)
-        preview = preview_data(plan.data, tokenizer, table_rows=0, max_examples=10**9)
+        e = plan.embeddings
+        preview = preview_data(
+            plan.data, tokenizer, table_rows=0, max_examples=10**9, new_tokens=e.new_tokens, vocab_tokens=e.vocab_tokens
+        )
     except HeadtuneError as exc:
         return None, str(exc)
     return data_tokens(preview), ""

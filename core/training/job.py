@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import events as ev
 from .. import runfolder
-from ..data.examples import Collator, PreparedData, prepare
+from ..data.examples import Collator, PreparedData, check_round_trip, prepare
 from ..embeddings import setup as setup_mod
 from ..embeddings.setup import embedding_parameter_names
 from ..embeddings.untrained import init_untrained_mean
@@ -419,10 +419,12 @@ class TrainingJob:
         self.log(f"Resolving model {plan.model.name_or_path}")
         source = sources.resolve_source(plan.model.name_or_path)
         tokenizer = sources.load_tokenizer(source, plan.model.trust_remote_code)
-        new_ids, original_len = setup_mod.add_new_tokens(tokenizer, plan.embeddings.new_tokens)
+        new_rows = setup_mod.add_new_tokens(tokenizer, plan.embeddings.new_tokens, plan.embeddings.vocab_tokens)
 
         self.log(f"Reading and tokenising {plan.data.path}")
         self.data = prepare(plan.data, tokenizer, plan.training.seed)
+        if plan.embeddings.vocab_tokens:
+            check_round_trip(tokenizer, self.data.examples, Path(plan.data.path).name)
         st = self.data.stats
         share = st.trained_tokens / max(1, st.trained_tokens + st.masked_tokens)
         self.log(
@@ -437,7 +439,7 @@ class TrainingJob:
         set_seed(plan.training.seed)
         self.log(f"Loading model on {self.device} ({plan.model.quantization}, {plan.model.dtype})")
         model = sources.load_model(source, plan.model, self.device)
-        setup_mod.init_new_rows(model, len(tokenizer), new_ids, original_len)
+        setup_mod.init_new_rows(model, len(tokenizer), new_rows, plan.embeddings.new_token_init)
         reset_rows: list[int] = []
         if plan.embeddings.init_untrained == "mean":
             reset_rows = init_untrained_mean(model)
@@ -449,7 +451,7 @@ class TrainingJob:
                     else ""
                 )
             )
-        setup = setup_mod.resolve_embeddings(model, plan.embeddings, new_ids)
+        setup = setup_mod.resolve_embeddings(model, plan.embeddings, new_rows.ids)
         model.config.use_cache = False
         self.lean = resolve_memory_options(plan, self.device, tied=setup.tied)
         why_not = lean.unsupported_head_reason(model.config) if self.lean.loss != "standard" else None

@@ -1,8 +1,8 @@
 """Loading a finished (or stopped) run back: base model + tokenizer + adapter, ready to run.
 
 New tokens are rebuilt exactly as in training (the tokenizer saved with the adapter carries
-them; their starting rows are the mean of the original rows, which is deterministic), so the
-reloaded model reproduces the trained one's logits.
+them; their starting rows are the mean of their pieces' rows or of all rows, which is
+deterministic), so the reloaded model reproduces the trained one's logits.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..errors import RunError
 from ..model.weights import check_folder
 from ..plan import Plan, load_plan
 from ..runfolder import RunFolder
@@ -27,7 +28,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = N
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from ..embeddings.setup import init_new_rows
+    from ..embeddings.setup import add_new_tokens, init_new_rows
     from ..model.sources import load_model, load_tokenizer, resolve_source
 
     folder = RunFolder(run_dir).require_adapter()
@@ -40,10 +41,16 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = N
     source = resolve_source(plan.model.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     base = load_model(source, spec, device)
-    # Rebuild the new tokens' starting rows exactly as training did (deterministic).
-    original_len = len(load_tokenizer(source, plan.model.trust_remote_code))
-    new_ids: list[int] = [tokenizer.convert_tokens_to_ids(t) for t in plan.embeddings.new_tokens]  # type: ignore[misc]
-    init_new_rows(base, len(tokenizer), new_ids, original_len)
+    # Rebuild the new tokens' starting rows exactly as training did (deterministic): the same
+    # tokens added to the base tokenizer give the same ids and pieces as the saved tokenizer's.
+    rebuilt = load_tokenizer(source, plan.model.trust_remote_code)
+    rows = add_new_tokens(rebuilt, plan.embeddings.new_tokens, plan.embeddings.vocab_tokens)
+    if len(rebuilt) != len(tokenizer):
+        raise RunError(
+            f"The tokenizer saved in {adapter_dir} has {len(tokenizer)} tokens, but the plan's new tokens "
+            f"on the base tokenizer make {len(rebuilt)}; the run folder does not match its base model."
+        )
+    init_new_rows(base, len(tokenizer), rows, _new_token_init(folder.plan_file, plan))
     if plan.embeddings.init_untrained == "mean":  # as training did, before the adapter
         from ..embeddings.untrained import init_untrained_mean
 
@@ -51,3 +58,14 @@ def load_trained(run_dir: str | Path, device: str = "cpu", quantization: Any = N
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()
     return model, tokenizer, plan
+
+
+def _new_token_init(plan_file: Path, plan: Plan) -> str:
+    """The plan's ``embeddings.new_token_init``; runs saved before the key existed started new
+    rows at the mean of all rows."""
+    import yaml
+
+    saved = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
+    if "new_token_init" not in (saved.get("embeddings") or {}):
+        return "mean"
+    return plan.embeddings.new_token_init

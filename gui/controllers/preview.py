@@ -56,6 +56,7 @@ class PreviewController(QObject):
         data_panel.path_row.browse_requested.connect(self._on_data_path_browse_requested)
         data_panel.path_row.recent_chosen.connect(self._on_data_path_recent_chosen)
         training_panel.token_search_changed.connect(self._on_training_panel_token_search_changed)
+        training_panel.vocab_requested.connect(self._on_training_panel_vocab_requested)
         training_panel.output_browse_requested.connect(self._on_training_panel_output_browse_requested)
         settings = host.settings
         model_panel.path_row.set_recent(settings.value("recent/models", [], list) or [])
@@ -80,6 +81,8 @@ class PreviewController(QObject):
             self._model.set(other, self._model.value(key))
         if key in ("embeddings.token_ids", "embeddings.new_tokens"):
             self.show_token_rows()
+        if key in ("embeddings.new_tokens", "embeddings.vocab_tokens"):
+            self._data_timer.start()  # token lengths follow the extended tokenizer
 
     @Slot()
     def _on_model_replaced(self) -> None:
@@ -154,16 +157,20 @@ class PreviewController(QObject):
             self._data_panel.show_loading("Waiting for the model's tokenizer…")
             return
         try:
-            spec = self._model.plan(check=False).data
+            plan = self._model.plan(check=False)
         except PlanError as exc:
             self._data_panel.show_error(str(exc))
             return
+        spec, e = plan.data, plan.embeddings
         # A copy: a Rust tokenizer used from two threads at once can fail ("Already borrowed"),
         # and the UI thread keeps using this one for token search.
         tokenizer = copy.deepcopy(self.tokenizer)
         self._data_panel.show_loading(f"Reading {Path(spec.path).name}…")
         self._tasks.run(
-            "data", lambda: preview_data(spec, tokenizer), self._on_data_preview, self._data_panel.show_error
+            "data",
+            lambda: preview_data(spec, tokenizer, new_tokens=e.new_tokens, vocab_tokens=e.vocab_tokens),
+            self._on_data_preview,
+            self._data_panel.show_error,
         )
 
     def _on_data_preview(self, preview) -> None:
@@ -181,6 +188,34 @@ class PreviewController(QObject):
             self._training_panel.show_token_results([])
             return
         self._training_panel.show_token_results(search_vocab(self.tokenizer, text))
+
+    @Slot()
+    def _on_training_panel_vocab_requested(self) -> None:
+        from headtune.core.tools.vocab import propose
+
+        if self.tokenizer is None:
+            self._training_panel.show_vocab_busy("Choose a model first: its tokenizer is what the words are added to.")
+            return
+        try:
+            plan = self._model.plan(check=False)
+        except PlanError as exc:
+            self._training_panel.show_vocab_busy(str(exc))
+            return
+        if not plan.data.path.strip():
+            self._training_panel.show_vocab_busy("Choose a dataset first: the words come from its trained text.")
+            return
+        tokenizer, e = copy.deepcopy(self.tokenizer), plan.embeddings
+        self._training_panel.show_vocab_busy(f"Looking for new words in {Path(plan.data.path).name}…")
+        self._tasks.run(
+            "vocab",
+            lambda: propose(plan.data, tokenizer, e.vocab_count, e.vocab_min_share),
+            self._on_vocab_proposed,
+            self._training_panel.show_vocab_busy,
+        )
+
+    def _on_vocab_proposed(self, proposal) -> None:
+        self._training_panel.show_vocab_proposal(proposal)
+        self._model.set("embeddings.vocab_tokens", proposal.tokens)
 
     def show_token_rows(self) -> None:
         ids = [i for i in self._model.value("embeddings.token_ids") if isinstance(i, int)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from headtune.core.embeddings.setup import init_new_rows
+from headtune.core.embeddings.setup import NewRows, init_new_rows
 from headtune.core.plan import plan_from_dict
 from headtune.core.testing import ALPACA_ROWS, plan_dict, write_jsonl
 from headtune.core.training.job import TrainingJob
@@ -144,7 +144,9 @@ def test_frozen_base_layers_do_not_change(tmp_path, tiny_untied, alpaca_file):
 def test_new_tokens_added_mean_initialised_and_trained(tmp_path, tiny_untied, tiny_tied, tool_file, mode, tied):
     folder = tiny_tied if tied else tiny_untied
     new = ["<|tool|>", "<|/tool|>"]
-    job = run(tmp_path, folder, tool_file, "none", train_embeddings=True, mode=mode, new_tokens=new)
+    job = run(
+        tmp_path, folder, tool_file, "none", train_embeddings=True, mode=mode, new_tokens=new, new_token_init="mean"
+    )
     tok = load_trained(tmp_path / "run")[1]
     ids = tok.convert_tokens_to_ids(new)
     # The tokenizer had 400 tokens and the model 512 rows: new tokens land on spare rows.
@@ -174,7 +176,7 @@ def test_new_rows_start_at_the_mean(tiny_untied):
     E0 = model.get_input_embeddings().weight.detach().clone()
     H0 = model.get_output_embeddings().weight.detach().clone()
     # 510 real tokens + 5 new: two land on spare rows (510, 511), three need a resize.
-    init_new_rows(model, 515, [3, 510, 511, 512, 513, 514], original_len=510)
+    init_new_rows(model, 515, NewRows([3, 510, 511, 512, 513, 514], original_len=510), "mean")
     E, H = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert E.shape[0] == 515 and torch.equal(E[:510], E0[:510])  # id 3 existed already: untouched
     torch.testing.assert_close(E[510:], E0[:510].mean(0).expand(5, -1))

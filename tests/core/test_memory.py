@@ -289,9 +289,9 @@ def test_trainable_parameters_match_what_peft_builds(tmp_path, tiny_tied, tiny_u
     )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
-    new_ids, before = add_new_tokens(tok, p.embeddings.new_tokens)
-    init_new_rows(model, len(tok), new_ids, before)
-    peft_model = build_peft_model(model, p, resolve_embeddings(model, p.embeddings, new_ids))
+    rows = add_new_tokens(tok, p.embeddings.new_tokens)
+    init_new_rows(model, len(tok), rows)
+    peft_model = build_peft_model(model, p, resolve_embeddings(model, p.embeddings, rows.ids))
     real = count_parameters(peft_model)[0]
     est = estimate(p, ModelShape.from_config(read_model_config(str(folder))), "cpu")
     assert est.trainable_params == real

@@ -426,3 +426,27 @@ def test_token_health_panel_finds_untrained_rows_and_applies_fixes(
     assert w.training_panel.plan_error.isHidden()
     qtbot.mouseClick(w.findChild(QPushButton, "applyInitMeanButton"), Qt.MouseButton.LeftButton)
     assert w.values()["embeddings"]["init_untrained"] == "mean"
+
+
+def test_new_words_proposed_from_the_data_unticked_and_previewed(make_window, qtbot, tiny_untied, tmp_path):
+    planted = " quarzspektrometrie"
+    rows = [{"instruction": f"Say line {i}.", "input": "", "output": f"red{planted} blue{planted}."} for i in range(30)]
+    data = write_jsonl(tmp_path / "planted.jsonl", rows)
+    w = make_window(plan_dict(tiny_untied, data, tmp_path / "run"))
+    qtbot.waitUntil(lambda: loaded(w), timeout=60_000)
+    before = w.data_panel.preview.lengths
+    w.plan_tabs.setCurrentWidget(w.training_panel)
+    w.plan.set("embeddings.vocab_count", 3)
+    qtbot.mouseClick(w.findChild(QPushButton, "vocabProposeButton"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.values()["embeddings"]["vocab_tokens"] != [], timeout=60_000)
+    words = w.values()["embeddings"]["vocab_tokens"]
+    assert words[0] == planted and len(words) <= 3
+    listed = w.training_panel.vocab_list
+    assert listed.item(0).text() == "␣quarzspektrometrie" and "pieces" in listed.item(0).toolTip()
+    assert "fewer" in w.training_panel.vocab_summary.text()
+    # The data preview follows the extended tokenizer, and says what it was before.
+    qtbot.waitUntil(lambda: bool(w.data_panel.preview.base_lengths) and not w.threads.running(), timeout=60_000)
+    assert w.data_panel.preview.base_lengths == before and sum(w.data_panel.preview.lengths) < sum(before)
+    assert "tokens per example" in w.data_panel.summary.text()
+    listed.item(0).setCheckState(Qt.CheckState.Unchecked)  # unticked: out of the plan, still listed
+    assert planted not in w.values()["embeddings"]["vocab_tokens"] and listed.count() == len(words)

@@ -152,7 +152,7 @@ def _model_bytes(plan, dtype: str) -> int:
     from ...model.shape import ModelShape, read_model_config
 
     shape = ModelShape.from_config(read_model_config(plan.model.name_or_path))
-    vocab = max(shape.vocab, len(plan.embeddings.new_tokens) + shape.vocab)
+    vocab = max(shape.vocab, plan.embeddings.added_count + shape.vocab)
     params = shape.total_params + (vocab - shape.vocab) * shape.hidden * (1 if shape.tied else 2)
     return params * _BYTES[dtype]
 

@@ -64,6 +64,7 @@ def model_card(run: Path, plan, fmt: str, detail: str, has_curve: bool) -> str:
         f"LoRA r={plan.adapter.r} alpha={plan.adapter.alpha} on {plan.adapter.target_modules}"
         + (f"; {' and '.join(trained)} trained ({e.mode} mode)" if trained else "")
         + (f"; new tokens {', '.join(e.new_tokens)}" if e.new_tokens else "")
+        + (f"; {len(e.vocab_tokens)} new ordinary tokens from the data" if e.vocab_tokens else "")
     )
     data = f"`{plan.data.path}` ({plan.data.format}, max {plan.data.max_seq_len} tokens)"
     if started is not None:

@@ -19,8 +19,13 @@ from .merge import ExportError, merge, save_merged
 TYPES = ("f16", "q8_0")
 
 
-def _convert_gguf(src: Path, out_file: Path, gguf_type: str) -> None:
-    """llama.cpp's conversion (``convert-hf-to-gguf``) of a merged folder into one GGUF file."""
+def _convert_gguf(src: Path, out_file: Path, gguf_type: str, base_tokenizer=None) -> None:
+    """llama.cpp's conversion (``convert-hf-to-gguf``) of a merged folder into one GGUF file.
+
+    ``base_tokenizer``: the tokenizer before new ordinary tokens were added. The converter names
+    the pre-tokenizer by hashing how the tokenizer splits a fixed text; new merges can change that
+    split (a word of the text became one token) though the pre-tokenizer is the base's, so the
+    name is taken from the base tokenizer."""
     import logging
 
     import torch
@@ -46,7 +51,11 @@ def _convert_gguf(src: Path, out_file: Path, gguf_type: str) -> None:
                     f"llama.cpp's converter does not support the {arch} architecture; export "
                     "merged safetensors instead."
                 ) from None
-            cls(src, ftype, out_file).write()
+            model = cls(src, ftype, out_file)
+            if base_tokenizer is not None:
+                pre = model.get_vocab_base_pre(base_tokenizer)
+                model.get_vocab_base_pre = lambda _tokenizer: pre
+            model.write()
     except HeadtuneError:
         raise
     except (NotImplementedError, ValueError, KeyError, AssertionError, SystemExit) as exc:
@@ -125,7 +134,14 @@ class GgufFormat:
         gc.collect()
         name = f"model-{job.gguf_type}.gguf"
         job.report(0.65, f"Converting to GGUF {job.gguf_type} with llama.cpp's converter")
-        _convert_gguf(work, job.tmp / name, job.gguf_type)
+        base_tokenizer = None
+        if job.plan.embeddings.vocab_tokens:
+            from ...model.sources import load_tokenizer, resolve_source
+
+            base_tokenizer = load_tokenizer(
+                resolve_source(job.plan.model.name_or_path), job.plan.model.trust_remote_code
+            )
+        _convert_gguf(work, job.tmp / name, job.gguf_type, base_tokenizer)
         shutil.rmtree(work)
         (job.tmp / "Modelfile").write_text(modelfile(name, tokenizer, tokenizer.chat_template), encoding="utf-8")
         if template_parts(tokenizer, tokenizer.chat_template) is None:
