@@ -537,6 +537,7 @@ class TrainingPanel(QWidget):
         browse.clicked.connect(self.output_browse_requested.emit)
         row.addWidget(browse)
         form.addRow("Output folder:", row)
+        form.addRow("", fields.check("output.tensorboard", "Write TensorBoard event files", "tensorboardCheck"))
         return ck
 
     def show_tied(self, tied: bool | None) -> None:

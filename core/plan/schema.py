@@ -251,6 +251,11 @@ class OutputSpec:
         "runs/run",
         "The run folder: plan, events, checkpoints and adapter go here. Must be new or empty unless resuming.",
     )
+    tensorboard: bool = _f(
+        False,
+        "Also write TensorBoard event files (loss, learning rate, evaluation, memory) into the run "
+        "folder's tensorboard/ folder, for `tensorboard --logdir`. Needs the tensorboard extra.",
+    )
 
 
 @dataclass

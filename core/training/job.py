@@ -361,6 +361,10 @@ class TrainingJob:
         import torch
 
         plan = self.plan
+        if plan.output.tensorboard:
+            from .tensorboard import require
+
+            require()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if plan.training.optimizer == "paged_adamw_8bit" and self.device == "cpu":
@@ -449,6 +453,10 @@ class TrainingJob:
                     json.dumps({"method": plan.embeddings.init_untrained, "rows": reset_rows}), encoding="utf-8"
                 )
         self._file_sink = ev.JsonlSink(self.folder.events_file)
+        if plan.output.tensorboard:
+            from .tensorboard import TensorBoardSink
+
+            self.sinks.append(TensorBoardSink(self.folder.tensorboard_dir))
 
     def _train(self, trainer, model, tokenizer, ckpt: str | None) -> ev.Event:
         do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
