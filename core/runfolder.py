@@ -44,6 +44,7 @@ from .errors import BadInputError, PlanError, RunFolderBusyError
 PLAN = "plan.yaml"
 EVENTS = "events.jsonl"
 INIT_UNTRAINED = "init_untrained.json"
+TENSORBOARD = "tensorboard"  # TensorBoard event files, when the plan asks for them (output.tensorboard)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 ADAPTER = "adapter"
@@ -84,6 +85,10 @@ class RunFolder:
     @property
     def init_untrained_file(self) -> Path:
         return self.path / INIT_UNTRAINED
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -41,6 +41,11 @@ LABELS: dict[str, dict[str, str]] = {
         "sharegpt": "ShareGPT (from/value)",
         "text": "Raw text (all tokens trained)",
     },
+    "data.batching": {
+        "padding_free": "Padding-free (rows end to end)",
+        "grouped": "Grouped by length (padded)",
+        "padded": "Padded",
+    },
     "embeddings.mode": {name: mode.label for name, mode in MODES.items()},
     "embeddings.init_untrained": {"none": "Leave as they are", "mean": "Set to the mean row before training"},
     "embeddings.new_token_init": {

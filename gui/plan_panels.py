@@ -209,6 +209,7 @@ class DataPanel(QWidget):
             fields.dspin("data.val_fraction", None, None, 3, 0.01, "valFractionSpin", "Validation share"),
         )
         form.addRow("", fields.check("data.packing", "Pack short examples together", "packingCheck"))
+        form.addRow("Batches:", fields.combo("data.batching", "batchingCombo", "Batching"))
         lay.addLayout(form)
         self.summary = QLabel("Choose a dataset to see a preview.")
         self.summary.setObjectName("dataSummaryLabel")
@@ -381,6 +382,14 @@ class TrainingPanel(QWidget):
                 "LoRA target layers",
                 parse=parse_targets,
                 show=show_targets,
+            ),
+        )
+        form.addRow("", fields.check("adapter.dora", "DoRA (magnitude and direction)", "doraCheck"))
+        form.addRow("", fields.check("adapter.rslora", "Rank-stabilised scaling (rsLoRA)", "rsloraCheck"))
+        form.addRow(
+            "LoRA+ ratio:",
+            fields.dspin(
+                "adapter.loraplus_ratio", None, 256.0, 1, 1.0, "loraplusRatioSpin", "LoRA+ learning-rate ratio"
             ),
         )
         return lora
@@ -570,6 +579,7 @@ class TrainingPanel(QWidget):
         browse.clicked.connect(self.output_browse_requested.emit)
         row.addWidget(browse)
         form.addRow("Output folder:", row)
+        form.addRow("", fields.check("output.tensorboard", "Write TensorBoard event files", "tensorboardCheck"))
         return ck
 
     def show_tied(self, tied: bool | None) -> None:

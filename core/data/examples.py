@@ -167,3 +167,39 @@ class Collator:
             labels[i, :n] = torch.tensor(b["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class FlatCollator:
+    """Lays a batch's rows end to end as one sequence, with no padding (``data.batching:
+    padding_free``).
+
+    Positions restart at 0 on each row, which is how transformers' attention tells the rows apart
+    (``masking_utils.find_packed_sequence_indices`` for sdpa and eager, varlen kernels for flash
+    attention): each row attends to itself only, exactly as when padded. The first token of each
+    row gets the label -100, since after the model's one-token shift it would be predicted by the
+    previous row's last token (in a padded batch no token predicts it either). ``attention_mask``
+    is all ones and only counts tokens: the trainer drops it before the model, whose attention
+    would otherwise ignore the positions."""
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for b in batch:
+            n = len(b["input_ids"])
+            ids += b["input_ids"]
+            labels += [IGNORE_INDEX] + list(b["labels"][1:])
+            positions += range(n)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "attention_mask": torch.ones((1, len(ids)), dtype=torch.long),
+        }
+
+
+def collator_for(batching: str, pad_id: int):
+    """The collator of a ``data.batching`` choice."""
+    return FlatCollator() if batching == "padding_free" else Collator(pad_id)

@@ -32,6 +32,7 @@ Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 LossKind = Literal["standard", "chunked", "fused"]
 MatrixDType = Literal["model", "float32", "peft"]
 MatrixStates = Literal["auto", "8bit", "paged_8bit", "32bit", "trainer"]
+Batching = Literal["padding_free", "grouped", "padded"]
 
 # Named groups of LoRA target modules, expanded against the model's module names.
 TARGET_PRESETS = ("attention", "attention+mlp", "all-linear")
@@ -111,6 +112,13 @@ class DataSpec:
         "Concatenate short examples into sequences of max_seq_len tokens (faster on "
         "many short rows; examples can attend to the previous one in a pack).",
     )
+    batching: Batching = _f(
+        "padding_free",
+        "How rows form a batch: padding_free (the rows laid end to end as one sequence, positions "
+        "restarting and attention kept within each row: no compute or memory spent on padding, same "
+        "loss), grouped (rows of similar length batched together, each padded to the longest), or "
+        "padded (rows in random order, each padded to the longest of its batch).",
+    )
 
 
 @dataclass
@@ -122,6 +130,21 @@ class AdapterSpec:
         "all-linear",
         "Which layers get LoRA: attention, attention+mlp, all-linear, or an explicit list of "
         "module names (e.g. [q_proj, v_proj]).",
+    )
+    dora: bool = _f(
+        False,
+        "DoRA: split each adapted weight into a magnitude and a direction and train both (a vector "
+        "per layer more, and more activation memory and time than plain LoRA).",
+    )
+    rslora: bool = _f(
+        False,
+        "Rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so high ranks keep learning.",
+    )
+    loraplus_ratio: float = _f(
+        1.0,
+        "LoRA+: the B matrices learn this many times faster than the A matrices (1 = classic LoRA; "
+        "16 is LoRA+'s suggestion, often with a lower learning rate).",
+        ge=1.0,
     )
 
 
@@ -267,6 +290,11 @@ class OutputSpec:
     dir: str = _f(
         "runs/run",
         "The run folder: plan, events, checkpoints and adapter go here. Must be new or empty unless resuming.",
+    )
+    tensorboard: bool = _f(
+        False,
+        "Also write TensorBoard event files (loss, learning rate, evaluation, memory) into the run "
+        "folder's tensorboard/ folder, for `tensorboard --logdir`. Needs the tensorboard extra.",
     )
 
 

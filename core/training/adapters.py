@@ -59,6 +59,14 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
             # The same preparation, but the embedding/head matrices keep the model dtype: an fp32
             # upcast of a frozen 128k x 4096 matrix is 2 GB for nothing.
             lean.prepare_kbit(model, plan.training.gradient_checkpointing, lean.matrix_parameters(model))
+    if a.dora and setup.tied and setup.lora_targets:
+        # PEFT ties the head's low-rank factors to the embedding's but not DoRA's magnitudes (one per
+        # hidden unit on the embedding, one per token on the head): the tied head's output is not finite.
+        raise PlanError(
+            "adapter.dora: DoRA cannot train this model's tied embedding matrix through LoRA "
+            "(embeddings.mode lora); choose embeddings.mode full or tokens, or turn adapter.dora off.",
+            "adapter.dora",
+        )
     if isinstance(a.target_modules, list):
         targets: str | list[str] = list(a.target_modules)
     elif a.target_modules == "all-linear" and not setup.lora_targets:
@@ -74,6 +82,8 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
         r=a.r,
         lora_alpha=a.alpha,
         lora_dropout=a.dropout,
+        use_dora=a.dora,
+        use_rslora=a.rslora,
         bias="none",
         task_type="CAUSAL_LM",
         target_modules=targets,

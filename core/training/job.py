@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import events as ev
 from .. import runfolder
-from ..data.examples import Collator, PreparedData, check_round_trip, prepare
+from ..data.examples import PreparedData, check_round_trip, collator_for, prepare
 from ..embeddings import setup as setup_mod
 from ..embeddings.setup import embedding_parameter_names
 from ..embeddings.untrained import init_untrained_mean
@@ -40,7 +40,7 @@ from ..plan import Plan, load_plan
 from ..plan.loading import read_plan_file
 from ..plan.memory_options import resolve as resolve_memory_options
 from ..runfolder import RunFolder, check_writable, checkpoint_step
-from . import adapters, distributed, lean
+from . import adapters, distributed, lean, padding_free
 from .trainer import check_free_disk, check_loadable, memory_sample, release_bnb_overrides
 
 # "adamw" is PyTorch's fused AdamW (the Trainer's default): fastest, no step-wide temporaries.
@@ -185,6 +185,7 @@ class TrainingJob:
         self.model = None
         self.trainer = None
         self.lean = None  # core.plan.memory_options.Effective once the run starts
+        self.batching = plan.data.batching  # as it runs: padding_free falls back to padded on a model that mixes rows
         self.around_training = around_training
         self.diverged: tuple[int, str] | None = None  # (step, what) once a loss or gradient is not finite
 
@@ -399,6 +400,10 @@ class TrainingJob:
         import torch
 
         plan = self.plan
+        if plan.output.tensorboard:
+            from .tensorboard import require
+
+            require()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if plan.training.optimizer == "paged_adamw_8bit" and self.device == "cpu":
@@ -453,6 +458,12 @@ class TrainingJob:
             )
         setup = setup_mod.resolve_embeddings(model, plan.embeddings, new_rows.ids)
         model.config.use_cache = False
+        if self.batching == "padding_free" and not padding_free.honours_row_positions(model):
+            self.batching = "padded"
+            self.log(
+                "data.batching: this model's attention lets the rows of a padding-free batch see each "
+                "other, so each batch is padded instead (same loss, more memory)."
+            )
         self.lean = resolve_memory_options(plan, self.device, tied=setup.tied)
         why_not = lean.unsupported_head_reason(model.config) if self.lean.loss != "standard" else None
         if why_not:
@@ -496,6 +507,10 @@ class TrainingJob:
         for event in self._pending or ():
             self._file_sink(event)
         self._pending = None
+        if plan.output.tensorboard:
+            from .tensorboard import TensorBoardSink
+
+            self.sinks.append(TensorBoardSink(self.folder.tensorboard_dir))
 
     def _train(self, trainer, model, tokenizer, ckpt: str | None) -> ev.Event:
         do_eval = bool(self.data.val) and self.plan.training.eval_every > 0
@@ -615,6 +630,7 @@ class TrainingJob:
             output_dir=str(self.folder.checkpoints_dir),
             per_device_train_batch_size=t.batch_size,
             per_device_eval_batch_size=t.batch_size,
+            train_sampling_strategy="group_by_length" if self.batching == "grouped" else "random",
             gradient_accumulation_steps=t.grad_accum,
             learning_rate=t.learning_rate,
             lr_scheduler_type=t.lr_scheduler,
@@ -659,11 +675,12 @@ class TrainingJob:
             args=args,
             train_dataset=self.data.train,
             eval_dataset=self.data.val if has_val else None,
-            data_collator=Collator(tokenizer.pad_token_id),
+            data_collator=collator_for(self.batching, tokenizer.pad_token_id),
             processing_class=tokenizer,
             callbacks=[JobCallback(self)],
             embedding_param_names=embedding_parameter_names(model, setup),
             embedding_lr=plan.embeddings.learning_rate,
+            loraplus_ratio=plan.adapter.loraplus_ratio,
             lean=self.lean,
         )
         # Progress goes out as events; the Trainer's own console printer would duplicate it.

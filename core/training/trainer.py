@@ -38,10 +38,17 @@ class HeadtuneTrainer(Trainer):
     """A Trainer whose embedding/head parameters form their own optimizer group(s)."""
 
     def __init__(
-        self, *args, embedding_param_names: Iterable[str] = (), embedding_lr: float | None = None, lean=None, **kwargs
+        self,
+        *args,
+        embedding_param_names: Iterable[str] = (),
+        embedding_lr: float | None = None,
+        lean=None,
+        loraplus_ratio: float = 1.0,
+        **kwargs,
     ):
         self.embedding_param_names = set(embedding_param_names)
         self.embedding_lr = embedding_lr
+        self.loraplus_ratio = loraplus_ratio  # LoRA+: the B matrices' learning rate over the A matrices'
         self.lean = lean  # core.plan.memory_options.Effective: the memory options as they run (None: stock behaviour)
         self.fused_step = None
         self.checkpoint_bytes = 0  # the job's estimate of one checkpoint, until one is written
@@ -50,6 +57,10 @@ class HeadtuneTrainer(Trainer):
 
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "position_ids" in inputs:
+            # A padding-free batch (core.data.examples.FlatCollator): its attention_mask only counted
+            # tokens; without it the model keeps the rows apart by their positions.
+            inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
         if self.lean is None or self.lean.loss == "standard" or "labels" not in inputs:
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -114,20 +125,24 @@ class HeadtuneTrainer(Trainer):
             return self.optimizer
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[bool, bool], list] = {}
+        groups: dict[tuple[bool, bool, bool], list] = {}
         for name, p in opt_model.named_parameters():
             if p.requires_grad:
-                groups.setdefault((name in self.embedding_param_names, name in decay), []).append(p)
+                is_emb = name in self.embedding_param_names
+                faster = self.loraplus_ratio != 1.0 and not is_emb and is_loraplus_b(name)
+                groups.setdefault((is_emb, faster, name in decay), []).append(p)
         param_groups = []
-        # A fixed order (body, then embeddings) keeps optimizer state loadable on resume.
-        for is_emb in (False, True):
+        # A fixed order (body, LoRA+'s B matrices, then embeddings) keeps optimizer state loadable on resume.
+        for is_emb, faster in ((False, False), (False, True), (True, False)):
             for is_decay in (True, False):
-                params = groups.get((is_emb, is_decay))
+                params = groups.get((is_emb, faster, is_decay))
                 if not params:
                     continue
                 group = {"params": params, "weight_decay": self.args.weight_decay if is_decay else 0.0}
                 if is_emb and self.embedding_lr is not None:
                     group["lr"] = self.embedding_lr
+                if faster:
+                    group["lr"] = self.args.learning_rate * self.loraplus_ratio
                 param_groups.append(group)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         release_bnb_overrides()  # stale entries of an earlier run in this process (ids get reused)
@@ -247,6 +262,12 @@ class HeadtuneTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         with refuse_unsafe(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def is_loraplus_b(name: str) -> bool:
+    """Whether LoRA+ gives a parameter the higher learning rate: the B matrices and, as PEFT's
+    ``create_loraplus_optimizer`` does, DoRA's magnitude vectors."""
+    return "lora_B" in name or "lora_embedding_B" in name or "lora_magnitude_vector" in name
 
 
 # The files of a checkpoint that torch.load reads (training_args.bin is written by the Trainer
