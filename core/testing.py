@@ -64,25 +64,10 @@ def build_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def build_model(
-    folder: Path,
-    tokenizer_dir: Path,
-    vocab_size: int,
-    tied: bool,
-    hidden: int = 64,
-    layers: int = 2,
-    seed: int = 0,
-    **geometry,
-) -> Path:
-    """A tiny Llama. The default width keeps every linear layer within what all of bitsandbytes'
-    4-bit CPU kernels take (in features a multiple of 64, out features of 32); ``geometry``
-    overrides other ``LlamaConfig`` fields (e.g. ``intermediate_size``, ``num_attention_heads``)."""
-    import shutil
+def llama_config(vocab_size: int, tied: bool, hidden: int = 64, layers: int = 2, **geometry):
+    """The ``LlamaConfig`` of a tiny test Llama (``geometry`` overrides other fields)."""
+    from transformers import LlamaConfig
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
     fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -96,17 +81,43 @@ def build_model(
         eos_token_id=2,
         pad_token_id=0,
     )
-    config = LlamaConfig(**{**fields, **geometry})
-    if vocab_size * hidden > 10**8:  # a wide model is made in bf16 directly: no fp32 copy in RAM
+    return LlamaConfig(**{**fields, **geometry})
+
+
+def build_model(
+    folder: Path,
+    tokenizer_dir: Path,
+    vocab_size: int,
+    tied: bool,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    weights: bool = True,
+    **geometry,
+) -> Path:
+    """A tiny Llama. The default width keeps every linear layer within what all of bitsandbytes'
+    4-bit CPU kernels take (in features a multiple of 64, out features of 32); ``geometry``
+    overrides other ``LlamaConfig`` fields (e.g. ``intermediate_size``, ``num_attention_heads``).
+    Without ``weights`` only its config and tokenizer are written (enough for the estimate)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = llama_config(vocab_size, tied, hidden, layers, **geometry)
+    if not weights:
+        config.save_pretrained(folder)
+    elif vocab_size * hidden > 10**8:  # a wide model is made in bf16 directly: no fp32 copy in RAM
+        torch.manual_seed(seed)
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
-            model = LlamaForCausalLM(config)
+            LlamaForCausalLM(config).save_pretrained(folder)
         finally:
             torch.set_default_dtype(default)
     else:
-        model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
-    model.save_pretrained(folder)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)  # type: ignore[arg-type]
     for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, folder / f.name)
     return folder

@@ -256,6 +256,7 @@ class _Activations:
     per_layer_saved: float  # one layer's intermediates (the recomputed layer under checkpointing)
     checkpoints: float  # one hidden state per layer
     total: float  # what forward keeps for backward
+    forward: float  # what is alive at the loss: under checkpointing no layer's intermediates
 
 
 def _activations(plan, shape: ModelShape, s: _Sizes) -> _Activations:
@@ -263,9 +264,13 @@ def _activations(plan, shape: ModelShape, s: _Sizes) -> _Activations:
         shape, plan.adapter, s.act_b, _lora_targets(plan.adapter.target_modules, shape)
     )
     checkpoints = s.L * s.T * s.H * s.act_b
-    total = (checkpoints + per_layer) if plan.training.gradient_checkpointing else s.L * per_layer
-    total += s.T * s.H * 4 * 2  # final norm input/output and the hidden state fed to the head
-    return _Activations(per_layer_saved=per_layer, checkpoints=checkpoints, total=total)
+    gc = plan.training.gradient_checkpointing
+    final = s.T * s.H * 4 * 2  # final norm input/output and the hidden state fed to the head
+    total = ((checkpoints + per_layer) if gc else s.L * per_layer) + final
+    # Measured at Llama-3-8B's layer width (benchmarks/memory_accuracy.py, wide8b): under
+    # checkpointing the recomputed layer exists only in backward.
+    forward = (checkpoints if gc else s.L * per_layer) + final
+    return _Activations(per_layer_saved=per_layer, checkpoints=checkpoints, total=total, forward=forward)
 
 
 @dataclass
@@ -357,16 +362,16 @@ def _phases(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effective)
     }
     phases = {
         "forward_loss": dict(
-            activations=act.total,
+            activations=act.forward,
             logits_loss=loss.forward,
             gradients=loss.loss_grads,
             transient=dequant + loss.merged_head,
         ),
         "loss_backward": dict(
-            activations=act.total, logits_loss=loss.backward, gradients=loss.loss_grads, transient=loss.merged_head
+            activations=act.forward, logits_loss=loss.backward, gradients=loss.loss_grads, transient=loss.merged_head
         ),
         "head_backward": dict(
-            activations=act.total,
+            activations=act.forward,
             logits_loss=loss.head,
             gradients=loss.head_grad + loss.loss_grads,
             transient=loss.merged_head,
