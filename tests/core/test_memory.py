@@ -194,7 +194,8 @@ def test_llama3_8b_both_matrices_4bit_fit_12gib_with_the_defaults():
     est = estimate(p, SHAPE, "cuda", capacity_bytes=12 * GiB)
     assert est.total_bytes <= 12 * GiB and est.fit in ("fits", "tight")
     saved = {x["key"]: x["bytes"] for x in est.saved_by_defaults}
-    assert set(saved) == {"memory.loss", "memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states"}
+    assert {"memory.frozen_copy", "memory.matrix_dtype", "memory.matrix_states"} <= set(saved)
+    assert all(b > 0 for b in saved.values())
     # Without the 8-bit states default it would not fit; the saving reported is that difference.
     without = estimate(with_overrides(p, ["memory.matrix_states=auto"]), SHAPE, "cuda")
     assert without.total_bytes > 12 * GiB
@@ -218,7 +219,7 @@ def test_data_lengths_give_the_longest_batch_and_keep_the_worst_case():
     assert est.total_bytes == estimate(with_overrides(p, ["data.max_seq_len=500"]), SHAPE, "cuda").total_bytes
     assert est.total_bytes < worst.total_bytes and "data" in est.to_dict() and "data" not in worst.to_dict()
     # Fewer labelled tokens (a masked prompt) shrink the loss's share: the two most labelled rows.
-    lean = plan("data.max_seq_len=2048", "training.batch_size=2")
+    lean = plan("data.max_seq_len=2048", "training.batch_size=2", "memory.loss_chunk_tokens=1024")
     masked = estimate(lean, SHAPE, "cuda", data=DataTokens.of(lengths, [9, 5, 9, 2, 3]))
     assert masked.data.loss_tokens == 18
     assert masked.total_bytes < estimate(lean, SHAPE, "cuda", data=DataTokens.of(lengths)).total_bytes

@@ -57,7 +57,9 @@ def test_catalog_badges_are_the_estimate_and_follow_plan_and_card(
     assert headers[2:6] == ["LoRA only", "+ full", "+ tokens (256 rows)", "+ lora"]
     assert headers[:2] == ["Model", "Size"] and headers[6:] == ["Vocabulary", "Tied", "Context", "Licence", "On disk"]
     tip = panel.table.item(panel._names.index(name), 3).toolTip()
-    assert "headtune estimate PLAN --device cuda --gpu-memory 12GiB" in tip and "embeddings.mode=full" in tip
+    assert (
+        "headtune estimate PLAN --worst-case --device cuda --gpu-memory 12GiB" in tip and "embeddings.mode=full" in tip
+    )
 
     before = badge_texts(panel, name)
     w.plan.set("data.max_seq_len", 4096)  # a plan change recomputes every badge
