@@ -210,6 +210,7 @@ def defaults_grid() -> list[dict]:
     wide = {"data": "long", "data.max_seq_len": 1024, "model.quantization": "4bit", **both}
     add("wide8b", True, **wide, **{"embeddings.mode": "full"})
     add("wide8b", False, **wide, **{"embeddings.mode": "lora"})
+    add("wide8b", True, **wide, **tokens)
     return rows
 
 
