@@ -11,23 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import FakeHub, Repo
+from hub_server import CONFIG, FakeHub, Repo
 
 from headtune.core.errors import ModelError
 from headtune.core.model.sources import ModelSource, require_downloaded
 from headtune.core.tools.download import wanted_files
 
 BIG = 6 * 1024 * 1024
-CONFIG = json.dumps(
-    {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "vocab_size": 512,
-    }
-).encode()
 
 
 @pytest.fixture

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-from hub_server import FakeHub, Repo
+from hub_server import CONFIG, FakeHub, Repo
 
 from headtune.core.estimate import GiB
 from headtune.core.testing import plan_dict
 from headtune.core.tools.catalog import compute_badges
-
-CONFIG = json.dumps(
-    {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "vocab_size": 512,
-    }
-).encode()
 
 
 def set_card(w, gib: int) -> None:
