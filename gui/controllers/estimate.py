@@ -101,6 +101,8 @@ class EstimateController(QObject):
         self.update_estimate()
 
     def _data(self):
+        if self.data is None:  # no import on the start-up path before any data is read
+            return None
         from headtune.core.tools.preview import data_tokens
 
         return data_tokens(self.data)
