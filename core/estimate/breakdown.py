@@ -122,6 +122,7 @@ class _Matrices:
     shadow: int = 0
     frozen_rows: int = 0
     head_path: str = PLAIN
+    embedding_path: str = PLAIN
     tied: bool = False
 
     @property
@@ -176,6 +177,8 @@ def _matrices(plan, shape: ModelShape) -> _Matrices:
         out.adapter += cost.adapter
         out.shadow += cost.shadow
         out.frozen_rows += cost.frozen_rows
+        if a.role == "embedding":
+            out.embedding_path = cost.head_path
         if a.role == "head" or shape.tied:
             out.head_path = cost.head_path
     return out
@@ -278,7 +281,7 @@ class _LossRegion:
     forward: float  # logits (or a chunk of them) alive at the end of forward
     backward: float  # the loss's backward temporaries
     head: float  # the head's backward
-    head_grad: float  # the head's weight gradient appearing in backward
+    head_grad: float  # the head's weight gradient appearing in backward (a row-wise head's: dense)
     loss_grads: float  # gradients that the loss itself creates (the chunked loss: the head's)
     merged_head: float  # a row-wise head merged into a full matrix on every forward
 
@@ -286,6 +289,10 @@ class _LossRegion:
 def _loss_region(s: _Sizes, mats: _Matrices, eff: Effective) -> _LossRegion:
     T, V, act_b = s.T, s.V, s.act_b
     head_grad = s.matrix * s.train_mb if mats.head_full else 0
+    # Trainable token rows: the head's matmul computes the merged matrix's whole gradient, which
+    # is then narrowed to the rows; both matrices are alive in the head's backward (measured at
+    # Llama-3-8B width, benchmarks/memory_accuracy.py wide8b).
+    head_grad += s.matrix * act_b if mats.head_path == ROWS else 0
     # Under 16-bit autocast an fp32 head weight (PEFT's k-bit upcast, fp32 master weights) is cast
     # to a 16-bit copy for the matmul, which the matmul keeps for its backward (measured: bf16,
     # 4-bit rows of benchmarks/lean_memory.py).
@@ -348,6 +355,9 @@ def _phases(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effective)
     emb_full = "embedding" in mats.full_roles
     emb_pending = s.matrix * s.train_mb if (emb_full and not s.tied) else 0
     emb_sum = 2 * s.matrix * s.train_mb if (emb_full and s.tied) else 0
+    # Trainable token rows on the embedding: the lookup's backward builds the merged matrix's whole
+    # gradient before it is narrowed to the rows.
+    emb_sum += s.matrix * s.frozen_mb if mats.embedding_path == ROWS else 0
     # The fused step updates each fully trained matrix inside backward and drops its gradient: an
     # untied head's right after the loss's backward, the embedding's (or a tied matrix's) at the
     # very end of backward; none is left for the optimizer step.

@@ -418,3 +418,32 @@ def test_loss_tokens_follow_where_the_labels_start_when_rows_are_cut():
     assert DataTokens.of([300, 200], trained=[270, 140]).loss_tokens(p) == 2 * 99
     # Short rows keep all their labelled tokens.
     assert DataTokens.of([50, 20], trained=[20, 5], first=[30, 15]).loss_tokens(p) == 25
+
+
+@pytest.mark.parametrize("matrices", ["both", "embedding"])
+def test_token_rows_estimate_holds_where_the_matrices_dominate(tmp_path, tokenizer_dir, matrices):
+    """Token rows build each trained matrix's whole gradient before narrowing it to the rows. With a
+    small loss chunk the 128,256-row matrices dominate the peak, so a missed matrix shows."""
+    from headtune.core.estimate import read_model_config
+    from headtune.core.plan import plan_from_dict
+    from headtune.core.testing import WORDS, build_model, plan_dict, write_jsonl
+    from headtune.core.training.memtrack import measure_peak
+
+    folder = build_model(tmp_path / "m", tokenizer_dir, 128_256, tied=False, hidden=256, layers=1)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Repeat.", "output": " ".join(WORDS * 8)}] * 4)
+    emb = {"mode": "tokens", "token_ids": list(range(100, 140)), "train_embeddings": True}
+    emb["train_lm_head"] = matrices == "both"
+    d = plan_dict(
+        folder,
+        data,
+        tmp_path / "run",
+        data={"val_fraction": 0.0, "max_seq_len": 64},
+        training={"batch_size": 1},
+        memory={"loss_chunk_tokens": 16},
+        embeddings=emb,
+    )
+    d["model"]["dtype"] = "bfloat16"
+    p = plan_from_dict(d)
+    measured = measure_peak(p, steps=2)["peak_bytes"]
+    est = estimate(p, ModelShape.from_config(read_model_config(str(folder))), device="cpu")
+    assert 0.95 <= est.tensors_peak_bytes / measured <= 1.10, (est.tensors_peak_bytes, measured, est.peak_phase)
