@@ -205,12 +205,17 @@ def defaults_grid() -> list[dict]:
     add("untied64", True, **mixed, **both, **{"embeddings.mode": "lora"})
     add("tied64", True, **mixed, **{"embeddings.train_embeddings": True}, **tokens)
     add("untied64", True, **mixed, **both, **{"model.quantization": "4bit", "embeddings.mode": "full"})
-    # Llama-3-8B's layer width (2 layers), 4-bit, seq 1024: the two-box plan in two modes. The lora
-    # row set how the estimate counts activations at the loss under checkpointing (calibration).
-    wide = {"data": "long", "data.max_seq_len": 1024, "model.quantization": "4bit", **both}
-    add("wide8b", True, **wide, **{"embeddings.mode": "full"})
-    add("wide8b", False, **wide, **{"embeddings.mode": "lora"})
-    add("wide8b", True, **wide, **tokens)
+    # Llama-3-8B's layer width (2 layers), 4-bit: the two-box plan (seq 1024) in every mode. The lora
+    # row set how the estimate counts activations at the loss under checkpointing, the tokens row
+    # the dense gradient of a row-wise head (calibration).
+    wide = {"data": "long", "data.max_seq_len": 1024, "model.quantization": "4bit"}
+    add("wide8b", True, **wide, **both, **{"embeddings.mode": "full"})
+    add("wide8b", False, **wide, **both, **{"embeddings.mode": "lora"})
+    add("wide8b", False, **wide, **both, **tokens)
+    # Held out at width: token rows on the embedding alone; LoRA on both without checkpointing.
+    add("wide8b", True, **wide, **{"embeddings.train_embeddings": True}, **tokens)
+    no_gc = {"data.max_seq_len": 512, "training.gradient_checkpointing": False}
+    add("wide8b", True, **{**wide, **no_gc}, **both, **{"embeddings.mode": "lora"})
     return rows
 
 
