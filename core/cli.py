@@ -191,6 +191,15 @@ def _add_inspect(sub, fmt) -> argparse.ArgumentParser:
     ins.add_argument("--format", default="auto", help="the dataset's format (default: detect)")
     ins.add_argument("--chat-template", default="model", help="model, chatml, llama3, or a Jinja file")
     ins.add_argument("--max-seq-len", type=int, default=1024, help="for the truncation check (default 1024)")
+    ins.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the plan's added tokens, counted as training adds them: embeddings.new_tokens=[...] or "
+        "embeddings.vocab_tokens=[...] (repeatable)",
+    )
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     return ins
 
@@ -472,25 +481,21 @@ def _plan_from_args(args, missing: str):
 
 def _cmd_inspect(args) -> int:
     from .plan import DataSpec, plan_from_dict
+    from .plan.loading import apply_overrides
     from .tools.health import inspect_model
 
-    spec = None
-    if args.data:
-        # Validated like a plan's data section (format and template names, length range).
-        spec = plan_from_dict(
-            {
-                "data": {
-                    "path": args.data,
-                    "format": args.format,
-                    "chat_template": args.chat_template,
-                    "max_seq_len": args.max_seq_len,
-                }
-            },
-            check=False,
-        ).data
-        if spec.max_seq_len < 16:
-            raise _usage("--max-seq-len must be at least 16.")
-    r = inspect_model(args.model, spec if isinstance(spec, DataSpec) else None)
+    tokens_keys = ("embeddings.new_tokens", "embeddings.vocab_tokens")
+    for o in args.overrides:
+        if o.split("=", 1)[0].strip() not in tokens_keys:
+            raise _usage(f"--set {o}: inspect takes only {' and '.join(tokens_keys)}.")
+    data = {"format": args.format, "chat_template": args.chat_template, "max_seq_len": args.max_seq_len}
+    # Validated like a plan's data and embeddings sections (format and template names, length range).
+    plan = plan_from_dict(apply_overrides({"data": {"path": args.data or "", **data}}, args.overrides), check=False)
+    spec = plan.data if args.data else None
+    if spec is not None and spec.max_seq_len < 16:
+        raise _usage("--max-seq-len must be at least 16.")
+    e = plan.embeddings
+    r = inspect_model(args.model, spec if isinstance(spec, DataSpec) else None, e.new_tokens, e.vocab_tokens)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return EXIT_OK
@@ -508,6 +513,11 @@ def _cmd_inspect(args) -> int:
         )
     if len(r.flagged) > 50:
         print(f"  … and {len(r.flagged) - 50} more (--json lists all)")
+    if r.new_tokens:
+        print(f"{len(r.new_tokens)} tokens added by the plan (their rows are started when training begins):")
+        for nt in r.new_tokens[:50]:
+            seen = f"  [data x{nt.data_uses} ({nt.data_trained_uses} trained)]" if spec is not None else ""
+            print(f"  {nt.id:>7}  {nt.token!r:28} from {' + '.join(map(repr, nt.pieces)) or '(no pieces)'}{seen}")
     if r.template is not None:
         t = r.template
         share = t.trained_tokens / max(1, t.trained_tokens + t.masked_tokens)

@@ -77,6 +77,17 @@ class TemplateReport:
 
 
 @dataclass
+class NewToken:
+    """A token the plan adds (``embeddings.new_tokens`` / ``vocab_tokens``), with its row and use."""
+
+    id: int
+    token: str
+    pieces: list[str]  # what the base tokenizer split it into (its row starts from theirs)
+    data_uses: int = 0
+    data_trained_uses: int = 0
+
+
+@dataclass
 class HealthReport:
     model: str
     vocab: int
@@ -88,6 +99,7 @@ class HealthReport:
     verdict: str
     recommendation: str
     template: TemplateReport | None = None
+    new_tokens: list[NewToken] = field(default_factory=list)  # the plan's, in the extended tokenizer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,10 +153,25 @@ def check_template(tokenizer, data_spec, generation_eos: list[int] | None, max_r
     return report
 
 
-def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
-    """The token-health report of a model (and, with ``data_spec``, of its use by a dataset)."""
+def inspect_model(
+    name_or_path: str,
+    data_spec=None,
+    new_tokens: list[str] | tuple[str, ...] = (),
+    vocab_tokens: list[str] | tuple[str, ...] = (),
+) -> HealthReport:
+    """The token-health report of a model (and, with ``data_spec``, of its use by a dataset).
+
+    With the plan's ``new_tokens``/``vocab_tokens`` the tokenizer is extended as training extends
+    it: the data is counted in its tokens, and a row that looks untrained but is taken by a new
+    token (a spare row) is listed with the new tokens, whose rows are started when training begins.
+    """
     source = resolve_source(name_or_path)
     tokenizer = load_tokenizer(source)
+    added = None
+    if new_tokens or vocab_tokens:
+        from ..embeddings.setup import add_new_tokens
+
+        added = add_new_tokens(tokenizer, list(new_tokens), list(vocab_tokens))
     folder = Path(source.folder)
     if source.kind == "hub":
         folder = _hub_folder(name_or_path)
@@ -165,6 +192,13 @@ def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
             else:
                 row.matrix = "embeddings+lm_head"
                 row.reasons += [f"lm_head: {r}" for r in reasons]
+    news = []
+    if added is not None:
+        for i in added.ids:
+            flagged.pop(i, None)
+            pieces = [_token(tokenizer, p) for p in added.pieces.get(i, [])]
+            news.append(NewToken(id=i, token=_token(tokenizer, i), pieces=pieces))
+    new_by_id = {t.id: t for t in news}
     ids = set(flagged)
     template_counts: dict[int, int] = {}
     template = getattr(tokenizer, "chat_template", None)
@@ -186,6 +220,9 @@ def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
                     data_counts[t] = data_counts.get(t, 0) + 1
                     if lab != IGNORE_INDEX:
                         trained_counts[t] = trained_counts.get(t, 0) + 1
+                elif t in new_by_id:
+                    new_by_id[t].data_uses += 1
+                    new_by_id[t].data_trained_uses += lab != IGNORE_INDEX
         report_t = check_template(tokenizer, data_spec, _generation_eos(folder))
     report = HealthReport(
         model=name_or_path,
@@ -198,6 +235,7 @@ def inspect_model(name_or_path: str, data_spec=None) -> HealthReport:
         verdict="",
         recommendation="",
         template=report_t,
+        new_tokens=news,
     )
     report.verdict, report.recommendation = _verdict(report)
     return report

@@ -122,3 +122,24 @@ def test_inspect_command_and_init_untrained_in_a_run(planted, tmp_path, capsys):
     assert main(["train", str(plan), "--quiet"]) == 0
     record = json.loads((tmp_path / "run" / "init_untrained.json").read_text())
     assert record == {"method": "mean", "rows": [0, 300, 301, 302, 303, 304]}
+
+
+def test_inspect_counts_the_data_in_the_plans_extended_tokenizer(planted, tmp_path, capsys):
+    from headtune.core.cli import main
+
+    rows = [dict(r, output=r["output"] + " Kühlkreislauf") for r in ALPACA_ROWS[:6]]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = DataSpec(path=str(data), max_seq_len=64)
+    report = inspect_model(str(planted), spec, vocab_tokens=[" Kühlkreislauf"])
+    # The word's token (with the BPE's intermediate merges it needs, unused in the data).
+    (new,) = [t for t in report.new_tokens if t.data_uses]
+    tok = load_tokenizer(resolve_source(str(planted)))
+    assert new.id >= len(tok) and len(new.pieces) == len(tok.tokenize(" Kühlkreislauf")) > 1
+    assert new.data_uses == 6 and new.data_trained_uses == 6
+    assert [r.id for r in report.flagged] == [0, 300, 301, 302, 303, 304]  # the base rows, as before
+    key = 'embeddings.vocab_tokens=[" Kühlkreislauf"]'
+    assert main(["inspect", str(planted), "--data", str(data), "--set", key]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(report.new_tokens)} tokens added by the plan" in out and "data x6 (6 trained)" in out
+    assert main(["inspect", str(planted), "--set", "training.max_steps=3"]) == 2
+    assert "inspect takes only" in capsys.readouterr().err
