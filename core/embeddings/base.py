@@ -40,8 +40,8 @@ class MatrixCost:
     (``memory.matrix_dtype``), with a gradient and matrix optimizer states of the same size.
     ``drops_frozen``: the frozen original may be dropped (``memory.frozen_copy: false``).
     ``adapter``: fp32 trainable values (LoRA factors, row deltas), with fp32 gradients and Adam states.
-    ``shadow``: fp32 values whose gradient and states exist twice (PEFT's tied LoRA shares storage
-    between two parameters). ``frozen_rows``: values of original rows kept beside their deltas.
+    ``shadow``: fp32 values whose gradient exists twice during backward (PEFT's tied LoRA shares
+    storage between two parameters; their gradients are summed into one before the step). ``frozen_rows``: values of original rows kept beside their deltas.
     """
 
     full_copy: int = 0

@@ -20,7 +20,7 @@ class LoraMode:
     def cost(self, m: MatrixFacts) -> MatrixCost:
         factors = m.rank * (m.vocab + m.hidden)
         # PEFT ties a tied model's head LoRA to the embedding's through a second Parameter on the
-        # same storage: one copy of the values, but two gradients and two sets of optimizer states.
+        # same storage: one copy of the values and of the optimizer states, two gradients in backward.
         return MatrixCost(adapter=factors, shadow=factors if m.tied else 0, head_path=ADAPTER)
 
 

@@ -239,7 +239,6 @@ def _optimizer(plan, shape: ModelShape, s: _Sizes, mats: _Matrices, eff: Effecti
         return 2 * s.matrix + 2 * (s.matrix / BNB_STATE_BLOCK) * 4  # bitsandbytes 8-bit blockwise
 
     states = adam_bytes(trainable_fp32, 4, False) + sum(matrix_states(r == "embedding") for r in mats.full_roles)
-    states += adam_bytes(mats.shadow, 4, False) if mats.shadow else 0
     matrix_grads = full_values * s.train_mb
     return _Optimizer(
         trainable_fp32=trainable_fp32,

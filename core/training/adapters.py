@@ -10,6 +10,8 @@ training, save and reload.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..embeddings.setup import EmbeddingSetup
 from ..errors import PlanError
 from ..model.sources import embedding_module_names
@@ -142,3 +144,66 @@ def count_parameters(model) -> tuple[int, int]:
         seen[key] = (max(numel, p.numel()), trainable or p.requires_grad)
     trainable_count = sum(n for n, t in seen.values() if t)
     return trainable_count, sum(n for n, _ in seen.values())
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A trainable parameter over another's memory: PEFT's LoRA on a tied head is the embedding's
+    LoRA factors, transposed. ``shape``, ``stride`` and ``offset`` (from the first parameter's
+    start) say where the alias lies in that memory."""
+
+    first: str
+    alias: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+def aliased_parameters(model) -> list[Alias]:
+    """Every trainable parameter that is a distinct tensor over an earlier one's memory."""
+    seen: dict[int, tuple[str, object]] = {}
+    out = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or p.device.type == "meta":
+            continue
+        ptr = p.untyped_storage().data_ptr()
+        if ptr in seen:
+            first_name, first = seen[ptr]
+            offset = p.storage_offset() - first.storage_offset()  # type: ignore[attr-defined]
+            out.append(Alias(first_name, name, tuple(p.shape), tuple(p.stride()), offset))
+        else:
+            seen[ptr] = (name, p)
+    return out
+
+
+def restore_aliases(model, aliases: list[Alias]) -> None:
+    """Point each alias at its first parameter's memory again. Moving a model to a device (even
+    the one it is on, e.g. ``cpu`` to ``cpu:0``) copies each parameter on its own, after which the
+    tied head's LoRA would train apart from the embedding's."""
+    params = dict(model.named_parameters())
+    for a in aliases:
+        first, alias = params[a.first], params[a.alias]
+        if alias.untyped_storage().data_ptr() != first.untyped_storage().data_ptr():
+            alias.data = first.data.as_strided(a.shape, a.stride, first.storage_offset() + a.offset)
+
+
+def fold_aliased_gradients(model, aliases: list[Alias]) -> None:
+    """Add each alias's gradient into its first parameter's and drop it, so that the shared values
+    take one optimizer step on their whole gradient (as one tied matrix would), not two steps on two
+    halves. Linear, so it gives the same result before or after data-parallel averaging."""
+    if not aliases:
+        return
+    import torch
+
+    params = dict(model.named_parameters())
+    for a in aliases:
+        first, alias = params[a.first], params[a.alias]
+        if alias.grad is None:
+            continue
+        if first.grad is None:
+            first.grad = torch.zeros_like(first)
+        if first.grad.stride() != first.stride():
+            raise RuntimeError(f"{a.first}: its gradient's layout differs from the parameter's")
+        # The alias's layout over the shared memory, applied to the first parameter's gradient.
+        first.grad.as_strided(a.shape, a.stride, first.grad.storage_offset() + a.offset).add_(alias.grad)
+        alias.grad = None

@@ -155,23 +155,6 @@ def from_main(value):
     return box[0]
 
 
-def aliased_parameters(model) -> list[tuple[str, str]]:
-    """Pairs of trainable parameters that are distinct tensors over the same memory (PEFT's LoRA
-    on a tied head is the embedding's LoRA factors, transposed). DDP averages and the optimizer
-    steps each separately, so the shared values are not what one process would compute."""
-    seen: dict[int, str] = {}
-    pairs = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        ptr = p.untyped_storage().data_ptr()
-        if ptr in seen:
-            pairs.append((seen[ptr], name))
-        else:
-            seen[ptr] = name
-    return pairs
-
-
 def lost_peer(exc: BaseException) -> bool:
     """Whether ``exc`` says another process of the run is gone (killed, out of memory, its
     machine unreachable): a collective failed rather than this process's own work."""

@@ -475,16 +475,6 @@ class TrainingJob:
         for note in self.lean.notes:
             self.log(note)
         self.model = adapters.build_peft_model(model, plan, setup, self.lean)
-        shared = distributed.aliased_parameters(self.model) if distributed.world_size() > 1 else []
-        if shared:
-            a, b = shared[0]
-            raise PlanError(
-                f"This plan cannot train on {distributed.world_size()} processes: {b} and {a} are two trained "
-                "parameters over the same values (LoRA on embeddings and head that the model ties), which "
-                "data-parallel training cannot keep as one. Train it on one device (training.devices: 1), "
-                "or use embeddings.mode full or tokens.",
-                "embeddings.mode",
-            )
         return self.model, tokenizer, setup, reset_rows
 
     def _open_run_folder(self, reset_rows: list[int]) -> None:

@@ -30,6 +30,7 @@ from .. import runfolder
 from ..data.reading import IGNORE_INDEX
 from ..errors import BadInputError, RunError
 from . import distributed
+from .adapters import aliased_parameters, fold_aliased_gradients, restore_aliases
 
 GiB = 1024**3
 
@@ -53,7 +54,17 @@ class HeadtuneTrainer(Trainer):
         self.fused_step = None
         self.checkpoint_bytes = 0  # the job's estimate of one checkpoint, until one is written
         self._staging: str | None = None
+        model = kwargs.get("model", args[0] if args else None)
+        self.aliased = aliased_parameters(model)  # LoRA on a tied head: the embedding's factors
         super().__init__(*args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Moving the model to its device (the Trainer's, Accelerate's) copies each parameter on its
+        # own, parting an alias from the memory it shares.
+        restore_aliases(self.model, self.aliased)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        fold_aliased_gradients(self.model, self.aliased)
+        return loss
 
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -255,3 +255,30 @@ def test_memory_section_validation():
     with pytest.raises(PlanError, match="memory.loss"):
         with_overrides(p, ["memory.loss=magic"])
     assert "logits" in help_for("memory.loss") and "clipping" in help_for("memory.fused_step")
+
+
+def test_aliased_parameters_take_one_step_on_their_summed_gradient():
+    """PEFT's LoRA on a tied head is a second Parameter over the embedding's factors, transposed."""
+    from headtune.core.training.adapters import aliased_parameters, fold_aliased_gradients
+
+    m = torch.nn.Module()
+    m.first = torch.nn.Parameter(torch.randn(3, 5))
+    m.alias = torch.nn.Parameter(m.first.data.t())
+    a, b = torch.randn(3, 5), torch.randn(5, 3)
+    ((m.first * a).sum() + (m.alias * b).sum()).backward()
+    aliases = aliased_parameters(m)
+    assert [(a.first, a.alias) for a in aliases] == [("first", "alias")]
+    fold_aliased_gradients(m, aliases)
+    torch.testing.assert_close(m.first.grad, a + b.t())
+    assert m.alias.grad is None
+    # A move that copies each parameter on its own parts them; restoring points the alias back.
+    from headtune.core.training.adapters import restore_aliases
+
+    m.alias.data = m.alias.data.clone()
+    restore_aliases(m, aliases)
+    assert m.alias.untyped_storage().data_ptr() == m.first.untyped_storage().data_ptr()
+    # One optimizer step moves the shared values once, and both views see it.
+    before = m.first.detach().clone()
+    torch.optim.AdamW(m.parameters(), lr=0.1).step()
+    assert not torch.equal(m.first, before)
+    torch.testing.assert_close(m.alias, m.first.t())
