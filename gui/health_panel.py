@@ -97,9 +97,16 @@ class TokenHealthPanel(QWidget):
         self.check_button.setEnabled(True)
         set_error(self.error, None)
         used = r.used_ids
+        added = ""
+        if r.new_tokens:
+            used_new = sum(1 for t in r.new_tokens if t.data_uses)
+            added = (
+                f" The plan adds {len(r.new_tokens)} tokens ({used_new} used by the data); their rows are "
+                "started when training begins."
+            )
         self.summary.setText(
             f"{len(r.flagged)} of {r.vocab:,} rows look untrained; {len(used)} of them are used by "
-            f"the template or the data ({'tied' if r.tied else 'untied'} embeddings and head)."
+            f"the template or the data ({'tied' if r.tied else 'untied'} embeddings and head).{added}"
         )
         self.table.setRowCount(len(r.flagged))
         for i, row in enumerate(r.flagged):

@@ -9,6 +9,7 @@ they showed reports computed in this process.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,7 @@ def doctor_args(output_dir: str) -> list[str]:
 # -- token health -----------------------------------------------------------------------------
 def health_from_dict(d: dict[str, Any]):
     """A ``health.HealthReport`` from ``headtune inspect --json`` (JSON keys are strings)."""
-    from headtune.core.tools.health import FlaggedRow, HealthReport, TemplateReport
+    from headtune.core.tools.health import FlaggedRow, HealthReport, NewToken, TemplateReport
 
     ints = lambda m: {int(k): v for k, v in (m or {}).items()}  # noqa: E731
     template = TemplateReport(**d["template"]) if d.get("template") else None
@@ -154,6 +155,7 @@ def health_from_dict(d: dict[str, Any]):
         verdict=d["verdict"],
         recommendation=d["recommendation"],
         template=template,
+        new_tokens=[NewToken(**t) for t in d.get("new_tokens", [])],
     )
 
 
@@ -169,7 +171,9 @@ class HealthProtocol(ChildProtocol):
         return super().decode(data)
 
 
-def inspect_args(model: str, data_spec=None) -> list[str]:
+def inspect_args(model: str, data_spec=None, new_tokens=(), vocab_tokens=()) -> list[str]:
+    """The command line of a token-health check; with the plan's added tokens, counted as training
+    adds them."""
     args = ["inspect", model, "--json"]
     if data_spec is not None:
         args += [
@@ -182,6 +186,9 @@ def inspect_args(model: str, data_spec=None) -> list[str]:
             "--max-seq-len",
             str(data_spec.max_seq_len),
         ]
+    for key, tokens in (("new_tokens", new_tokens), ("vocab_tokens", vocab_tokens)):
+        if tokens:
+            args += ["--set", f"embeddings.{key}={json.dumps(list(tokens))}"]
     return headtune_command(args)
 
 

@@ -185,7 +185,8 @@ class HealthController(QObject):
             self._panel.show_error("Choose a model first (Model tab).")
             return
         spec = plan.data if plan.data.path.strip() else None
-        child = Supervisor(protocols.inspect_args(name, spec), HealthProtocol())
+        e = plan.embeddings
+        child = Supervisor(protocols.inspect_args(name, spec, e.new_tokens, e.vocab_tokens), HealthProtocol())
         child.completed.connect(self._on_child_completed)
         child.failed.connect(self._on_child_failed)
         self._child = child

@@ -426,6 +426,12 @@ def test_token_health_panel_finds_untrained_rows_and_applies_fixes(
     assert w.training_panel.plan_error.isHidden()
     qtbot.mouseClick(w.findChild(QPushButton, "applyInitMeanButton"), Qt.MouseButton.LeftButton)
     assert w.values()["embeddings"]["init_untrained"] == "mean"
+    # The plan's added tokens are counted as training adds them.
+    w.plan.set("embeddings.vocab_tokens", [" Kühlkreislauf"])
+    qtbot.mouseClick(w.findChild(QPushButton, "checkTokensButton"), Qt.MouseButton.LeftButton)
+    summary = w.health_panel.summary
+    qtbot.waitUntil(lambda: "The plan adds" in summary.text() and not w.threads.running(), timeout=60_000)
+    assert "(0 used by the data)" in summary.text()
 
 
 def test_new_words_proposed_from_the_data_unticked_and_previewed(make_window, qtbot, tiny_untied, tmp_path):
