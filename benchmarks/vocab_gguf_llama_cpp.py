@@ -8,7 +8,10 @@ llama.cpp's converter hashes to name the pre-tokenizer), exported with ``headtun
 gguf``, and the GGUF is opened by llama.cpp (``llama-cpp-python``, ``vocab_only``) in the Python
 given by ``--llama-python`` (llama-cpp-python is not a Headtune dependency; install it in a
 separate environment). Printed per word: the id in the run's saved tokenizer, llama.cpp's tokens
-for the word, and whether llama.cpp detokenizes a sentence back to itself.
+for the word, and whether llama.cpp detokenizes a sentence back to itself. Then llama.cpp loads the
+whole f16 GGUF and runs the sentence: its logits at every position against transformers' on the
+merged export of the same run (the new tokens' rows included), as the largest difference relative
+to the logits' spread and the share of positions whose top token agrees.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ out = {"words": {w: llm.tokenize(w.encode(), add_bos=False, special=False) for w
 ids = llm.tokenize(sentence.encode(), add_bos=False, special=False)
 out["sentence_ids"] = ids
 out["sentence_back"] = llm.detokenize(ids).decode()
+full = Llama(model_path=sys.argv[4], logits_all=True, n_ctx=256, verbose=False)
+full.eval(ids)
+out["logits"] = [[float(x) for x in full.scores[i]] for i in range(len(ids))]
 print(json.dumps(out))
 """
 
@@ -64,12 +70,21 @@ def main() -> int:
     data = write_jsonl(root / "data.jsonl", rows)
     d = plan_dict(model, data, root / "run", embeddings={"vocab_tokens": WORDS}, training={"max_steps": 1})
     TrainingJob(plan_from_dict(d)).run()
-    export_run(root / "run", "gguf", root / "gguf", gguf_type="q8_0")
+    export_run(root / "run", "gguf", root / "gguf", gguf_type="f16")
+    export_run(root / "run", "merged", root / "merged", dtype="float32")
     saved = AutoTokenizer.from_pretrained(root / "run" / "adapter")
     base = AutoTokenizer.from_pretrained(tokdir)
     got = json.loads(
         subprocess.run(
-            [args.llama_python, "-c", LLAMA, str(root / "gguf" / "model-q8_0.gguf"), json.dumps(WORDS), SENTENCE],
+            [
+                args.llama_python,
+                "-c",
+                LLAMA,
+                str(root / "gguf" / "model-f16.gguf"),
+                json.dumps(WORDS),
+                SENTENCE,
+                str(root / "gguf" / "model-f16.gguf"),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -91,7 +106,21 @@ def main() -> int:
         f"base tokenizer {len(base(SENTENCE, add_special_tokens=False)['input_ids'])} tokens; "
         f"llama.cpp detokenizes it back exactly: {back}"
     )
-    return 0 if ok and same and back else 1
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(root / "merged", dtype=torch.float32)
+    with torch.no_grad():
+        ref = merged(torch.tensor([got["sentence_ids"]])).logits[0]
+    cpp = torch.tensor(got["logits"])
+    spread = float(ref.std())
+    worst = float((cpp - ref).abs().max()) / spread
+    agree = float((cpp.argmax(-1) == ref.argmax(-1)).float().mean())
+    print(
+        f"logits over {len(cpp)} positions, llama.cpp (f16 GGUF) vs transformers (merged, float32): largest "
+        f"difference {worst:.4f} of the logits' standard deviation; top token agrees at {agree:.0%} of positions"
+    )
+    return 0 if ok and same and back and worst < 0.05 and agree == 1.0 else 1
 
 
 if __name__ == "__main__":
