@@ -94,12 +94,20 @@ def build_peft_model(model, plan, setup: EmbeddingSetup, lean_options=None):
         ensure_weight_tying=setup.tied and bool(setup.modules_to_save or setup.lora_targets or setup.token_indices),
     )
     try:
-        peft_model = get_peft_model(model, config)
+        # PEFT upcasts 16-bit adapter weights to fp32 one parameter at a time, which would part a tied
+        # head's LoRA factors from the embedding's (they share memory): the cast is done here instead,
+        # and the shared memory restored after it.
+        peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
     except ValueError as exc:
         raise PlanError(
             f"adapter.target_modules: PEFT could not apply LoRA to this model ({exc}).", "adapter.target_modules"
         ) from exc
     import torch
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    aliases = aliased_parameters(peft_model)
+    cast_adapter_dtype(peft_model, adapter_name="default")
+    restore_aliases(peft_model, aliases)
 
     if mem.matrix_dtype == "float32":
         lean.set_trained_dtype(peft_model, torch.float32)  # fp32 master weights for the trained matrices

@@ -51,13 +51,13 @@ def base_matrices(folder):
     return E, H
 
 
-def run(tmp_path, model_dir, data, quant, **embeddings):
+def run(tmp_path, model_dir, data, quant, dtype="float32", **embeddings):
     d = plan_dict(
         model_dir,
         data,
         tmp_path / "run",
         embeddings=embeddings,
-        model={"name_or_path": str(model_dir), "quantization": quant, "dtype": "float32"},
+        model={"name_or_path": str(model_dir), "quantization": quant, "dtype": dtype},
         training={"max_steps": 3, "learning_rate": 5e-2, "save_every": 0},
     )
     job = TrainingJob(plan_from_dict(d))
@@ -117,6 +117,25 @@ def test_tied_matrix_trained_once_and_stays_tied(tmp_path, tiny_tied, alpaca_fil
     reloaded = check_reload(job, tmp_path)
     E2, H2 = effective(reloaded)
     torch.testing.assert_close(H2, E2, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("quant", ["none", "4bit"])
+def test_tied_lora_stays_one_matrix_in_the_default_dtype(tmp_path, tiny_tied, alpaca_file, quant):
+    """In bfloat16 (the default) PEFT's upcast of the adapter to fp32 would give the head's LoRA
+    factors memory of their own, and the two halves of the tied matrix would train apart."""
+    job = run(tmp_path, tiny_tied, alpaca_file, quant, dtype="bfloat16", train_lm_head=True, mode="lora")
+    params = dict(job.model.named_parameters())
+    emb_a = params["base_model.model.model.embed_tokens.lora_embedding_A.default"]
+    head_b = params["base_model.model.lm_head.lora_B.default.weight"]
+    assert emb_a.dtype == torch.float32 and emb_a.abs().sum() > 0  # trained (it starts at zero)
+    assert head_b.untyped_storage().data_ptr() == emb_a.untyped_storage().data_ptr()
+    assert torch.equal(head_b, emb_a.T)
+    # Saved and reloaded as trained (logits in bfloat16 differ by rounding between the two
+    # models' kernels, so the values are compared).
+    reloaded = dict(load_trained(tmp_path / "run")[0].named_parameters())
+    for name, value in params.items():
+        if value.requires_grad:
+            assert torch.equal(reloaded[name], value), name
 
 
 @pytest.mark.parametrize("mode", ["full", "tokens", "lora"])
