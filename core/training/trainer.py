@@ -44,6 +44,7 @@ class HeadtuneTrainer(Trainer):
         embedding_lr: float | None = None,
         lean=None,
         loraplus_ratio: float = 1.0,
+        sharded: bool = False,
         **kwargs,
     ):
         self.embedding_param_names = set(embedding_param_names)
@@ -54,6 +55,31 @@ class HeadtuneTrainer(Trainer):
         self.checkpoint_bytes = 0  # the job's estimate of one checkpoint, until one is written
         self._staging: str | None = None
         super().__init__(*args, **kwargs)
+        self.sharded = sharded  # the model is FSDP-sharded (core.training.sharding) before training
+        if sharded:
+            # The Trainer's path for a model that holds its own shards and reduces its own gradients:
+            # Accelerate adds autocast but no DDP wrapper, gradient clipping spans the shards.
+            self.is_distributed_loading_by_transformers = True
+
+    # -- sharded models (FSDP): accumulation, whole-tensor saves, the optimizer state --------
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """Micro-batches before the last one of an accumulation keep their gradients unreduced."""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if not self.sharded:
+            return super().save_model(output_dir, _internal_call)
+        from . import sharding
+
+        whole = sharding.gathered_state_dict(self.model)  # every process, together
+        if self.args.should_save:
+            self.model.save_pretrained(output_dir or self.args.output_dir, state_dict=whole)
+        return None
 
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -244,7 +270,19 @@ class HeadtuneTrainer(Trainer):
     # Trainer's own optimizer.pt.
     FUSED_STATES = "matrix_optimizer.pt"
 
+    # A sharded run's optimizer state, gathered whole and keyed by parameter name (a one-process
+    # run's optimizer.pt is keyed by position): a resume scatters it back.
+    SHARDED_STATES = "optimizer_full.pt"
+
     def _save_optimizer_and_scheduler(self, output_dir):
+        if self.sharded:
+            from . import sharding
+
+            state = sharding.gathered_optimizer_state(self.model, self.optimizer)
+            if self.args.should_save:
+                torch.save(state, f"{output_dir}/{self.SHARDED_STATES}")
+                torch.save(self.lr_scheduler.state_dict(), f"{output_dir}/scheduler.pt")
+            return
         super()._save_optimizer_and_scheduler(output_dir)
         if self.fused_step is not None and self.args.should_save:
             torch.save(self.fused_step.state_dict(), f"{output_dir}/{self.FUSED_STATES}")
@@ -272,7 +310,7 @@ def is_loraplus_b(name: str) -> bool:
 
 # The files of a checkpoint that torch.load reads (training_args.bin is written by the Trainer
 # for reference and never read back).
-TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "matrix_optimizer.pt")
+TORCH_FILES = ("optimizer.pt", "optimizer_full.pt", "scheduler.pt", "scaler.pt", "matrix_optimizer.pt")
 
 
 def safe_load(path: str | os.PathLike, mmap: bool = False):
