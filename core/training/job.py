@@ -371,6 +371,8 @@ class TrainingJob:
         model, tokenizer, setup, reset_rows = loaded
         trainable, total = adapters.count_parameters(model)
         if sharding.wanted(self.plan):
+            if ckpt is not None:  # the checkpoint's weights go in whole, before the model is split
+                sharding.load_adapter_weights(model, ckpt)
             units = sharding.shard(model, self.device)
             self.log(
                 f"training.sharding: fsdp: {units} decoder layers and the rest (embedding, head) sharded over "
@@ -693,6 +695,7 @@ class TrainingJob:
             loraplus_ratio=plan.adapter.loraplus_ratio,
             lean=self.lean,
             sharded=sharding.is_sharded(model),
+            fsdp=plan.training.sharding == "fsdp",
         )
         # Progress goes out as events; the Trainer's own console printer would duplicate it.
         trainer.remove_callback(PrinterCallback)

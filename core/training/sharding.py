@@ -18,7 +18,8 @@ The adapter is saved from whole tensors: every trainable parameter and every roo
 gathered (a collective: every process calls ``gathered_state_dict``), then the main process writes
 it with PEFT's own ``save_pretrained``, so the adapter folder is the same as a one-process run's.
 Checkpoints hold the same gathered adapter and the optimizer state gathered whole, keyed by
-parameter name (``optimizer_full.pt``); a resume on the same number of processes scatters it back.
+parameter name (``optimizer.pt``); a resume loads the adapter weights before sharding and scatters
+the optimizer state back into the shards, on any number of processes.
 
 Refused before anything loads (``core.plan.checks``): 4/8-bit quantized models (bitsandbytes'
 packed weights and their quantization state cannot be split this way here) and bitsandbytes
@@ -44,7 +45,7 @@ def decoder_layers(model) -> list:
     names: set[str] = set()
     for m in model.modules():
         names.update(getattr(m, "_no_split_modules", None) or ())
-    layers = []
+    layers: list = []
     for m in model.modules():
         if type(m).__name__ in names and not any(m is not o and _contains(o, m) for o in layers):
             layers.append(m)
@@ -123,3 +124,11 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_adapter_weights(model, checkpoint) -> None:
+    """Load the adapter weights of ``checkpoint`` into the (not yet sharded) PEFT ``model``, as the
+    Trainer's resume would (it cannot once the parameters are shards)."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, load_peft_weights(str(checkpoint), device="cpu"))

@@ -45,6 +45,7 @@ class HeadtuneTrainer(Trainer):
         lean=None,
         loraplus_ratio: float = 1.0,
         sharded: bool = False,
+        fsdp: bool = False,
         **kwargs,
     ):
         self.embedding_param_names = set(embedding_param_names)
@@ -56,6 +57,7 @@ class HeadtuneTrainer(Trainer):
         self._staging: str | None = None
         super().__init__(*args, **kwargs)
         self.sharded = sharded  # the model is FSDP-sharded (core.training.sharding) before training
+        self.fsdp = fsdp  # the plan asks for FSDP (its checkpoints' optimizer state is keyed by name)
         if sharded:
             # The Trainer's path for a model that holds its own shards and reduces its own gradients:
             # Accelerate adds autocast but no DDP wrapper, gradient clipping spans the shards.
@@ -270,17 +272,16 @@ class HeadtuneTrainer(Trainer):
     # Trainer's own optimizer.pt.
     FUSED_STATES = "matrix_optimizer.pt"
 
-    # A sharded run's optimizer state, gathered whole and keyed by parameter name (a one-process
-    # run's optimizer.pt is keyed by position): a resume scatters it back.
-    SHARDED_STATES = "optimizer_full.pt"
-
+    # Under training.sharding: fsdp, optimizer.pt holds the state gathered whole and keyed by
+    # parameter name (a one-process run's is keyed by position), so a resume on any number of
+    # processes scatters it back into its own shards.
     def _save_optimizer_and_scheduler(self, output_dir):
-        if self.sharded:
+        if self.fsdp:
             from . import sharding
 
-            state = sharding.gathered_optimizer_state(self.model, self.optimizer)
+            state = sharding.gathered_optimizer_state(self.model, self.optimizer)  # every process, together
             if self.args.should_save:
-                torch.save(state, f"{output_dir}/{self.SHARDED_STATES}")
+                torch.save(state, f"{output_dir}/optimizer.pt")
                 torch.save(self.lr_scheduler.state_dict(), f"{output_dir}/scheduler.pt")
             return
         super()._save_optimizer_and_scheduler(output_dir)
@@ -288,6 +289,13 @@ class HeadtuneTrainer(Trainer):
             torch.save(self.fused_step.state_dict(), f"{output_dir}/{self.FUSED_STATES}")
 
     def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint and self.fsdp:
+            from . import sharding
+
+            with refuse_unsafe(checkpoint):
+                sharding.load_optimizer_state(self.model, self.optimizer, safe_load(f"{checkpoint}/optimizer.pt"))
+                self.lr_scheduler.load_state_dict(safe_load(f"{checkpoint}/scheduler.pt"))
+            return
         with refuse_unsafe(checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint and self.fused_step is not None and os.path.isfile(f"{checkpoint}/{self.FUSED_STATES}"):
@@ -298,6 +306,8 @@ class HeadtuneTrainer(Trainer):
             super()._load_rng_state(checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.sharded:  # the job loaded the checkpoint's weights before sharding the model
+            return
         with refuse_unsafe(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -310,7 +320,7 @@ def is_loraplus_b(name: str) -> bool:
 
 # The files of a checkpoint that torch.load reads (training_args.bin is written by the Trainer
 # for reference and never read back).
-TORCH_FILES = ("optimizer.pt", "optimizer_full.pt", "scheduler.pt", "scaler.pt", "matrix_optimizer.pt")
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "matrix_optimizer.pt")
 
 
 def safe_load(path: str | os.PathLike, mmap: bool = False):
