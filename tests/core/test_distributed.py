@@ -405,3 +405,50 @@ def test_fsdp_stop_then_resume_from_the_sharded_checkpoint_equals_one_process(sh
     )
     TrainingJob(plan_from_dict(one)).run()
     assert_same_adapter(adapter(tmp_path / "one"), adapter(root / "stop"))
+
+
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        ({"training": {"optimizer": "adamw_8bit"}}, "cannot run training.optimizer adamw_8bit"),
+        ({"model": {"quantization": "4bit"}}, "cannot shard a 4bit-quantized model"),
+    ],
+)
+def test_an_fsdp_plan_it_cannot_run_exits_2_on_every_process(tmp_path, tiny_untied, change, says):
+    """Refused before any model loads, on both processes, with the reason and no traceback."""
+    data = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS)
+    d = plan_dict(tiny_untied, data, tmp_path / "run", training={"sharding": "fsdp"})
+    for section, values in change.items():
+        d[section].update(values)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps(d), encoding="utf-8")  # plan_from_dict itself refuses it
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    done = torchrun(2, ["-m", "headtune.core.cli", "train", str(plan)], env={"HEADTUNE_LAUNCHER_DIR": str(codes)})
+    assert {f.name: f.read_text() for f in codes.iterdir()} == {"rank-0.exit": "2", "rank-1.exit": "2"}
+    assert says in done.stderr, done.stderr
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "headtune" in f], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_memory_options_as_they_run():
+    """8-bit matrix states fall back to 32-bit (bitsandbytes steps whole tensors); the fused step is off."""
+    from headtune.core.plan import Plan, with_overrides
+    from headtune.core.plan.memory_options import resolve
+
+    base = Plan()
+    base.model.name_or_path, base.data.path = "m", "d.jsonl"
+    plan = with_overrides(
+        base,
+        [
+            "training.sharding=fsdp",
+            "embeddings.train_lm_head=true",
+            "training.max_grad_norm=0",
+            "memory.fused_step=true",
+        ],
+    )
+    eff = resolve(plan, "cuda")
+    assert eff.matrix_states == "32bit" and not eff.fused_step
+    assert any("sharded" in n for n in eff.notes)
+    assert resolve(with_overrides(plan, ["training.sharding=none"]), "cuda").matrix_states == "8bit"
