@@ -8,12 +8,15 @@ plan's ``batch_size`` is per device), plus:
   parameters, the size of all trainable gradients together, allocated when the model is wrapped
   and alive to the end (``gradient_as_bucket_view`` is off, the Trainer's default). So the
   trainable gradients are counted once more, in every phase.
-- **FSDP** (fully sharded: weights, gradients and optimizer states split evenly over the
-  devices): the parameters, their gradients and states divided by the number of devices, plus
-  the largest unit (a decoder layer, or the embedding or head matrix) gathered whole, twice over
-  (the one computing and the one prefetched); activations and the loss region are per device
-  and do not shrink. Training does not run FSDP in this version (a plan under an FSDP launcher
-  configuration is refused); this line says what sharding would save.
+- **FSDP** (``training.sharding: fsdp``, as ``core.training.sharding`` runs it: weights,
+  gradients and optimizer states split evenly over the devices): those divided by the number of
+  devices, plus what is gathered whole at the peak: two decoder layers (the one computing and the
+  one prefetched) and the root unit (everything outside the decoder layers: the embedding, the
+  head, their trained copies or rows), which stays whole from the forward to the end of backward,
+  with its gradients unreduced until then, and copied once more, whole, into the reduce-scatter's
+  input before they are freed (counted as the trainable gradients whole, twice); activations and
+  the loss region are per device and do not shrink. Measured on CPU processes
+  (``benchmarks/data_parallel.py``), not on GPUs.
 
 The single-device ``Estimate`` (``core.estimate.breakdown``) supplies the per-category bytes at
 its peak phase; this module only redistributes them. Not measured on GPUs (see docs).
@@ -41,7 +44,7 @@ class PerDevice:
     ddp_buckets_bytes: int
     ddp_total_bytes: int  # per device, with the CUDA overhead
     fsdp_total_bytes: int  # per device, with the CUDA overhead
-    fsdp_gathered_bytes: int  # the largest unit gathered whole, twice (computing + prefetched)
+    fsdp_gathered_bytes: int  # whole at the peak: two decoder layers, the root unit, its gradients twice
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,12 +60,15 @@ def per_device(plan, shape: ModelShape, est: Estimate, devices: int) -> PerDevic
     # bytes per value as the estimate counted them in weights_trainable).
     buckets = int(bd["weights_trainable"]) if n > 1 else 0
     ddp_peak = est.tensors_peak_bytes + buckets
-    # FSDP: the sharded categories over n, the per-device rest as is, plus the largest unit twice.
+    # FSDP: the sharded categories over n, the per-device rest as is, plus what is gathered whole:
+    # two decoder layers, the root unit (all weights outside the layers) and its gradients, whole
+    # and in the reduce-scatter's input (FSDP2 copies them there before freeing them).
     params = max(1, shape.total_params)
-    per_value = (bd["weights_frozen"] + bd["weights_trainable"]) / params
+    weights = bd["weights_frozen"] + bd["weights_trainable"]
+    per_value = weights / params
     layer = sum(i * o for i, o in shape.linear_shapes().values())
-    unit = max(layer, shape.vocab * shape.hidden)
-    gathered = int(2 * unit * per_value) if n > 1 else 0
+    root = max(0, weights - shape.block_linear_params * per_value)
+    gathered = int(2 * layer * per_value + root + 2 * bd["gradients"]) if n > 1 else 0
     sharded = sum(bd[k] for k in SHARDED)
     fsdp_peak = int(est.tensors_peak_bytes - sharded + sharded / n + gathered)
     return PerDevice(
