@@ -8,15 +8,16 @@ plan's ``batch_size`` is per device), plus:
   parameters, the size of all trainable gradients together, allocated when the model is wrapped
   and alive to the end (``gradient_as_bucket_view`` is off, the Trainer's default). So the
   trainable gradients are counted once more, in every phase.
-- **FSDP** (``training.sharding: fsdp``, as ``core.training.sharding`` runs it: weights,
-  gradients and optimizer states split evenly over the devices): those divided by the number of
-  devices, plus what is gathered whole at the peak: two decoder layers (the one computing and the
-  one prefetched) and the root unit (everything outside the decoder layers: the embedding, the
-  head, their trained copies or rows), which stays whole from the forward to the end of backward,
-  with its gradients unreduced until then, and copied once more, whole, into the reduce-scatter's
-  input before they are freed (counted as the trainable gradients whole, twice); activations and
-  the loss region are per device and do not shrink. Measured on CPU processes
-  (``benchmarks/data_parallel.py``), not on GPUs.
+- **FSDP** (``training.sharding: fsdp``, as ``core.training.sharding`` runs it): weights,
+  gradients and optimizer states divided by the number of devices, plus what is whole at the
+  peak, which falls at the root unit's reduce-scatter at the end of backward: two decoder layers
+  (the one computing and the one prefetched), the root unit's weights (everything outside the
+  decoder layers: the embedding, the head, their trained copies or rows) twice, and the trainable
+  gradients three times. That is what was alive at the peak of 2 CPU processes
+  (``benchmarks/data_parallel.py``, storages listed by size and shape): the root's flat
+  all-gather buffer beside each parameter's whole copy; the gradients unreduced, in the
+  reduce-scatter's input, and once more. Activations and the loss region are per device and do
+  not shrink. Not measured on GPUs (NCCL may hold fewer copies).
 
 The single-device ``Estimate`` (``core.estimate.breakdown``) supplies the per-category bytes at
 its peak phase; this module only redistributes them. Not measured on GPUs (see docs).
@@ -44,7 +45,7 @@ class PerDevice:
     ddp_buckets_bytes: int
     ddp_total_bytes: int  # per device, with the CUDA overhead
     fsdp_total_bytes: int  # per device, with the CUDA overhead
-    fsdp_gathered_bytes: int  # whole at the peak: two decoder layers, the root unit, its gradients twice
+    fsdp_gathered_bytes: int  # whole at the peak: two decoder layers, the root unit twice, the gradients 3 times
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,14 +62,13 @@ def per_device(plan, shape: ModelShape, est: Estimate, devices: int) -> PerDevic
     buckets = int(bd["weights_trainable"]) if n > 1 else 0
     ddp_peak = est.tensors_peak_bytes + buckets
     # FSDP: the sharded categories over n, the per-device rest as is, plus what is gathered whole:
-    # two decoder layers, the root unit (all weights outside the layers) and its gradients, whole
-    # and in the reduce-scatter's input (FSDP2 copies them there before freeing them).
+    # two decoder layers, the root unit's weights twice, the trainable gradients three times.
     params = max(1, shape.total_params)
     weights = bd["weights_frozen"] + bd["weights_trainable"]
     per_value = weights / params
     layer = sum(i * o for i, o in shape.linear_shapes().values())
     root = max(0, weights - shape.block_linear_params * per_value)
-    gathered = int(2 * layer * per_value + root + 2 * bd["gradients"]) if n > 1 else 0
+    gathered = int(2 * layer * per_value + 2 * root + 3 * bd["gradients"]) if n > 1 else 0
     sharded = sum(bd[k] for k in SHARDED)
     fsdp_peak = int(est.tensors_peak_bytes - sharded + sharded / n + gathered)
     return PerDevice(
