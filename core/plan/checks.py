@@ -98,12 +98,12 @@ def _check_sharding(plan: Plan) -> None:
     m, t = plan.model, plan.training
     if t.sharding != "fsdp":
         return
-    if m.quantization != "none":
+    if m.quantization == "8bit":
         raise ShardingError(
-            f"training.sharding: fsdp cannot shard a {m.quantization}-quantized model: bitsandbytes keeps its "
-            "weights packed with a quantization state beside them, which this version does not split over "
-            "processes (QLoRA with FSDP is not run). Set model.quantization: none (the 16-bit weights are "
-            "sharded instead), or training.sharding: none.",
+            "training.sharding: fsdp cannot shard an 8-bit (LLM.int8) model: bitsandbytes keeps each "
+            "layer's 8-bit weights with their scales on the weight itself, and a gathered shard loses "
+            "them (the layer then fails). Use model.quantization: 4bit (QLoRA, which FSDP shards) or "
+            "none, or training.sharding: none.",
             "model.quantization",
         )
     if t.optimizer != "adamw":

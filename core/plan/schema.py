@@ -243,7 +243,7 @@ class TrainingSpec:
         "How the processes of a multi-device run hold the model: none (data parallel: each process holds the "
         "whole model) or fsdp (fully sharded: each decoder layer's weights, and the embedding/head with the rest, "
         "split over the processes and gathered a unit at a time, for models that do not fit one GPU). Not with "
-        "4/8-bit quantization or bitsandbytes optimizers. Ignored on one process.",
+        "8-bit quantization or the bitsandbytes optimizers. Ignored on one process.",
     )
 
 

@@ -21,10 +21,12 @@ Checkpoints hold the same gathered adapter and the optimizer state gathered whol
 parameter name (``optimizer.pt``); a resume loads the adapter weights before sharding and scatters
 the optimizer state back into the shards, on any number of processes.
 
-Refused before anything loads (``core.plan.checks``): 4/8-bit quantized models (bitsandbytes'
-packed weights and their quantization state cannot be split this way here) and bitsandbytes
-optimizers (their kernels step plain tensors, not shards). 8-bit optimizer states for the
-matrices fall back to 32-bit (``core.plan.memory_options``).
+4-bit (QLoRA) models shard like the others: the packed 4-bit weights are split as bytes and
+gathered whole, and bitsandbytes finds their quantization state again (tested on CPU processes
+against one process). Refused before anything loads (``core.plan.checks``): 8-bit (LLM.int8)
+models (a gathered weight loses the scales bitsandbytes keeps on it: the layer fails) and the
+bitsandbytes optimizers (their kernels step plain tensors, not shards). 8-bit optimizer states for
+the matrices fall back to 32-bit (``core.plan.memory_options``).
 """
 
 from __future__ import annotations

@@ -78,9 +78,9 @@ class HeadtuneTrainer(Trainer):
             return super().save_model(output_dir, _internal_call)
         from . import sharding
 
-        whole = sharding.gathered_state_dict(self.model)  # every process, together
-        if self.args.should_save:
-            self.model.save_pretrained(output_dir or self.args.output_dir, state_dict=whole)
+        # Every process gathers, together; the Trainer's save then writes on the main process only
+        # (the adapter from the whole tensors, the tokenizer, the training arguments).
+        self._save(output_dir, state_dict=sharding.gathered_state_dict(self.model))
         return None
 
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------

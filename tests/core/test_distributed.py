@@ -320,6 +320,11 @@ def sharded(tmp_path_factory, tiny_untied, tiny_tied):
             ),
         }
     )
+    # QLoRA: 4-bit NF4 weights (float32 compute, so the comparison is about the processes, not
+    # bfloat16 rounding), LoRA only, gradient checkpointing.
+    qlora = plan_dict(tiny_untied, data, root / "qlora", training=dict(SHARDED, gradient_checkpointing=True))
+    qlora["model"]["quantization"] = "4bit"
+    scenarios.append({"name": "qlora", "plan": qlora})
     # Default memory options: the 8-bit matrix states fall back to 32-bit under FSDP.
     stop_plan = plan_dict(tiny_untied, data, root / "stop", embeddings=MODES["full"], training=SHARDED_STOP)
     scenarios.append({"name": "stop", "plan": stop_plan, "stop_rank": 1, "stop_at": 2, "resume": True})
@@ -411,7 +416,7 @@ def test_fsdp_stop_then_resume_from_the_sharded_checkpoint_equals_one_process(sh
     "change,says",
     [
         ({"training": {"optimizer": "adamw_8bit"}}, "cannot run training.optimizer adamw_8bit"),
-        ({"model": {"quantization": "4bit"}}, "cannot shard a 4bit-quantized model"),
+        ({"model": {"quantization": "8bit"}}, "cannot shard an 8-bit (LLM.int8) model"),
     ],
 )
 def test_an_fsdp_plan_it_cannot_run_exits_2_on_every_process(tmp_path, tiny_untied, change, says):
@@ -452,3 +457,16 @@ def test_fsdp_memory_options_as_they_run():
     assert eff.matrix_states == "32bit" and not eff.fused_step
     assert any("sharded" in n for n in eff.notes)
     assert resolve(with_overrides(plan, ["training.sharding=none"]), "cuda").matrix_states == "8bit"
+
+
+@pytest.mark.slow
+def test_fsdp_qlora_equals_one_process(sharded, tmp_path):
+    """The packed 4-bit weights are sharded (as bytes) and gathered whole for each layer; the LoRA
+    factors trained on them equal one process's with the global batch."""
+    root, data, models, seen = sharded
+    assert [r["run"]["type"] for r in seen["qlora"]] == ["Finished", "Finished"], seen["qlora"]
+    training = dict(TRAINING, batch_size=4, gradient_checkpointing=True)
+    one = plan_dict(models["untied"], data, tmp_path / "one", training=training)
+    one["model"]["quantization"] = "4bit"
+    TrainingJob(plan_from_dict(one)).run()
+    assert_same_adapter(adapter(tmp_path / "one"), adapter(root / "qlora"))
