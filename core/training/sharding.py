@@ -31,14 +31,13 @@ the matrices fall back to 32-bit (``core.plan.memory_options``).
 
 from __future__ import annotations
 
-import os
-
 from ..errors import ShardingError
+from . import distributed
 
 
 def wanted(plan) -> bool:
     """Whether this process shards: the plan asks for FSDP and there are several processes."""
-    return plan.training.sharding == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return plan.training.sharding == "fsdp" and distributed.world_size() > 1
 
 
 def decoder_layers(model) -> list:

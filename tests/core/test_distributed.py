@@ -1,6 +1,8 @@
 """Data parallelism for real: 2 CPU processes (gloo) under torch.distributed.run equal one process
 with the global batch, in every embeddings mode, tied and untied, with evaluation on; a stop that
-reaches one process stops both at the same step; a refused plan exits 2 on every process.
+reaches one process stops both at the same step; a refused plan exits 2 on every process. The same
+for fully sharded training (``training.sharding: fsdp``, the second half of this file), plus its
+saved adapter's reload, resume from a sharded checkpoint, QLoRA and the combinations it refuses.
 
 One launch runs every scenario (starting the processes is the slow part), see
 ``distributed_worker.py``. Tolerance: the two runs add the same gradients in a different order
