@@ -418,7 +418,9 @@ def test_fsdp_stop_then_resume_from_the_sharded_checkpoint_equals_one_process(sh
     "change,says",
     [
         ({"training": {"optimizer": "adamw_8bit"}}, "cannot run training.optimizer adamw_8bit"),
-        ({"model": {"quantization": "8bit"}}, "cannot shard an 8-bit (LLM.int8) model"),
+        pytest.param(
+            {"model": {"quantization": "8bit"}}, "cannot shard an 8-bit (LLM.int8) model", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_an_fsdp_plan_it_cannot_run_exits_2_on_every_process(tmp_path, tiny_untied, change, says):
