@@ -1,4 +1,4 @@
-"""Data parallelism on the CPU: 1 process against 2 (gloo), same per-process batch.
+"""Data parallelism on the CPU: 1 process against 2 (gloo), same per-process batch; DDP and FSDP.
 
     python benchmarks/data_parallel.py                 # about 2 minutes on 2 CPU cores
     python benchmarks/data_parallel.py --steps 20 --hidden 256
@@ -12,8 +12,11 @@ On a computer shared with other work the speeds vary from run to run; the peaks 
 
 Per row: optimizer steps per second and trained tokens per second over the training loop (the
 global batch counts: 2 processes do twice the tokens per step), the measured tensor peak of each
-process over the loop (``LiveTensorTracker``, which also sees DDP's buckets), and the per-device
-estimate (``core.estimate.parallel``: the one-device estimate plus the buckets), with their ratio.
+process over the loop (``LiveTensorTracker``, which also sees DDP's buckets and FSDP's gathered
+units), and the per-device estimate (``core.estimate.parallel``: the one-device estimate plus the
+buckets for DDP; the shards plus the gathered units for FSDP), with their ratio. The FSDP row
+(``training.sharding: fsdp``) trains the matrices with 32-bit optimizer states (the 8-bit default
+falls back to them under FSDP), so every row here uses 32-bit states to compare alike.
 """
 
 from __future__ import annotations
@@ -108,11 +111,11 @@ def main() -> None:
         rows = [{"text": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(3 * a.seq))} for i in range(400)]
         data = write_jsonl(root / "data.jsonl", rows)
         results = []
-        for nproc in (1, 2):
+        for nproc, sharding in ((1, "none"), (2, "none"), (2, "fsdp")):
             d = plan_dict(
                 model,
                 data,
-                root / f"run{nproc}",
+                root / f"run{nproc}{sharding}",
                 data={"max_seq_len": a.seq, "val_fraction": 0.0, "format": "text"},
                 adapter={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
                 embeddings={"train_embeddings": True, "train_lm_head": True, "mode": "full"},
@@ -122,40 +125,43 @@ def main() -> None:
                     "eval_every": 0,
                     "gradient_checkpointing": True,
                     "devices": nproc,
+                    "sharding": sharding,
                 },
+                memory={"matrix_states": "32bit"},
             )
             plan = plan_from_dict(d)
-            plan_file = root / f"plan{nproc}.yaml"
+            plan_file = root / f"plan{nproc}{sharding}.yaml"
             plan.save(plan_file)
-            ranks = run(nproc, plan_file, root / f"out{nproc}")
+            ranks = run(nproc, plan_file, root / f"out{nproc}{sharding}")
             est, shape = memory.plan_estimate(load_plan(plan_file), "cpu")
             pd = memory.per_device(plan, shape, est, nproc)
             main_rank = ranks[0]
             results.append(
                 dict(
                     nproc=nproc,
+                    how="one process" if nproc == 1 else ("FSDP" if sharding == "fsdp" else "DDP"),
                     global_batch=pd.global_batch,
                     steps_s=main_rank["steps"] / main_rank["seconds"],
                     tokens_s=main_rank["tokens"] / main_rank["seconds"],
                     peaks=[r["peak"] for r in ranks],
-                    estimate=pd.ddp_total_bytes,
-                    buckets=pd.ddp_buckets_bytes,
+                    estimate=pd.fsdp_total_bytes if sharding == "fsdp" else pd.ddp_total_bytes,
+                    extra=pd.fsdp_gathered_bytes if sharding == "fsdp" else pd.ddp_buckets_bytes,
                 )
             )
     print(
         f"{a.steps} steps, hidden {a.hidden}, vocabulary {a.vocab}, {a.seq} tokens x batch {a.batch} per process, "
-        "embeddings and head trained in full, LoRA r8 all-linear, float32, CPU (gloo)\n"
+        "embeddings and head trained in full (32-bit states), LoRA r8 all-linear, float32, CPU (gloo)\n"
     )
     print(
-        "| processes | global batch | steps/s | tokens/s | peak per process (MiB, measured) | per-device estimate (MiB) | estimate / measured | DDP buckets in it (MiB) |"
+        "| processes | how | global batch | steps/s | tokens/s | peak per process (MiB, measured) | per-device estimate (MiB) | estimate / measured | DDP buckets or FSDP gathered units in it (MiB) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         peaks = " / ".join(f"{p / 2**20:.1f}" for p in r["peaks"])
         ratio = r["estimate"] / max(r["peaks"])
         print(
-            f"| {r['nproc']} | {r['global_batch']} | {r['steps_s']:.2f} | {r['tokens_s']:.0f} | {peaks} | "
-            f"{r['estimate'] / 2**20:.1f} | {ratio:.2f} | {r['buckets'] / 2**20:.1f} |"
+            f"| {r['nproc']} | {r['how']} | {r['global_batch']} | {r['steps_s']:.2f} | {r['tokens_s']:.0f} | {peaks} | "
+            f"{r['estimate'] / 2**20:.1f} | {ratio:.2f} | {r['extra'] / 2**20:.1f} |"
         )
 
 

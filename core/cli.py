@@ -632,13 +632,15 @@ def _cmd_estimate(args) -> int:
             mark = "fits" if adv.total_bytes <= capacity else "still too big"
             print(f"  {i}. {change}: {g(adv.total_bytes):.2f} GiB ({mark}) - {adv.why}")
     t = plan.training
+    ddp_runs = t.sharding != "fsdp"
     if parallel.devices > 1:
         print(
             f"On {parallel.devices} devices (training.devices): global batch {parallel.global_batch} "
             f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} x {parallel.devices}), up to "
             f"{parallel.tokens_per_step:,} tokens per step. Per device: {g(parallel.ddp_total_bytes):.2f} GiB "
-            f"data parallel (DDP, what runs; its gradient buckets {g(parallel.ddp_buckets_bytes):.2f} GiB included); "
-            f"{g(parallel.fsdp_total_bytes):.2f} GiB if fully sharded (FSDP, not run by this version)."
+            f"data parallel (DDP{', what runs' if ddp_runs else ''}; its gradient buckets "
+            f"{g(parallel.ddp_buckets_bytes):.2f} GiB included); {g(parallel.fsdp_total_bytes):.2f} GiB fully "
+            f"sharded (FSDP, training.sharding: fsdp{'' if ddp_runs else ', what runs'})."
         )
     else:
         print(f"Global batch {parallel.global_batch} (batch_size {t.batch_size} x grad_accum {t.grad_accum}).")

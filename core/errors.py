@@ -57,3 +57,10 @@ class InternalError(RunError):
 
 class OutOfMemoryError(RunError):
     """The device ran out of memory; the message says what to change in the plan."""
+
+
+class ShardingError(PlanError):
+    """A plan that sharded training (``training.sharding: fsdp``) cannot run; refused before loading."""
+
+    def __init__(self, message: str, key: str | None = "training.sharding"):
+        super().__init__(message, key)

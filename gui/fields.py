@@ -63,6 +63,10 @@ LABELS: dict[str, dict[str, str]] = {
         "adamw_8bit": "AdamW 8-bit",
         "paged_adamw_8bit": "Paged AdamW 8-bit (GPU)",
     },
+    "training.sharding": {
+        "none": "None (each device holds the model)",
+        "fsdp": "FSDP (the model split over the devices)",
+    },
 }
 HIGHLIGHT_STYLE = "border: 2px solid #c0392b; border-radius: 3px;"
 TEMPLATE_LABELS = {"model": "The model's own", "chatml": "ChatML", "llama3": "Llama 3"}

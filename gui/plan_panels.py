@@ -500,6 +500,7 @@ class TrainingPanel(QWidget):
             "Devices (processes):",
             fields.spin("training.devices", None, 64, "devicesSpin", "Devices", special="every GPU"),
         )
+        form.addRow("Sharding:", fields.combo("training.sharding", "shardingCombo", "Sharding over devices"))
         form.addRow("Epochs:", fields.dspin("training.epochs", 0.0, 1000.0, 2, 0.5, "epochsSpin", "Epochs"))
         form.addRow(
             "Max steps (0 = epochs):",

@@ -8,12 +8,16 @@ plan's ``batch_size`` is per device), plus:
   parameters, the size of all trainable gradients together, allocated when the model is wrapped
   and alive to the end (``gradient_as_bucket_view`` is off, the Trainer's default). So the
   trainable gradients are counted once more, in every phase.
-- **FSDP** (fully sharded: weights, gradients and optimizer states split evenly over the
-  devices): the parameters, their gradients and states divided by the number of devices, plus
-  the largest unit (a decoder layer, or the embedding or head matrix) gathered whole, twice over
-  (the one computing and the one prefetched); activations and the loss region are per device
-  and do not shrink. Training does not run FSDP in this version (a plan under an FSDP launcher
-  configuration is refused); this line says what sharding would save.
+- **FSDP** (``training.sharding: fsdp``, as ``core.training.sharding`` runs it): weights,
+  gradients and optimizer states divided by the number of devices, plus what is whole at the
+  peak, which falls at the root unit's reduce-scatter at the end of backward: two decoder layers
+  (the one computing and the one prefetched), the root unit's weights (everything outside the
+  decoder layers: the embedding, the head, their trained copies or rows) twice, and the trainable
+  gradients three times. That is what was alive at the peak of 2 CPU processes
+  (``benchmarks/data_parallel.py``, storages listed by size and shape): the root's flat
+  all-gather buffer beside each parameter's whole copy; the gradients unreduced, in the
+  reduce-scatter's input, and once more. Activations and the loss region are per device and do
+  not shrink. Not measured on GPUs (NCCL may hold fewer copies).
 
 The single-device ``Estimate`` (``core.estimate.breakdown``) supplies the per-category bytes at
 its peak phase; this module only redistributes them. Not measured on GPUs (see docs).
@@ -41,7 +45,7 @@ class PerDevice:
     ddp_buckets_bytes: int
     ddp_total_bytes: int  # per device, with the CUDA overhead
     fsdp_total_bytes: int  # per device, with the CUDA overhead
-    fsdp_gathered_bytes: int  # the largest unit gathered whole, twice (computing + prefetched)
+    fsdp_gathered_bytes: int  # whole at the peak: two decoder layers, the root unit twice, the gradients 3 times
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,12 +61,14 @@ def per_device(plan, shape: ModelShape, est: Estimate, devices: int) -> PerDevic
     # bytes per value as the estimate counted them in weights_trainable).
     buckets = int(bd["weights_trainable"]) if n > 1 else 0
     ddp_peak = est.tensors_peak_bytes + buckets
-    # FSDP: the sharded categories over n, the per-device rest as is, plus the largest unit twice.
+    # FSDP: the sharded categories over n, the per-device rest as is, plus what is gathered whole:
+    # two decoder layers, the root unit's weights twice, the trainable gradients three times.
     params = max(1, shape.total_params)
-    per_value = (bd["weights_frozen"] + bd["weights_trainable"]) / params
+    weights = bd["weights_frozen"] + bd["weights_trainable"]
+    per_value = weights / params
     layer = sum(i * o for i, o in shape.linear_shapes().values())
-    unit = max(layer, shape.vocab * shape.hidden)
-    gathered = int(2 * unit * per_value) if n > 1 else 0
+    root = max(0, weights - shape.block_linear_params * per_value)
+    gathered = int(2 * layer * per_value + 2 * root + 3 * bd["gradients"]) if n > 1 else 0
     sharded = sum(bd[k] for k in SHARDED)
     fsdp_peak = int(est.tensors_peak_bytes - sharded + sharded / n + gathered)
     return PerDevice(

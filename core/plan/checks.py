@@ -4,7 +4,7 @@ fields, each raising a ``PlanError`` that names the key and the fix."""
 from __future__ import annotations
 
 from .. import embeddings
-from ..errors import PlanError
+from ..errors import PlanError, ShardingError
 from .schema import SCHEMA_VERSION, TARGET_PRESETS, Plan, all_keys, range_for
 
 
@@ -89,7 +89,30 @@ def validate(plan: Plan) -> None:
     both = sorted(set(e.vocab_tokens) & set(e.new_tokens))
     need(not both, "embeddings.vocab_tokens", f"{both[:3]} are listed in embeddings.new_tokens too; keep one.")
     embeddings.check(e)
+    _check_sharding(plan)
     _check_bitsandbytes(plan)
+
+
+def _check_sharding(plan: Plan) -> None:
+    """What fully sharded training (training.sharding: fsdp) cannot run, refused before anything loads."""
+    m, t = plan.model, plan.training
+    if t.sharding != "fsdp":
+        return
+    if m.quantization == "8bit":
+        raise ShardingError(
+            "training.sharding: fsdp cannot shard an 8-bit (LLM.int8) model: bitsandbytes keeps each "
+            "layer's 8-bit weights with their scales on the weight itself, and a gathered shard loses "
+            "them (the layer then fails). Use model.quantization: 4bit (QLoRA, which FSDP shards) or "
+            "none, or training.sharding: none.",
+            "model.quantization",
+        )
+    if t.optimizer != "adamw":
+        raise ShardingError(
+            f"training.sharding: fsdp cannot run training.optimizer {t.optimizer}: bitsandbytes' 8-bit "
+            "optimizer steps whole tensors, and under FSDP each process holds a share of each parameter. "
+            "Set training.optimizer: adamw (its 32-bit states are sharded too), or training.sharding: none.",
+            "training.optimizer",
+        )
 
 
 def _check_bitsandbytes(plan: Plan) -> None:
@@ -108,7 +131,7 @@ def _check_bitsandbytes(plan: Plan) -> None:
             )
     mem, e = plan.memory, plan.embeddings
     full_matrices = (e.train_embeddings or e.train_lm_head) and e.mode == "full"
-    if mem.matrix_states in ("8bit", "paged_8bit") and full_matrices:
+    if mem.matrix_states in ("8bit", "paged_8bit") and full_matrices and t.sharding != "fsdp":
         problem = bitsandbytes_problem()
         if problem:
             raise PlanError(

@@ -59,6 +59,12 @@ def resolve(plan, device: str, tied: bool = False) -> Effective:
     if states == "paged_8bit" and not device.startswith("cuda"):
         notes.append("memory.matrix_states: paged states need CUDA; plain 8-bit states are used on the CPU.")
         states = "8bit"
+    if t.sharding == "fsdp" and states in ("8bit", "paged_8bit") and _matrices_in_full(plan):
+        # bitsandbytes' 8-bit step runs on whole tensors, not on the shards FSDP gives each process.
+        notes.append(
+            "memory.matrix_states: 8-bit states do not run on sharded matrices (FSDP); 32-bit states are used."
+        )
+        states = "32bit"
     fused = m.fused_step
     if fused:
         why = []
@@ -68,7 +74,9 @@ def resolve(plan, device: str, tied: bool = False) -> Effective:
             why.append("training.max_grad_norm > 0 (clipping needs every gradient before any step)")
         if plan.model.dtype == "float16":
             why.append("model.dtype float16 (the gradient scaler unscales after backward)")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if t.sharding == "fsdp":
+            why.append("training.sharding fsdp (each process holds a share of each matrix and its gradient)")
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
             why.append("a distributed run (the step would run before gradients are averaged across processes)")
         if not ((e.train_embeddings or e.train_lm_head) and e.mode == "full"):
             why.append("no matrix is trained in full (embeddings.mode full)")
@@ -85,6 +93,11 @@ def resolve(plan, device: str, tied: bool = False) -> Effective:
         fused_backend=backend,
         notes=tuple(notes),
     )
+
+
+def _matrices_in_full(plan) -> bool:
+    e = plan.embeddings
+    return (e.train_embeddings or e.train_lm_head) and e.mode == "full"
 
 
 def matrix_bytes(eff: Effective, model_dtype: str, kbit: bool, trained: bool) -> int:

@@ -33,6 +33,7 @@ LossKind = Literal["standard", "chunked", "fused"]
 MatrixDType = Literal["model", "float32", "peft"]
 MatrixStates = Literal["auto", "8bit", "paged_8bit", "32bit", "trainer"]
 Batching = Literal["padding_free", "grouped", "padded"]
+Sharding = Literal["none", "fsdp"]
 
 # Named groups of LoRA target modules, expanded against the model's module names.
 TARGET_PRESETS = ("attention", "attention+mlp", "all-linear")
@@ -236,6 +237,13 @@ class TrainingSpec:
         "N > 1 without a GPU runs N CPU processes. `headtune train` starts them itself; under torchrun or "
         "accelerate launch the launcher decides and this is ignored.",
         ge=0,
+    )
+    sharding: Sharding = _f(
+        "none",
+        "How the processes of a multi-device run hold the model: none (data parallel: each process holds the "
+        "whole model) or fsdp (fully sharded: each decoder layer's weights, and the embedding/head with the rest, "
+        "split over the processes and gathered a unit at a time, for models that do not fit one GPU). Not with "
+        "8-bit quantization or the bitsandbytes optimizers. Ignored on one process.",
     )
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 
-# What Accelerate's launcher sets for a sharded (FSDP) or DeepSpeed configuration.
+# What Accelerate's launcher sets for a sharded (FSDP) or DeepSpeed configuration. FSDP is the
+# plan's (training.sharding: fsdp, core.training.sharding), not the launcher's.
 SHARDED_LAUNCH_ENV = {
     "ACCELERATE_USE_FSDP": "FSDP (fully sharded data parallel)",
     "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
@@ -29,17 +30,17 @@ SHARDED_LAUNCH_ENV = {
 
 
 def check_launcher() -> None:
-    """Refuse a launcher configured for sharded training, which this version does not run
-    (the Trainer would otherwise run it some other way than asked, or fail midway)."""
+    """Refuse a launcher configured for sharded training through Accelerate (the Trainer would
+    shard the model its own way, beside ``training.sharding``, which is what Headtune runs)."""
     from ..errors import BadInputError
 
     for var, what in SHARDED_LAUNCH_ENV.items():
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes"):
             raise BadInputError(
-                f"The launcher asks for {what} ({var} is set), which this version of Headtune does not run: "
-                "it trains data parallel only (each process holds the whole model). Launch without it "
-                "(accelerate launch with distributed_type MULTI_GPU, or torchrun), or let `headtune train` "
-                "start the processes (training.devices)."
+                f"The launcher asks for {what} ({var} is set), which Headtune does not take from a launcher: "
+                "its plan says how the processes hold the model. Launch without it (accelerate launch with "
+                "distributed_type MULTI_GPU, or torchrun) and set training.sharding: fsdp in the plan for "
+                "fully sharded training, or let `headtune train` start the processes (training.devices)."
             )
 
 

@@ -40,7 +40,7 @@ from ..plan import Plan, load_plan
 from ..plan.loading import read_plan_file
 from ..plan.memory_options import resolve as resolve_memory_options
 from ..runfolder import RunFolder, check_writable, checkpoint_step
-from . import adapters, distributed, lean, padding_free
+from . import adapters, distributed, lean, padding_free, sharding
 from .trainer import check_free_disk, check_loadable, memory_sample, release_bnb_overrides
 
 # "adamw" is PyTorch's fused AdamW (the Trainer's default): fastest, no step-wide temporaries.
@@ -370,6 +370,16 @@ class TrainingJob:
         assert loaded is not None
         model, tokenizer, setup, reset_rows = loaded
         trainable, total = adapters.count_parameters(model)
+        if sharding.wanted(self.plan):
+            if ckpt is not None:  # the checkpoint's weights go in whole, before the model is split
+                sharding.load_adapter_weights(model, ckpt)
+            units = sharding.shard(model, self.device)
+            self.log(
+                f"training.sharding: fsdp: {units} decoder layers and the rest (embedding, head) sharded over "
+                f"{distributed.world_size()} processes"
+            )
+        elif self.plan.training.sharding == "fsdp":
+            self.log("training.sharding: fsdp on one process shards nothing; the run is an ordinary one.")
         if distributed.any_rank(self.stop_requested):
             self.request_stop()
             stopped = ev.Stopped(step=0, adapter_path="")
@@ -523,8 +533,10 @@ class TrainingJob:
             raise RunError(self._divergence_message())
         adapter_dir = self.folder.adapter_dir
         stopped = self.stop_requested and self.step < trainer.state.max_steps
+        # A sharded model is saved from whole tensors, gathered by every process together.
+        whole = sharding.gathered_state_dict(model) if sharding.is_sharded(model) else None
         if self.is_main_process:
-            self._save_adapter(model, tokenizer, finished=not stopped)
+            self._save_adapter(model, tokenizer, finished=not stopped, state_dict=whole)
         if stopped:
             last = self.folder.latest_checkpoint()
             event: ev.Event = ev.Stopped(step=self.step, adapter_path=str(adapter_dir), checkpoint_path=last)
@@ -672,13 +684,15 @@ class TrainingJob:
             embedding_lr=plan.embeddings.learning_rate,
             loraplus_ratio=plan.adapter.loraplus_ratio,
             lean=self.lean,
+            sharded=sharding.is_sharded(model),
+            fsdp=plan.training.sharding == "fsdp",
         )
         # Progress goes out as events; the Trainer's own console printer would duplicate it.
         trainer.remove_callback(PrinterCallback)
         trainer.checkpoint_bytes = self._checkpoint_bytes
         return trainer
 
-    def _save_adapter(self, model, tokenizer, finished: bool) -> Path:
+    def _save_adapter(self, model, tokenizer, finished: bool, state_dict: dict | None = None) -> Path:
         """Write ``adapter/`` whole or not at all: into ``adapter.tmp/``, sealed with a manifest that
         records the step and whether the run finished, then swapped in (``runfolder.place``)."""
         final = self.folder.adapter_dir
@@ -688,7 +702,7 @@ class TrainingJob:
         weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         previous = runfolder.folder_bytes(final) if final.is_dir() else 0
         check_free_disk(self.run_dir, max(weights, previous), "adapter")
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         t = self.plan.training
         runfolder.seal(tmp, step=self.step, finished=finished, budget={"max_steps": t.max_steps, "epochs": t.epochs})

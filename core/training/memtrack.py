@@ -6,6 +6,8 @@ returns, remembers each distinct storage once with its size, and notices its rel
 weak reference. Storages alive when tracking starts (parameters, frozen and quantised ones,
 buffers, quantisation constants, optimizer state) are counted too, found through the garbage
 collector. (``torch.distributed._tools.mem_tracker.MemTracker`` fails on frozen parameters.)
+FSDP frees and re-gathers its units by resizing their storages in place, which no operator
+shows; the tracker follows those resizes too, so a sharded run's peak is what is really alive.
 
 The peak it reports is what PyTorch's CUDA allocator would count for the same tensors, without
 its rounding to 512-byte blocks.
@@ -37,9 +39,6 @@ class LiveTensorTracker(TorchDispatchMode):
         self.current = 0
         self.peak = 0
 
-    def _release(self, nbytes: int) -> None:
-        self.current -= nbytes
-
     def register(self, t: torch.Tensor) -> None:
         if t.device.type != self.device_type or t.is_meta:
             return
@@ -49,12 +48,51 @@ class LiveTensorTracker(TorchDispatchMode):
             return
         if storage in self._seen:
             return
-        nbytes = storage.nbytes()
-        self._seen[storage] = nbytes
-        weakref.finalize(storage, self._release, nbytes)
+        box = [storage.nbytes()]  # its size now (FSDP resizes storages in place, see _resized)
+        self._seen[storage] = box
+        weakref.finalize(storage, self._release_box, box)
+        self._grow(box[0])
+
+    def _release_box(self, box: list[int]) -> None:
+        self.current -= box[0]
+
+    def _grow(self, nbytes: int) -> None:
         self.current += nbytes
         if self.current > self.peak:
             self.peak = self.current
+
+    def _resized(self, storage) -> None:
+        """A tracked storage changed size in place (FSDP frees a gathered unit with
+        ``storage.resize_(0)`` and gathers it again into the same storage; no operator shows it)."""
+        box = self._seen.get(storage)
+        if box is not None and box[0] != storage.nbytes():
+            before, box[0] = box[0], storage.nbytes()
+            self._grow(box[0] - before)
+
+    @contextlib.contextmanager
+    def _fsdp_resizes(self):
+        """Let FSDP2's in-place storage frees and re-allocations reach the count."""
+        try:
+            from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
+        except ImportError:
+            yield
+            return
+        alloc, free = _fsdp_param.alloc_storage, _fsdp_param.free_storage
+
+        def watched(original):
+            def resize(tensor) -> None:
+                original(tensor)
+                self._resized(tensor.untyped_storage())
+
+            return resize
+
+        _fsdp_param.alloc_storage = _fsdp_param_group.alloc_storage = watched(alloc)
+        _fsdp_param.free_storage = watched(free)
+        try:
+            yield
+        finally:
+            _fsdp_param.alloc_storage = _fsdp_param_group.alloc_storage = alloc
+            _fsdp_param.free_storage = free
 
     def register_alive(self) -> None:
         """Count every tensor that exists now (the model, quantisation state, optimizer state)."""
@@ -70,10 +108,18 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak = self.current
 
     def __enter__(self):
+        self._patches = contextlib.ExitStack()
+        self._patches.enter_context(self._fsdp_resizes())
         out = super().__enter__()
         self.register_alive()
         self.reset_peak()
         return out
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._patches.close()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -45,6 +45,8 @@ class HeadtuneTrainer(Trainer):
         embedding_lr: float | None = None,
         lean=None,
         loraplus_ratio: float = 1.0,
+        sharded: bool = False,
+        fsdp: bool = False,
         **kwargs,
     ):
         self.embedding_param_names = set(embedding_param_names)
@@ -57,6 +59,32 @@ class HeadtuneTrainer(Trainer):
         model = kwargs.get("model", args[0] if args else None)
         self.aliased = aliased_parameters(model)  # LoRA on a tied head: the embedding's factors
         super().__init__(*args, **kwargs)
+        self.sharded = sharded  # the model is FSDP-sharded (core.training.sharding) before training
+        self.fsdp = fsdp  # the plan asks for FSDP (its checkpoints' optimizer state is keyed by name)
+        if sharded:
+            # The Trainer's path for a model that holds its own shards and reduces its own gradients:
+            # Accelerate adds autocast but no DDP wrapper, gradient clipping spans the shards.
+            self.is_distributed_loading_by_transformers = True
+
+    # -- sharded models (FSDP): accumulation, whole-tensor saves, the optimizer state --------
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """Micro-batches before the last one of an accumulation keep their gradients unreduced."""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if not self.sharded:
+            return super().save_model(output_dir, _internal_call)
+        from . import sharding
+
+        # Every process gathers, together; the Trainer's save then writes on the main process only
+        # (the adapter from the whole tensors, the tokenizer, the training arguments).
+        self._save(output_dir, state_dict=sharding.gathered_state_dict(self.model))
+        return None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Moving the model to its device (the Trainer's, Accelerate's) copies each parameter on its
@@ -255,12 +283,30 @@ class HeadtuneTrainer(Trainer):
     # Trainer's own optimizer.pt.
     FUSED_STATES = "matrix_optimizer.pt"
 
+    # Under training.sharding: fsdp, optimizer.pt holds the state gathered whole and keyed by
+    # parameter name (a one-process run's is keyed by position), so a resume on any number of
+    # processes scatters it back into its own shards.
     def _save_optimizer_and_scheduler(self, output_dir):
+        if self.fsdp:
+            from . import sharding
+
+            state = sharding.gathered_optimizer_state(self.model, self.optimizer)  # every process, together
+            if self.args.should_save:
+                torch.save(state, f"{output_dir}/optimizer.pt")
+                torch.save(self.lr_scheduler.state_dict(), f"{output_dir}/scheduler.pt")
+            return
         super()._save_optimizer_and_scheduler(output_dir)
         if self.fused_step is not None and self.args.should_save:
             torch.save(self.fused_step.state_dict(), f"{output_dir}/{self.FUSED_STATES}")
 
     def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint and self.fsdp:
+            from . import sharding
+
+            with refuse_unsafe(checkpoint):
+                sharding.load_optimizer_state(self.model, self.optimizer, safe_load(f"{checkpoint}/optimizer.pt"))
+                self.lr_scheduler.load_state_dict(safe_load(f"{checkpoint}/scheduler.pt"))
+            return
         with refuse_unsafe(checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint and self.fused_step is not None and os.path.isfile(f"{checkpoint}/{self.FUSED_STATES}"):
@@ -271,6 +317,8 @@ class HeadtuneTrainer(Trainer):
             super()._load_rng_state(checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.sharded:  # the job loaded the checkpoint's weights before sharding the model
+            return
         with refuse_unsafe(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 

@@ -151,7 +151,8 @@ class EstimateController(QObject):
 
     def _devices_note(self, plan, est) -> str:
         """Beside the estimate: the GPUs found, and with training.devices other than 1 the memory
-        per device (data parallel, its gradient buckets included) and the global batch."""
+        per device (data parallel with its gradient buckets, or sharded under training.sharding: fsdp)
+        and the global batch."""
         from headtune.core.estimate import per_device
 
         gpus = self.hardware.gpu_count if self.hardware is not None else 0
@@ -160,7 +161,10 @@ class EstimateController(QObject):
         if n == 1:
             return f"({found})" if gpus > 1 else ""
         pd = per_device(plan, self.summary.shape, est, n)
-        return f"Per device on {n}: {pd.ddp_total_bytes / 2**30:.2f} GiB; global batch {pd.global_batch}" + (
+        fsdp = plan.training.sharding == "fsdp"
+        each = pd.fsdp_total_bytes if fsdp else pd.ddp_total_bytes
+        how = " (FSDP)" if fsdp else ""
+        return f"Per device on {n}{how}: {each / 2**30:.2f} GiB; global batch {pd.global_batch}" + (
             f" ({found})" if found else ""
         )
 

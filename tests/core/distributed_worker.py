@@ -5,7 +5,7 @@ Runs each scenario's plan as a ``TrainingJob`` in this process (one launch cover
 starting processes is the slow part) and writes what this rank saw to
 ``OUT_DIR/<name>-rank<R>.json``. A scenario may ask one rank to request a stop once it has done
 ``stop_at`` steps (as a window Stop or Ctrl+C reaching that process alone), and to resume the run
-afterwards to its full budget.
+afterwards to its full budget, and to record the trained model's logits on a fixed input.
 """
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ def outcome(job: TrainingJob, result: ev.Event | None, error: HeadtuneError | No
     }
 
 
+def logits(model) -> list:
+    """The trained model's logits on a fixed input (every rank runs the forward: under FSDP each
+    holds a share of the weights)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[1, 5, 17, 42, 99, 7]])).logits.float().tolist()
+
+
 def main() -> int:
     scenarios = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     out = Path(sys.argv[2])
@@ -59,6 +69,8 @@ def main() -> int:
             record["run"] = outcome(job, job.run(), None)
         except HeadtuneError as exc:
             record["run"] = outcome(job, None, exc)
+        if sc.get("logits") and job.model is not None:
+            record["logits"] = logits(job.model)
         started = [e for e in seen if isinstance(e, ev.Started)]
         record["announced_steps"] = started[0].total_steps if started else None
         record["events"] = len(seen)

@@ -1,6 +1,8 @@
 """Data parallelism for real: 2 CPU processes (gloo) under torch.distributed.run equal one process
 with the global batch, in every embeddings mode, tied and untied, with evaluation on; a stop that
-reaches one process stops both at the same step; a refused plan exits 2 on every process.
+reaches one process stops both at the same step; a refused plan exits 2 on every process. The same
+for fully sharded training (``training.sharding: fsdp``, the second half of this file), plus its
+saved adapter's reload, resume from a sharded checkpoint, QLoRA and the combinations it refuses.
 
 One launch runs every scenario (starting the processes is the slow part), see
 ``distributed_worker.py``. Tolerance: the two runs add the same gradients in a different order
@@ -267,3 +269,207 @@ def test_the_built_in_launcher_kill_9_of_one_process_then_resume(tmp_path, tiny_
     a, b = adapter(tmp_path / "one"), adapter(run)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# -- fully sharded (FSDP): training.sharding: fsdp --------------------------------------------
+# Tolerance: as for data parallelism, the two runs add the same gradients in a different order
+# (FSDP reduce-scatters each process's gradient shard by shard), so they differ by float32
+# rounding that Adam can magnify where a gradient is near zero: measured at most 8.7e-6 after 3
+# steps at learning rate 1e-2 (the tied full matrix), under the 1e-5 allowed; a run whose
+# processes did not combine their gradients is off by about 6e-2.
+SHARDED = dict(TRAINING, sharding="fsdp")
+SHARDED_CASES = [("full", "untied"), ("full", "tied"), ("tokens", "untied"), ("tokens", "tied"), ("lora", "untied")]
+# Accumulation (gradients kept unreduced until the last micro-batch) and gradient checkpointing
+# (each layer gathered again for its recomputation), global batch 4 as above.
+ACCUM = dict(SHARDED, batch_size=1, grad_accum=2, gradient_checkpointing=True)
+SHARDED_STOP = dict(STOP_TRAINING, sharding="fsdp", save_every=2)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, tiny_untied, tiny_tied):
+    """Every FSDP scenario run once by 2 processes with batch 2 (global batch 4)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    data = write_jsonl(root / "data.jsonl", ALPACA_ROWS)
+    models = {"untied": tiny_untied, "tied": tiny_tied}
+    scenarios = [
+        {
+            "name": f"{mode}-{tie}",
+            "plan": plan_dict(
+                models[tie], data, root / f"{mode}-{tie}", embeddings=MODES[mode], training=SHARDED, memory=EXACT_STATES
+            ),
+            "logits": True,
+        }
+        for mode, tie in SHARDED_CASES
+    ]
+    # LoRA on a tied matrix: refused (its head factors share the embedding's memory).
+    lora_tied = plan_dict(tiny_tied, data, root / "lora-tied", embeddings=MODES["lora"], training=SHARDED)
+    scenarios.append({"name": "lora-tied", "plan": lora_tied})
+    scenarios.append(
+        {
+            "name": "accum",
+            "plan": plan_dict(
+                tiny_untied, data, root / "accum", embeddings=MODES["full"], training=ACCUM, memory=EXACT_STATES
+            ),
+        }
+    )
+    # QLoRA: 4-bit NF4 weights (float32 compute, so the comparison is about the processes, not
+    # bfloat16 rounding), LoRA only, gradient checkpointing.
+    qlora = plan_dict(tiny_untied, data, root / "qlora", training=dict(SHARDED, gradient_checkpointing=True))
+    qlora["model"]["quantization"] = "4bit"
+    scenarios.append({"name": "qlora", "plan": qlora})
+    # Default memory options: the 8-bit matrix states fall back to 32-bit under FSDP.
+    stop_plan = plan_dict(tiny_untied, data, root / "stop", embeddings=MODES["full"], training=SHARDED_STOP)
+    scenarios.append({"name": "stop", "plan": stop_plan, "stop_rank": 1, "stop_at": 2, "resume": True})
+    (root / "scenarios.json").write_text(json.dumps(scenarios), encoding="utf-8")
+    done = torchrun(2, [str(WORKER), str(root / "scenarios.json"), str(root)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = {}
+    for sc in scenarios:
+        seen[sc["name"]] = [json.loads((root / f"{sc['name']}-rank{r}.json").read_text()) for r in (0, 1)]
+    return root, data, models, seen
+
+
+def assert_same_adapter(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,tie", SHARDED_CASES)
+def test_fsdp_two_processes_equal_one_with_the_global_batch(sharded, tmp_path, mode, tie):
+    """The adapter saved from the shards (LoRA factors, the full matrices' trained copies, the
+    token rows) equals one process's with the global batch; so does the validation loss; and the
+    adapter reloads with the logits the sharded model computed."""
+    from headtune.core.training.trained import load_trained
+
+    root, data, models, seen = sharded
+    training = dict(TRAINING, batch_size=4)
+    one = TrainingJob(
+        plan_from_dict(
+            plan_dict(
+                models[tie], data, tmp_path / "one", embeddings=MODES[mode], training=training, memory=EXACT_STATES
+            )
+        )
+    )
+    result = one.run()
+    ranks = seen[f"{mode}-{tie}"]
+    assert [r["run"]["type"] for r in ranks] == ["Finished", "Finished"], ranks
+    assert [r["run"]["step"] for r in ranks] == [3, 3]
+    for r in ranks:
+        assert r["run"]["eval_loss"] == pytest.approx(result.eval_loss, rel=1e-5)
+    assert_same_adapter(adapter(tmp_path / "one"), adapter(root / f"{mode}-{tie}"))
+    model, _, plan = load_trained(root / f"{mode}-{tie}")
+    assert plan.training.sharding == "fsdp"
+    with torch.no_grad():
+        reloaded = model(input_ids=torch.tensor([[1, 5, 17, 42, 99, 7]])).logits.float()
+    for r in ranks:
+        torch.testing.assert_close(reloaded, torch.tensor(r["logits"]), rtol=0, atol=1e-5)
+    events = [json.loads(line) for line in (root / f"{mode}-{tie}" / "events.jsonl").read_text().splitlines()]
+    assert any("sharded over 2 processes" in e.get("message", "") for e in events if e["type"] == "log")
+
+
+@pytest.mark.slow
+def test_fsdp_with_accumulation_and_checkpointing_equals_one_process(sharded, tmp_path):
+    root, data, models, seen = sharded
+    assert [r["run"]["step"] for r in seen["accum"]] == [3, 3]
+    training = dict(TRAINING, batch_size=4, gradient_checkpointing=True)
+    one = plan_dict(
+        models["untied"], data, tmp_path / "one", embeddings=MODES["full"], training=training, memory=EXACT_STATES
+    )
+    TrainingJob(plan_from_dict(one)).run()
+    assert_same_adapter(adapter(tmp_path / "one"), adapter(root / "accum"))
+
+
+@pytest.mark.slow
+def test_fsdp_stop_then_resume_from_the_sharded_checkpoint_equals_one_process(sharded, tmp_path):
+    """The checkpoint holds the adapter and the optimizer state gathered whole (keyed by name);
+    the resumed run loads the weights, scatters the state back, and ends where one process does."""
+    root, data, models, seen = sharded
+    stopped = [r["run"] for r in seen["stop"]]
+    assert [s["type"] for s in stopped] == ["Stopped", "Stopped"], stopped
+    assert stopped[0]["step"] == stopped[1]["step"] >= 2
+    state = torch.load(next((root / "stop" / "checkpoints").iterdir()) / "optimizer.pt", weights_only=True)
+    assert all(isinstance(k, str) for k in state["state"])  # by name, whole
+    assert [r["resumed"]["step"] for r in seen["stop"]] == [4, 4]
+    one = plan_dict(
+        models["untied"],
+        data,
+        tmp_path / "one",
+        embeddings=MODES["full"],
+        training=dict(STOP_TRAINING, batch_size=4),
+        memory=EXACT_STATES,
+    )
+    TrainingJob(plan_from_dict(one)).run()
+    assert_same_adapter(adapter(tmp_path / "one"), adapter(root / "stop"))
+
+
+@pytest.mark.slow
+def test_fsdp_refuses_lora_on_a_tied_model_on_every_process(sharded):
+    root, _, _, seen = sharded
+    runs = [r["run"] for r in seen["lora-tied"]]
+    assert [r["exit_code"] for r in runs] == [2, 2]
+    assert all("cannot shard LoRA on the embeddings and head" in r["error"] for r in runs)
+    assert not (root / "lora-tied").exists()
+
+
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        ({"training": {"optimizer": "adamw_8bit"}}, "cannot run training.optimizer adamw_8bit"),
+        pytest.param(
+            {"model": {"quantization": "8bit"}}, "cannot shard an 8-bit (LLM.int8) model", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_an_fsdp_plan_it_cannot_run_exits_2_on_every_process(tmp_path, tiny_untied, change, says):
+    """Refused before any model loads, on both processes, with the reason and no traceback."""
+    data = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS)
+    d = plan_dict(tiny_untied, data, tmp_path / "run", training={"sharding": "fsdp"})
+    for section, values in change.items():
+        d[section].update(values)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps(d), encoding="utf-8")  # plan_from_dict itself refuses it
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    done = torchrun(2, ["-m", "headtune.core.cli", "train", str(plan)], env={"HEADTUNE_LAUNCHER_DIR": str(codes)})
+    assert {f.name: f.read_text() for f in codes.iterdir()} == {"rank-0.exit": "2", "rank-1.exit": "2"}
+    assert says in done.stderr, done.stderr
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "headtune" in f], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_memory_options_as_they_run():
+    """8-bit matrix states fall back to 32-bit (bitsandbytes steps whole tensors); the fused step is off."""
+    from headtune.core.plan import Plan, with_overrides
+    from headtune.core.plan.memory_options import resolve
+
+    base = Plan()
+    base.model.name_or_path, base.data.path = "m", "d.jsonl"
+    plan = with_overrides(
+        base,
+        [
+            "training.sharding=fsdp",
+            "embeddings.train_lm_head=true",
+            "training.max_grad_norm=0",
+            "memory.fused_step=true",
+        ],
+    )
+    eff = resolve(plan, "cuda")
+    assert eff.matrix_states == "32bit" and not eff.fused_step
+    assert any("sharded" in n for n in eff.notes)
+    assert resolve(with_overrides(plan, ["training.sharding=none"]), "cuda").matrix_states == "8bit"
+
+
+@pytest.mark.slow
+def test_fsdp_qlora_equals_one_process(sharded, tmp_path):
+    """The packed 4-bit weights are sharded (as bytes) and gathered whole for each layer; the LoRA
+    factors trained on them equal one process's with the global batch."""
+    root, data, models, seen = sharded
+    assert [r["run"]["type"] for r in seen["qlora"]] == ["Finished", "Finished"], seen["qlora"]
+    training = dict(TRAINING, batch_size=4, gradient_checkpointing=True)
+    one = plan_dict(models["untied"], data, tmp_path / "one", training=training)
+    one["model"]["quantization"] = "4bit"
+    TrainingJob(plan_from_dict(one)).run()
+    assert_same_adapter(adapter(tmp_path / "one"), adapter(root / "qlora"))

@@ -151,6 +151,12 @@ def test_devices_show_the_memory_per_device_and_the_global_batch(
     assert w.values()["training"]["devices"] == 2
     qtbot.waitUntil(lambda: "Per device on 2" in w.memory_panel.estimate_label.text(), timeout=5_000)
     assert "global batch 6" in w.memory_panel.estimate_label.text()
+    ddp = w.memory_panel.estimate_label.text()
+    combo = w.findChild(QComboBox, "shardingCombo")
+    combo.setCurrentIndex(combo.findData("fsdp"))
+    assert w.values()["training"]["sharding"] == "fsdp"
+    qtbot.waitUntil(lambda: "Per device on 2 (FSDP)" in w.memory_panel.estimate_label.text(), timeout=5_000)
+    assert w.memory_panel.estimate_label.text() != ddp
 
 
 def test_tied_model_keeps_embeddings_and_head_together(make_window, qtbot, tiny_tied, alpaca_file, tmp_path):
