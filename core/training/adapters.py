@@ -174,7 +174,10 @@ def aliased_parameters(model) -> list[Alias]:
     for name, p in model.named_parameters():
         if not p.requires_grad or p.device.type == "meta":
             continue
-        ptr = p.untyped_storage().data_ptr()
+        try:
+            ptr = p.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # a sharded (FSDP) parameter: no storage of its own
+            continue
         if ptr in seen:
             first_name, first = seen[ptr]
             offset = p.storage_offset() - first.storage_offset()  # type: ignore[attr-defined]
