@@ -101,8 +101,8 @@ def test_token_health_runs_in_a_child_and_survives_its_crash(
     commands = []
     real = protocols.inspect_args
 
-    def crashing(model, spec=None):
-        commands.append(real(model, spec))
+    def crashing(model, spec=None, *tokens):
+        commands.append(real(model, spec, *tokens))
         return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
 
     monkeypatch.setattr(health, "inspect_model", not_here)
