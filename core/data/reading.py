@@ -377,7 +377,7 @@ def to_pair(row: Row, where: str) -> Pair:
             if key not in v or v[key] is None:
                 raise DataError(f"{where}: the column {key!r} is missing (columns here: {', '.join(map(str, v))}).")
         chosen, rejected = v["chosen"], v["rejected"]
-        if isinstance(chosen, str) and isinstance(rejected, str):
+        if isinstance(chosen, str) or isinstance(rejected, str):
             if isinstance(v.get("prompt"), list):
                 prompt = _turns(v["prompt"], "prompt", where)
             else:
