@@ -491,6 +491,11 @@ class TrainingPanel(QWidget):
     def _optimisation_group(self, fields: PlanFields) -> QGroupBox:
         opt = QGroupBox("Optimisation")
         form = QFormLayout(opt)
+        form.addRow("Method:", fields.combo("training.method", "methodCombo", "Training method"))
+        form.addRow("DPO beta:", fields.dspin("training.pref_beta", None, None, 3, 0.01, "prefBetaSpin", "DPO beta"))
+        form.addRow(
+            "ORPO lambda:", fields.dspin("training.orpo_lambda", None, None, 3, 0.01, "orpoLambdaSpin", "ORPO lambda")
+        )
         form.addRow("Batch size:", fields.spin("training.batch_size", None, 4096, "batchSizeSpin", "Batch size"))
         form.addRow(
             "Gradient accumulation:",
