@@ -529,8 +529,10 @@ class TrainingJob:
             trainer._load_from_checkpoint(ckpt)
             trainer.state = TrainerState.load_from_json(str(Path(ckpt) / runfolder.TRAINER_STATE))
         else:
-            if self.plan.training.method == "dpo":
-                self._reference(trainer, model)
+            if self.plan.training.method == "dpo" and not self._reference(trainer, model):
+                stopped = ev.Stopped(step=0, adapter_path="")  # during the reference pass: nothing trained
+                self.emit(stopped)
+                return stopped
             with self.around_training() if self.around_training else contextlib.nullcontext():
                 result = trainer.train(resume_from_checkpoint=ckpt)
         if trainer.fused_step is not None:
@@ -563,26 +565,33 @@ class TrainingJob:
         self.emit(event)
         return event
 
-    def _reference(self, trainer, model) -> None:
+    def _reference(self, trainer, model) -> bool:
         """DPO's reference log-probabilities of every pair, under the model as it starts (before the
         Trainer loads a checkpoint): read back from the run folder when a resumed run stored them
-        for the same pairs, else computed in one no-grad pass and stored."""
+        for the same pairs, else computed in one no-grad pass and stored. False when a stop was
+        requested during the pass (one process only: under a launcher the processes stop together
+        at a step's end)."""
         train, val = self.data.train, self.data.val
         path = self.folder.reference_file
         if self.resume and preference.load_reference(path, train, val):
             self.log(f"Reference log-probabilities of {len(train) + len(val)} pairs read from {path.name}")
-            return
+            return True
+        stop = None if distributed.active() else (lambda: self.stop_requested)
         self.log(f"Computing the reference log-probabilities of {len(train) + len(val)} pairs (the starting model)")
         head = model.get_output_embeddings()
         device = trainer.args.device
         for rows in (train, val):
             with trainer.compute_loss_context_manager(), trainer.accelerator.autocast():
                 values = preference.compute_reference(
-                    model, head, rows, trainer.data_collator, trainer.args.eval_batch_size, device, self.lean
+                    model, head, rows, trainer.data_collator, trainer.args.eval_batch_size, device, self.lean, stop
                 )
+            if values is None:
+                self.log("Stopped while computing the reference log-probabilities; nothing was trained.")
+                return False
             preference.attach(rows, values)
         if self.is_main_process:
             preference.save_reference(path, train, val)
+        return True
 
     def _divergence_message(self) -> str:
         step, what = self.diverged or (self.step, "the loss")

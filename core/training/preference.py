@@ -146,9 +146,12 @@ def fingerprint(features: list[dict]) -> str:
     return h.hexdigest()
 
 
-def compute_reference(model, head, features: list[dict], collator, batch_size: int, device, eff) -> list:
+def compute_reference(
+    model, head, features: list[dict], collator, batch_size: int, device, eff, stop=None
+) -> list | None:
     """[[chosen, rejected] log-probability] of each pair under ``model`` as it is now (eval mode,
-    no gradients), in the same batches and code path as training."""
+    no gradients), in the same batches and code path as training; None when ``stop()`` turns
+    true between two batches."""
     import torch
 
     was_training = model.training
@@ -157,6 +160,8 @@ def compute_reference(model, head, features: list[dict], collator, batch_size: i
     try:
         with torch.no_grad():
             for s in range(0, len(features), batch_size):
+                if stop is not None and stop():
+                    return None
                 part = features[s : s + batch_size]
                 batch = {k: v.to(device) for k, v in collator(part).items()}
                 sums, _counts = sequence_log_probs(model, head, batch, eff)

@@ -286,3 +286,18 @@ def test_orpo_runs_without_a_reference(tmp_path, tiny_untied, pref_file):
     assert all(s.reward_chosen < 0 and s.loss > -s.reward_chosen for s in steps)
     assert steps[-1].reward_chosen > steps[0].reward_chosen  # the chosen replies became likelier
     assert evals[-1].eval_reward_accuracy is not None and evals[-1].eval_loss < evals[0].eval_loss
+
+
+def test_stop_during_the_reference_pass(tmp_path, tiny_untied, pref_file):
+    plan = make_plan(tmp_path, tiny_untied, pref_file)
+    job = TrainingJob(plan)
+
+    def sink(e):
+        if isinstance(e, ev.Log) and e.message.startswith("Computing the reference"):
+            job.request_stop()
+
+    job.sinks.append(sink)
+    result = job.run()
+    assert isinstance(result, ev.Stopped) and result.step == 0
+    assert not (tmp_path / "run" / "reference_logps.json").exists()
+    assert not (tmp_path / "run" / "adapter").exists()
