@@ -530,9 +530,9 @@ class TrainingJob:
             trainer.state = TrainerState.load_from_json(str(Path(ckpt) / runfolder.TRAINER_STATE))
         else:
             if self.plan.training.method == "dpo" and not self._reference(trainer, model):
-                stopped = ev.Stopped(step=0, adapter_path="")  # during the reference pass: nothing trained
-                self.emit(stopped)
-                return stopped
+                early = ev.Stopped(step=0, adapter_path="")  # during the reference pass: nothing trained
+                self.emit(early)
+                return early
             with self.around_training() if self.around_training else contextlib.nullcontext():
                 result = trainer.train(resume_from_checkpoint=ckpt)
         if trainer.fused_step is not None:
