@@ -301,3 +301,15 @@ def test_stop_during_the_reference_pass(tmp_path, tiny_untied, pref_file):
     assert isinstance(result, ev.Stopped) and result.step == 0
     assert not (tmp_path / "run" / "reference_logps.json").exists()
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_command_line_prints_the_rewards(capsys):
+    from headtune.core.cli import _print_event
+
+    common = dict(total_steps=2, learning_rate=1e-3, grad_norm=None, tokens_per_s=1.0, epoch=0.0)
+    _print_event(ev.Step(step=1, loss=0.7, **common), quiet=False)
+    _print_event(ev.Step(step=2, loss=0.6, reward_margin=0.25, reward_accuracy=0.75, **common), quiet=False)
+    _print_event(ev.Eval(step=2, eval_loss=0.5, eval_reward_accuracy=1.0), quiet=False)
+    sft, dpo, evaluation = capsys.readouterr().out.splitlines()
+    assert "reward" not in sft
+    assert "reward_margin +0.2500  reward_accuracy 0.75" in dpo and "eval_reward_accuracy 1.00" in evaluation
