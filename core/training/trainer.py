@@ -95,8 +95,10 @@ class HeadtuneTrainer(Trainer):
         from . import preference
 
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        sums, counts = preference.sequence_log_probs(model, head, inputs, self.lean)
+        # Under autocast as a whole: the head, applied outside the model's forward, meets the hidden
+        # states in the compute dtype (as the next-token loss does).
         with self.accelerator.autocast():
+            sums, counts = preference.sequence_log_probs(model, head, inputs, self.lean)
             result = preference.pair_loss(self.preference, sums, counts, inputs)
         if model.training:
             self._note_rewards(result)
