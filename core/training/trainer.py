@@ -115,12 +115,17 @@ class HeadtuneTrainer(Trainer):
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         sums["pairs"] = sums.get("pairs", 0.0) + float(result.margin.numel())
 
+    REWARD_SUMS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "pairs")
+
     def log(self, logs, *args, **kwargs):
-        """The step's reward figures (means over the pairs since the last log) join the loss."""
-        if "loss" in logs and self._pref_sums.get("pairs"):
-            pairs = self._pref_sums.pop("pairs")
-            logs = {**logs, **{k: v / pairs for k, v in self._pref_sums.items()}}
+        """The step's reward figures (means over the pairs since the last log, on every process:
+        the training loss's log is reached by all of them) join the loss."""
+        if "loss" in logs and self.preference is not None:
+            sums = distributed.sum_over_ranks([self._pref_sums.get(k, 0.0) for k in self.REWARD_SUMS])
             self._pref_sums = {}
+            pairs = sums[-1]
+            if pairs:
+                logs = {**logs, **{k: v / pairs for k, v in zip(self.REWARD_SUMS[:-1], sums[:-1])}}
         return super().log(logs, *args, **kwargs)
 
     def _preference_evaluation(self, rows: list, metric_key_prefix: str) -> dict:
