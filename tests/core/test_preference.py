@@ -258,6 +258,18 @@ def test_resume_reuses_the_stored_reference(tmp_path, tiny_untied, pref_file, mo
     assert (tmp_path / "run" / "reference_logps.json").read_text() == stored
     steps, _ = steps_and_evals(seen)
     assert [s.step for s in steps] == [3, 4] and all(s.reward_margin is not None for s in steps)
+    # The finished run exports like any other: the merged model equals the adapter model.
+    from transformers import AutoModelForCausalLM
+
+    from headtune.core.tools.export import export_run
+    from headtune.core.training.trained import load_trained
+
+    export_run(tmp_path / "run", "merged", tmp_path / "merged", dtype="float32")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    tuned, _tok, _plan = load_trained(tmp_path / "run", device="cpu")
+    ids = torch.tensor([[1, 5, 9, 30, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, tuned(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_reference_for_other_pairs_is_not_reused(tmp_path, tiny_untied, pref_file):
