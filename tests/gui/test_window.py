@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton, QSpinBox
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton, QSpinBox, QWidget
 
 from headtune.core.plan import load_plan, plan_from_dict
 from headtune.core.runfolder import RunFolder
@@ -461,8 +461,17 @@ def test_method_combo_sets_the_plan_and_rewards_are_plotted(make_window, qtbot, 
     method = w.findChild(QComboBox, "methodCombo")
     assert [method.itemData(i) for i in range(method.count())] == ["sft", "dpo", "orpo"]
     assert method.toolTip().startswith("What the run learns from") and method.accessibleName()
+    beta, lam = w.findChild(QWidget, "prefBetaSpin"), w.findChild(QWidget, "orpoLambdaSpin")
+    assert not beta.isEnabled() and not lam.isEnabled()  # sft
     method.setCurrentIndex(method.findData("dpo"))
     assert w.values()["training"]["method"] == "dpo"
+    assert beta.isEnabled() and not lam.isEnabled()
+    method.setCurrentIndex(method.findData("orpo"))
+    assert lam.isEnabled() and not beta.isEnabled() and w.values()["training"]["method"] == "orpo"
+    # A plan opened with a method shows it, its setting editable.
+    opened = make_window(plan_dict(tiny_untied, pairs, tmp_path / "run2", training={"method": "dpo"}))
+    assert opened.findChild(QComboBox, "methodCombo").currentData() == "dpo"
+    assert opened.findChild(QWidget, "prefBetaSpin").isEnabled()
     panel = w.run_panel
     panel.reset()
     panel.add_event(
