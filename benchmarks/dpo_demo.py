@@ -9,7 +9,7 @@ instruction (and input); both replies carry the row's answer, and only the style
 - chosen: ``In short: <answer>``
 - rejected: ``<answer>`` (the plain answer)
 
-So the only thing that tells the replies apart is the lead-in "In short:", which the base model
+So the only thing that tells the replies apart is the prefix "In short:", which the base model
 never writes. The run is ``training.method: dpo`` with LoRA (no embeddings trained), beta 0.1;
 the reference is the starting model, its log-probabilities computed before the first step.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-LEAD = "In short: "
+PREFIX = "In short: "
 
 
 def demo_rows() -> list[dict]:
@@ -47,7 +47,7 @@ def prompt_of(row: dict) -> str:
 
 
 def make_pairs(rows: list[dict]) -> list[dict]:
-    return [{"prompt": prompt_of(r), "chosen": LEAD + r["output"], "rejected": r["output"]} for r in rows]
+    return [{"prompt": prompt_of(r), "chosen": PREFIX + r["output"], "rejected": r["output"]} for r in rows]
 
 
 def main() -> int:
