@@ -216,6 +216,23 @@ def defaults_grid() -> list[dict]:
     add("wide8b", True, **wide, **{"embeddings.train_embeddings": True}, **tokens)
     no_gc = {"data.max_seq_len": 512, "training.gradient_checkpointing": False}
     add("wide8b", True, **{**wide, **no_gc}, **both, **{"embeddings.mode": "lora"})
+    # Held out: preference tuning (dpo, orpo), a batch of pairs as twice the rows, the replies'
+    # log-probabilities through the checkpointed chunks whatever the head.
+    pairs = {"data": "pairs", "data.max_seq_len": 128}
+    add("untied64", True, **pairs, **{"training.method": "dpo", **both, "embeddings.mode": "lora"})
+    add("untied64", True, **pairs, **{"training.method": "dpo", **both, "embeddings.mode": "full"})
+    add("tied64", True, **pairs, **{"training.method": "orpo", **both, **tokens})
+    add(
+        "untied64",
+        True,
+        **{**pairs, "data.max_seq_len": 256},
+        **{
+            "training.method": "dpo",
+            "training.batch_size": 2,
+            "embeddings.train_lm_head": True,
+            "embeddings.mode": "full",
+        },
+    )
     return rows
 
 
@@ -291,6 +308,11 @@ def _data_files(work: Path) -> dict[str, Path]:
             ],
         ),
         "long": write_jsonl(work / "long.jsonl", [{"instruction": ask, "output": " ".join(WORDS * 140)}] * 8),
+        # Preference pairs: a long chosen and a shorter rejected reply.
+        "pairs": write_jsonl(
+            work / "pairs.jsonl",
+            [{"prompt": ask, "chosen": " ".join(WORDS * 40), "rejected": " ".join(WORDS * 20)}] * 8,
+        ),
     }
 
 

@@ -345,13 +345,21 @@ def _print_event(event, quiet: bool) -> None:
 
     if isinstance(event, ev.Step) and not quiet:
         gn = f" grad_norm {event.grad_norm:.3f}" if event.grad_norm is not None else ""
+        rewards = (
+            f"  reward_margin {event.reward_margin:+.4f}  reward_accuracy {event.reward_accuracy:.2f}"
+            if event.reward_margin is not None and event.reward_accuracy is not None
+            else ""
+        )
         print(
             f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
-            f"{gn}  {event.tokens_per_s:.0f} tok/s",
+            f"{gn}{rewards}  {event.tokens_per_s:.0f} tok/s",
             flush=True,
         )
     elif isinstance(event, ev.Eval) and not quiet:
-        print(f"eval  step {event.step}  eval_loss {event.eval_loss:.4f}", flush=True)
+        acc = (
+            f"  eval_reward_accuracy {event.eval_reward_accuracy:.2f}" if event.eval_reward_accuracy is not None else ""
+        )
+        print(f"eval  step {event.step}  eval_loss {event.eval_loss:.4f}{acc}", flush=True)
     elif isinstance(event, ev.Checkpoint) and not quiet:
         print(f"checkpoint saved: {event.path}", flush=True)
     elif isinstance(event, (ev.Log, ev.Started)) and not quiet:

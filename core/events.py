@@ -65,6 +65,13 @@ class Step(Event):
     grad_norm: float | None
     tokens_per_s: float
     epoch: float
+    # Preference tuning (training.method dpo / orpo), means over the step's pairs; None otherwise.
+    # dpo: a reply's reward is beta x (its log-probability now - under the starting model);
+    # orpo: its mean token log-probability, and the margin is the log-odds ratio.
+    reward_chosen: float | None = None
+    reward_rejected: float | None = None
+    reward_margin: float | None = None  # chosen - rejected (orpo: the log-odds ratio)
+    reward_accuracy: float | None = None  # share of pairs whose margin is positive
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class Eval(Event):
     type = "eval"
     step: int
     eval_loss: float
+    eval_reward_accuracy: float | None = None  # preference tuning: share of validation pairs ranked right
+    eval_reward_margin: float | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from .errors import BadInputError, PlanError, RunFolderBusyError
 PLAN = "plan.yaml"
 EVENTS = "events.jsonl"
 INIT_UNTRAINED = "init_untrained.json"
+REFERENCE = "reference_logps.json"  # dpo: the starting model's log-probabilities of every pair
 TENSORBOARD = "tensorboard"  # TensorBoard event files, when the plan asks for them (output.tensorboard)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -85,6 +86,10 @@ class RunFolder:
     @property
     def init_untrained_file(self) -> Path:
         return self.path / INIT_UNTRAINED
+
+    @property
+    def reference_file(self) -> Path:
+        return self.path / REFERENCE
 
     @property
     def tensorboard_dir(self) -> Path:

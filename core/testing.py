@@ -41,6 +41,16 @@ ALPACA_ROWS = [
     for i in range(40)
 ]
 
+# Preference pairs: the chosen reply answers in a full sentence, the rejected one in a bare word.
+PREFERENCE_ROWS = [
+    {
+        "prompt": f"Name colour number {i}.",
+        "chosen": f"Colour {i} is {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}.",
+        "rejected": f"{WORDS[(i * 3) % len(WORDS)]}",
+    }
+    for i in range(24)
+]
+
 
 def build_tokenizer(folder: Path) -> Path:
     """A real byte-level BPE tokenizer (trained here) with ChatML special tokens and template."""

@@ -40,6 +40,7 @@ LABELS: dict[str, dict[str, str]] = {
         "messages": "Messages (role/content)",
         "sharegpt": "ShareGPT (from/value)",
         "text": "Raw text (all tokens trained)",
+        "preference": "Preference pairs (prompt/chosen/rejected)",
     },
     "data.batching": {
         "padding_free": "Padding-free (rows end to end)",
@@ -57,6 +58,11 @@ LABELS: dict[str, dict[str, str]] = {
         "cosine": "Cosine",
         "constant": "Constant",
         "constant_with_warmup": "Constant after warm-up",
+    },
+    "training.method": {
+        "sft": "Supervised (SFT)",
+        "dpo": "Preference: DPO (chosen vs rejected)",
+        "orpo": "Preference: ORPO (no reference)",
     },
     "training.optimizer": {
         "adamw": "AdamW (32-bit states)",

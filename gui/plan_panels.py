@@ -491,6 +491,13 @@ class TrainingPanel(QWidget):
     def _optimisation_group(self, fields: PlanFields) -> QGroupBox:
         opt = QGroupBox("Optimisation")
         form = QFormLayout(opt)
+        self._method_combo = fields.combo("training.method", "methodCombo", "Training method")
+        self._beta_spin = fields.dspin("training.pref_beta", None, None, 3, 0.01, "prefBetaSpin", "DPO beta")
+        self._lambda_spin = fields.dspin("training.orpo_lambda", None, None, 3, 0.01, "orpoLambdaSpin", "ORPO lambda")
+        form.addRow("Method:", self._method_combo)
+        form.addRow("DPO beta:", self._beta_spin)
+        form.addRow("ORPO lambda:", self._lambda_spin)
+        self.show_method(self._method_combo.currentData())
         form.addRow("Batch size:", fields.spin("training.batch_size", None, 4096, "batchSizeSpin", "Batch size"))
         form.addRow(
             "Gradient accumulation:",
@@ -525,6 +532,11 @@ class TrainingPanel(QWidget):
         )
         form.addRow("Seed:", fields.spin("training.seed", 0, 2**31 - 1, "seedSpin", "Seed"))
         return opt
+
+    def show_method(self, method: str) -> None:
+        """Each method's own setting is editable only under that method."""
+        self._beta_spin.setEnabled(method == "dpo")
+        self._lambda_spin.setEnabled(method == "orpo")
 
     def _memory_group(self, fields: PlanFields) -> QGroupBox:
         # Lean memory (plan section memory:, core/training/lean.py); tooltips are the plan's help text.

@@ -82,6 +82,12 @@ class RunCurves:
         self.lr: list[float] = []
         self.eval_steps: list[int] = []
         self.eval_loss: list[float] = []
+        # Preference tuning (dpo / orpo): the steps' reward margin and accuracy, and validation's.
+        self.reward_steps: list[int] = []
+        self.reward_margin: list[float] = []
+        self.reward_accuracy: list[float] = []
+        self.eval_reward_steps: list[int] = []
+        self.eval_reward_accuracy: list[float] = []
         self.mem_t: list[float] = []
         self.rss: list[float] = []
         self.allocated: list[float] = []
@@ -97,10 +103,17 @@ class RunCurves:
                 self.steps.append(e.step)
                 self.loss.append(e.loss)
                 self.lr.append(e.learning_rate)
+            if e.reward_margin is not None and e.reward_accuracy is not None:
+                self.reward_steps.append(e.step)
+                self.reward_margin.append(e.reward_margin)
+                self.reward_accuracy.append(e.reward_accuracy)
             return True
         if isinstance(e, ev.Eval):
             self.eval_steps.append(e.step)
             self.eval_loss.append(e.eval_loss)
+            if e.eval_reward_accuracy is not None:
+                self.eval_reward_steps.append(e.step)
+                self.eval_reward_accuracy.append(e.eval_reward_accuracy)
             return True
         if isinstance(e, ev.Memory):
             if self._t0 is None:
@@ -168,6 +181,7 @@ class RunPanel(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setObjectName("runTabs")
         self.loss_tab, self.lr_tab, self.memory_tab = _host(), _host(), _host()
+        self.reward_tab = _host()
         self.plots_built = False
         self._estimate_gib: float | None = None
         self.log_view = QPlainTextEdit()
@@ -200,6 +214,7 @@ class RunPanel(QWidget):
         row.addStretch(1)
         rl.addLayout(row)
         self.tabs.addTab(self.loss_tab, "Loss")
+        self.tabs.addTab(self.reward_tab, "Rewards")
         self.tabs.addTab(self.lr_tab, "Learning rate")
         self.tabs.addTab(self.memory_tab, "Memory")
         self.tabs.addTab(self.log_view, "Log")
@@ -237,6 +252,23 @@ class RunPanel(QWidget):
         self.loss_eval = self.loss_plot.plot(
             [], [], pen=pg.mkPen("#e6550d", width=2), symbol="o", symbolSize=7, symbolBrush="#e6550d", name="eval loss"
         )
+        # Preference tuning: how far apart the chosen and rejected replies are, and how often right.
+        self.reward_plot = _plot("rewardPlot", "Reward plot", "reward margin / accuracy", "step")
+        self.reward_margin_curve = self.reward_plot.plot(
+            [], [], pen=pg.mkPen("#08519c", width=2), name="reward margin (chosen - rejected)"
+        )
+        self.reward_accuracy_curve = self.reward_plot.plot(
+            [], [], pen=pg.mkPen("#31a354", width=2), name="reward accuracy"
+        )
+        self.eval_reward_curve = self.reward_plot.plot(
+            [],
+            [],
+            pen=pg.mkPen("#e6550d", width=2),
+            symbol="o",
+            symbolSize=7,
+            symbolBrush="#e6550d",
+            name="eval reward accuracy",
+        )
         self.lr_plot = _plot("lrPlot", "Learning rate plot", "learning rate", "step")
         self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen("#31a354", width=2), name="learning rate")
         self.memory_plot = _plot("memoryPlot", "Memory plot", "GiB", "seconds")
@@ -253,6 +285,7 @@ class RunPanel(QWidget):
         self.memory_plot.addItem(self.estimate_line)
         for host, plot in (
             (self.loss_tab, self.loss_plot),
+            (self.reward_tab, self.reward_plot),
             (self.lr_tab, self.lr_plot),
             (self.memory_tab, self.memory_plot),
         ):
@@ -303,7 +336,9 @@ class RunPanel(QWidget):
         if e.step > s0 and left > 0:
             eta = f" · ETA {_duration((e.time - t0) / (e.step - s0) * left)}"
         self.progress.setFormat(
-            f"Step {e.step} / {e.total_steps} · loss {e.loss:.4f} · {e.tokens_per_s:,.0f} tokens/s{eta}"
+            f"Step {e.step} / {e.total_steps} · loss {e.loss:.4f}"
+            + (f" · reward accuracy {e.reward_accuracy:.0%}" if e.reward_accuracy is not None else "")
+            + f" · {e.tokens_per_s:,.0f} tokens/s{eta}"
         )
 
     def log(self, text: str) -> None:
@@ -323,6 +358,10 @@ class RunPanel(QWidget):
             self.loss_raw.setData(c.steps, c.loss)
             self.loss_smooth.setData(c.steps, smooth(c.loss))
             self.loss_eval.setData(c.eval_steps, c.eval_loss)
+        elif page is self.reward_tab:
+            self.reward_margin_curve.setData(c.reward_steps, c.reward_margin)
+            self.reward_accuracy_curve.setData(c.reward_steps, c.reward_accuracy)
+            self.eval_reward_curve.setData(c.eval_reward_steps, c.eval_reward_accuracy)
         elif page is self.lr_tab:
             self.lr_curve.setData(c.steps, c.lr)
         elif page is self.memory_tab:

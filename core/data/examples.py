@@ -8,6 +8,11 @@ of every earlier prefix (true of the common templates): each assistant turn's ch
 found by rendering the prefix with and without that turn, and tokens are labelled through the
 fast tokenizer's offset mapping. (TRL's assistant-only loss needs ``{% generation %}`` markers,
 which most models' templates lack.)
+
+Preference pairs (``training.method`` dpo or orpo) become two such rows, the prompt followed by the
+chosen and by the rejected reply, each trained on its last reply only (earlier assistant turns
+belong to the prompt); ``PairCollator`` puts a batch's chosen rows and then its rejected rows
+through the model as one batch.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..model.templates import assistant_spans, resolve_template
-from .reading import IGNORE_INDEX, Example, example_texts, load_examples
+from .reading import IGNORE_INDEX, Example, Pair, example_texts, load_examples, load_pairs
 
 
 @dataclass
@@ -42,11 +47,14 @@ class PreparedData:
     train: list[dict[str, list[int]]]
     val: list[dict[str, list[int]]]
     stats: DataStats
-    examples: list[Example] = field(default_factory=list)
+    examples: list[Example] | list[Pair] = field(default_factory=list)
 
 
-def tokenize_example(tokenizer, ex: Example, template: str, max_seq_len: int, where: str = "") -> dict:
-    """input_ids and labels (-100 on masked tokens), truncated to ``max_seq_len``."""
+def tokenize_example(
+    tokenizer, ex: Example, template: str, max_seq_len: int, where: str = "", last_reply_only: bool = False
+) -> dict:
+    """input_ids and labels (-100 on masked tokens), truncated to ``max_seq_len``; with
+    ``last_reply_only`` only the conversation's last assistant turn is labelled."""
     if ex.text is not None:
         ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
@@ -54,6 +62,8 @@ def tokenize_example(tokenizer, ex: Example, template: str, max_seq_len: int, wh
         labels = list(ids)
     else:
         text, spans = assistant_spans(tokenizer, ex.messages, template, where)
+        if last_reply_only:
+            spans = spans[-1:]
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         labels = []
@@ -89,15 +99,20 @@ def pack(features: Iterable[dict], max_seq_len: int) -> list[dict]:
     return packs
 
 
-def prepare(spec, tokenizer, seed: int) -> PreparedData:
-    """Everything the trainer needs from ``plan.data``: tokenised, masked, split (and packed)."""
+def prepare(spec, tokenizer, seed: int, method: str = "sft") -> PreparedData:
+    """Everything the trainer needs from ``plan.data``: tokenised, masked, split (and packed);
+    preference pairs for ``method`` dpo or orpo."""
+    if method != "sft":
+        return prepare_pairs(spec, tokenizer, seed)
     examples, fmt = load_examples(spec.path, spec.format)
-    template, template_source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
-    if fmt != "text" and not getattr(tokenizer, "is_fast", False):
+    if fmt == "preference":
         raise DataError(
-            "This model's tokenizer has no fast (Rust) version, which Headtune needs to tell the "
-            "assistant's tokens from the prompt's. Use a model whose repository has tokenizer.json."
+            f"{Path(spec.path).name} holds preference pairs (chosen/rejected replies); train them with "
+            "training.method dpo or orpo, or use a dataset of conversations for sft."
         )
+    template, template_source = ("", "") if fmt == "text" else resolve_template(tokenizer, spec.chat_template)
+    if fmt != "text":
+        _need_fast(tokenizer)
     name = Path(spec.path).name
     features, truncated, skipped = [], 0, 0
     for ex in examples:
@@ -133,7 +148,65 @@ def prepare(spec, tokenizer, seed: int) -> PreparedData:
     return PreparedData(train=train, val=val, stats=stats, examples=examples)
 
 
-def check_round_trip(tokenizer, examples: list[Example], name: str) -> None:
+def _need_fast(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            "This model's tokenizer has no fast (Rust) version, which Headtune needs to tell the "
+            "assistant's tokens from the prompt's. Use a model whose repository has tokenizer.json."
+        )
+
+
+def tokenize_pair(tokenizer, pair: Pair, template: str, max_seq_len: int, where: str) -> tuple[dict, bool]:
+    """The pair's two rows (``chosen_*`` and ``rejected_*`` input_ids and labels); whether one was cut."""
+    out: dict = {}
+    truncated = False
+    for which in ("chosen", "rejected"):
+        ex = Example(pair.line, messages=pair.conversation(which))
+        f = tokenize_example(tokenizer, ex, template, max_seq_len, where, last_reply_only=True)
+        truncated |= f["truncated"]
+        out[f"{which}_input_ids"], out[f"{which}_labels"] = f["input_ids"], f["labels"]
+    return out, truncated
+
+
+def prepare_pairs(spec, tokenizer, seed: int) -> PreparedData:
+    """Preference pairs, tokenised through the chat template, replies labelled, split."""
+    pairs = load_pairs(spec.path, spec.format)
+    template, template_source = resolve_template(tokenizer, spec.chat_template)
+    _need_fast(tokenizer)
+    name = Path(spec.path).name
+    features, truncated, skipped = [], 0, 0
+    for pair in pairs:
+        f, cut = tokenize_pair(tokenizer, pair, template, spec.max_seq_len, f"{name}, line {pair.line}")
+        truncated += cut
+        if any(all(x == IGNORE_INDEX for x in f[f"{w}_labels"]) for w in ("chosen", "rejected")):
+            skipped += 1  # a reply cut off entirely by max_seq_len
+            continue
+        features.append(f)
+    if not features:
+        raise DataError(
+            f"No pair in {name} keeps both replies within data.max_seq_len={spec.max_seq_len}; raise data.max_seq_len."
+        )
+    train_idx, val_idx = split_indices(len(features), spec.val_fraction, seed)
+    stats = DataStats(
+        format="preference",
+        rows=len(pairs),
+        train_examples=len(train_idx),
+        val_examples=len(val_idx),
+        truncated=truncated,
+        skipped_no_labels=skipped,
+        template_source=template_source,
+    )
+    for f in features:
+        for w in ("chosen", "rejected"):
+            n_trained = sum(1 for x in f[f"{w}_labels"] if x != IGNORE_INDEX)
+            stats.trained_tokens += n_trained
+            stats.masked_tokens += len(f[f"{w}_labels"]) - n_trained
+    return PreparedData(
+        train=[features[i] for i in train_idx], val=[features[i] for i in val_idx], stats=stats, examples=pairs
+    )
+
+
+def check_round_trip(tokenizer, examples: list[Example] | list[Pair], name: str) -> None:
     """Refuse a tokenizer (extended with new tokens) that does not decode every text of the data
     back to itself; the message names the first row that breaks."""
     for ex in examples:
@@ -200,6 +273,36 @@ class FlatCollator:
         }
 
 
-def collator_for(batching: str, pad_id: int):
-    """The collator of a ``data.batching`` choice."""
-    return FlatCollator() if batching == "padding_free" else Collator(pad_id)
+def collator_for(batching: str, pad_id: int, pairs: bool = False):
+    """The collator of a ``data.batching`` choice (of preference pairs with ``pairs``)."""
+    rows = FlatCollator() if batching == "padding_free" else Collator(pad_id)
+    return PairCollator(rows) if pairs else rows
+
+
+class PairCollator:
+    """A batch of preference pairs as one batch of rows: the chosen rows, then the rejected rows
+    (padded or padding-free, as ``rows`` lays them out). ``pair_rows`` gives each token's row
+    (0 .. 2 x pairs - 1), so the loss can sum each reply's log-probabilities whatever the
+    layout; ``ref_chosen`` / ``ref_rejected`` carry the reference model's log-probabilities
+    once they are known (``core.training.preference``)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        rows = [
+            {"input_ids": b[f"{w}_input_ids"], "labels": b[f"{w}_labels"]}
+            for w in ("chosen", "rejected")
+            for b in batch
+        ]
+        out = self.rows(rows)
+        if "position_ids" in out:  # padding-free: one sequence, row after row
+            out["pair_rows"] = torch.tensor([[i for i, r in enumerate(rows) for _ in r["input_ids"]]], dtype=torch.long)
+        else:
+            out["pair_rows"] = torch.arange(len(rows))[:, None].expand_as(out["input_ids"]).contiguous()
+        if all("ref_chosen" in b for b in batch):
+            out["ref_chosen"] = torch.tensor([b["ref_chosen"] for b in batch], dtype=torch.float32)
+            out["ref_rejected"] = torch.tensor([b["ref_rejected"] for b in batch], dtype=torch.float32)
+        return out

@@ -5,6 +5,12 @@ its line (or row) number so a malformed one can be named. Four formats are under
 alpaca (instruction/input/output), messages (role/content), ShareGPT (from/value) and raw
 text; each row becomes an ``Example`` (a conversation, or a text trained on every token). Text
 files are UTF-8; a byte-order mark at the start (Windows editors write one) is not data.
+
+A fifth, ``preference``, holds pairs for preference tuning (``training.method`` dpo or orpo); each
+row becomes a ``Pair`` (the prompt's turns, a chosen and a rejected reply). Its layouts, told apart
+row by row: flat texts (``prompt``/``chosen``/``rejected``); ``chosen`` and ``rejected`` as whole
+conversations sharing their prompt turns (Anthropic HH, UltraFeedback binarized), with or without
+a ``prompt``; and ``question``/``response_j``/``response_k`` (StackExchange paired).
 """
 
 from __future__ import annotations
@@ -48,9 +54,26 @@ class Example:
     text: str | None = None
 
 
-def example_texts(ex: Example) -> tuple[list[str], list[str]]:
+@dataclass
+class Pair:
+    """One preference example: the prompt's turns (ending on a user turn) and two replies."""
+
+    line: int
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+
+    def conversation(self, which: str) -> list[dict[str, str]]:
+        """The prompt followed by the ``chosen`` or ``rejected`` reply."""
+        return [*self.prompt, {"role": "assistant", "content": getattr(self, which)}]
+
+
+def example_texts(ex: Example | Pair) -> tuple[list[str], list[str]]:
     """(the texts the run trains on: the assistant's replies or the raw text; every text of the
     example, prompts included)."""
+    if isinstance(ex, Pair):
+        prompts = [m["content"] for m in ex.prompt]
+        return [ex.chosen, ex.rejected], [*prompts, ex.chosen, ex.rejected]
     if ex.text is not None:
         return [ex.text], [ex.text]
     messages = ex.messages or []
@@ -240,6 +263,8 @@ def _read_hub(dataset_id: str) -> list[Row]:
 def detect_format(row: Any) -> str | None:
     if not isinstance(row, dict):
         return None
+    if ("chosen" in row and "rejected" in row) or ("response_j" in row and "response_k" in row):
+        return "preference"
     if "messages" in row:
         return "messages"
     if "conversations" in row:
@@ -319,8 +344,107 @@ def to_example(row: Row, fmt: str, where: str) -> Example:
         raise
 
 
+def _turns(value: Any, key: str, where: str) -> list[dict[str, str]]:
+    """A list of role/content (or from/value) turns, checked."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: {key!r} must be text or a non-empty list of turns.")
+    out = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: {key!r} turn {i + 1} is not an object.")
+        role = turn.get("role", SHAREGPT_ROLES.get(str(turn.get("from", "")).lower()))
+        content = turn.get("content", turn.get("value"))
+        if role not in ("system", "user", "assistant", "tool"):
+            raise DataError(
+                f"{where}: {key!r} turn {i + 1} has role={role!r}; expected system, user, assistant or tool."
+            )
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {key!r} turn {i + 1} has no text content.")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def to_pair(row: Row, where: str) -> Pair:
+    """A preference row in any of the layouts the module docstring lists."""
+    v = row.value
+    try:
+        if not isinstance(v, dict):
+            raise DataError(f"{where}: expected an object with named fields, got {type(v).__name__}.")
+        if "response_j" in v and "response_k" in v and not ("chosen" in v and "rejected" in v):
+            prompt = [{"role": "user", "content": _need_str(v, "question", where)}]
+            return Pair(row.line, prompt, _need_str(v, "response_j", where), _need_str(v, "response_k", where))
+        for key in ("chosen", "rejected"):
+            if key not in v or v[key] is None:
+                raise DataError(f"{where}: the column {key!r} is missing (columns here: {', '.join(map(str, v))}).")
+        chosen, rejected = v["chosen"], v["rejected"]
+        if isinstance(chosen, str) or isinstance(rejected, str):
+            if isinstance(v.get("prompt"), list):
+                prompt = _turns(v["prompt"], "prompt", where)
+            else:
+                prompt = [{"role": "user", "content": _need_str(v, "prompt", where)}]
+            if prompt[-1]["role"] != "user":
+                raise DataError(f"{where}: the prompt's last turn must be the user's, not {prompt[-1]['role']!r}.")
+            return Pair(row.line, prompt, _need_str(v, "chosen", where), _need_str(v, "rejected", where))
+        # Whole conversations: the turns before the last are the prompt (and must be the same in
+        # both); the last turn of each is the reply.
+        c, r = _turns(chosen, "chosen", where), _turns(rejected, "rejected", where)
+        for key, turns in (("chosen", c), ("rejected", r)):
+            if turns[-1]["role"] != "assistant":
+                raise DataError(f"{where}: the last turn of {key!r} must be the assistant's reply.")
+        if c[:-1] != r[:-1]:
+            raise DataError(
+                f"{where}: 'chosen' and 'rejected' differ before their last turn; they must share the prompt."
+            )
+        prompt = c[:-1]
+        if not prompt:  # the replies alone, the prompt in its own column
+            p = v.get("prompt")
+            prompt = (
+                _turns(p, "prompt", where)
+                if isinstance(p, list)
+                else [{"role": "user", "content": _need_str(v, "prompt", where)}]
+            )
+        if prompt[-1]["role"] != "user":
+            raise DataError(f"{where}: the prompt's last turn must be the user's, not {prompt[-1]['role']!r}.")
+        for key, turns in (("chosen", c), ("rejected", r)):
+            if not turns[-1]["content"].strip():
+                raise DataError(f"{where}: the reply in {key!r} is empty.")
+        return Pair(row.line, prompt, c[-1]["content"], r[-1]["content"])
+    except DataError as exc:
+        exc.line = row.line
+        raise
+
+
+PREFERENCE_FIELDS = (
+    "prompt/chosen/rejected (texts, or chosen and rejected as conversations sharing their prompt turns) "
+    "or question/response_j/response_k"
+)
+
+
+def load_pairs(path_or_id: str, fmt: str = "auto") -> list[Pair]:
+    """Read a preference dataset and convert every row to a ``Pair``."""
+    rows, unit = read_rows(path_or_id)
+    name = Path(path_or_id).name
+    if not rows:
+        raise DataError(f"The dataset {path_or_id} is empty: it has no rows to train on.")
+    found = detect_format(rows[0].value) if fmt == "auto" else fmt
+    if found != "preference":
+        value = rows[0].value
+        keys = ", ".join(map(str, value)) if isinstance(value, dict) else type(value).__name__
+        raise DataError(
+            f"{name}, {unit} {rows[0].line}: preference tuning (training.method dpo or orpo) needs rows with "
+            f"{PREFERENCE_FIELDS}; this row has {keys}. Use such a dataset, or set training.method: sft.",
+            line=rows[0].line,
+        )
+    return [to_pair(r, f"{name}, {unit} {r.line}") for r in rows]
+
+
 def load_examples(path_or_id: str, fmt: str = "auto") -> tuple[list[Example], str]:
-    """Read a dataset and convert every row; returns (examples, detected format)."""
+    """Read a dataset and convert every row; returns (examples, detected format). A preference
+    dataset gives two conversations per row (prompt + chosen, prompt + rejected), which is what
+    the previews and token statistics read; training reads its pairs with ``load_pairs``."""
+    if fmt == "preference":
+        pairs = load_pairs(path_or_id, fmt)
+        return [Example(p.line, messages=p.conversation(w)) for p in pairs for w in ("chosen", "rejected")], fmt
     rows, unit = read_rows(path_or_id)
     name = Path(path_or_id).name
     if not rows:
@@ -334,9 +458,11 @@ def load_examples(path_or_id: str, fmt: str = "auto") -> tuple[list[Example], st
             raise DataError(
                 f"{name}, {unit} {rows[0].line}: cannot tell the format from its fields ({keys}). "
                 "Expected instruction/output (alpaca), messages (role/content), conversations "
-                "(from/value) or text; or set data.format.",
+                "(from/value), text, or preference pairs (prompt/chosen/rejected); or set data.format.",
                 line=rows[0].line,
             )
+    if fmt == "preference":
+        return load_examples(path_or_id, fmt)
     return [to_example(r, fmt, f"{name}, {unit} {r.line}") for r in rows], fmt
 
 

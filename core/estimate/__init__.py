@@ -60,7 +60,7 @@ def estimate(
         fit = DataFit(
             examples=len(data.lengths),
             seq_len=data.seq_len(plan),
-            loss_tokens=data.loss_tokens(plan),
+            loss_tokens=data.loss_tokens(plan) * (2 if plan.training.method != "sft" else 1),  # pairs: 2 rows
             max_seq_len=plan.data.max_seq_len,
             worst_case_bytes=tensor_peak(plan, shape, device).total_bytes,
             packed=plan.data.packing,

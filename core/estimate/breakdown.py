@@ -110,6 +110,7 @@ class _Sizes:
     frozen_mb: int  # bytes per value of a frozen embedding/head matrix
     train_mb: int  # bytes per value of a trained copy
     tied: bool
+    pairs: bool = False  # preference tuning: each example is two rows, through the log-probability path
 
 
 @dataclass
@@ -144,13 +145,20 @@ def nf4_bytes(numel: int, double_quant: bool) -> float:
 def _sizes(plan, shape: ModelShape, eff: Effective, data=None) -> _Sizes:
     m = plan.model
     kbit = m.quantization != "none"
-    B = plan.training.batch_size
+    # Preference tuning (dpo, orpo) puts each example's chosen and rejected replies through the
+    # model as two rows of one batch, each as long as the longer of the two at most (padded, or the
+    # same tokens laid end to end): twice the rows of sft. DPO's reference costs nothing here: its
+    # log-probabilities are computed before the first step (core.training.preference).
+    pairs = plan.training.method != "sft"
+    rows = plan.training.batch_size * (2 if pairs else 1)
     seq = data.seq_len(plan) if data is not None else plan.data.max_seq_len
     # New tokens either land on spare rows or add a few rows (N x hidden): negligible here.
     return _Sizes(
-        T=B * seq,
-        # Without the data every token is labelled but each row's first (the shift drops it).
-        N=data.loss_tokens(plan) if data is not None else B * (seq - 1),
+        T=rows * seq,
+        # Without the data every token is labelled but each row's first (the shift drops it). The
+        # data's lengths of a preference set are its replies', so a batch of pairs holds at most
+        # twice the labelled tokens of as many of its longest replies.
+        N=(data.loss_tokens(plan) * (2 if pairs else 1)) if data is not None else rows * (seq - 1),
         V=shape.vocab,
         H=shape.hidden,
         L=shape.layers,
@@ -159,6 +167,7 @@ def _sizes(plan, shape: ModelShape, eff: Effective, data=None) -> _Sizes:
         frozen_mb=matrix_bytes(eff, m.dtype, kbit, trained=False),
         train_mb=matrix_bytes(eff, m.dtype, kbit, trained=True),
         tied=shape.tied,
+        pairs=pairs,
     )
 
 
@@ -314,7 +323,9 @@ def _loss_region(s: _Sizes, mats: _Matrices, eff: Effective) -> _LossRegion:
         )
     # The chunked loss computes logits for labelled tokens only, a chunk of them at a time.
     C = min(eff.loss_chunk, s.N)
-    if mats.head_path == PLAIN:
+    # Preference losses weight each token by its pair's factor, so they take the checkpointed
+    # chunks below whatever the head (core.training.lean.label_log_probs).
+    if mats.head_path == PLAIN and not s.pairs:
         # core.training.lean's chunked linear cross-entropy: the head's gradient is accumulated in
         # place during the loss (so it exists from then on, and no second one appears in backward);
         # per chunk an fp32 logits buffer (+ its 16-bit matmul output, then a 16-bit gradient); the
@@ -422,8 +433,21 @@ def tensor_peak(plan, shape: ModelShape, device: str = "cuda", data=None) -> Est
         paged_optimizer_states_bytes=int(opt.states) if opt.paged else 0,
         device=device,
         trainable_params=int(opt.trainable_params),
-        notes=list(eff.notes),
+        notes=list(eff.notes) + _method_notes(plan),
     )
+
+
+def _method_notes(plan) -> list[str]:
+    method = plan.training.method
+    if method == "sft":
+        return []
+    note = f"training.method {method}: each example is a chosen and a rejected reply, two rows per example"
+    if method == "dpo":
+        note += (
+            "; the reference model's log-probabilities are computed once before the first step and stored "
+            "in the run folder, so no reference model is held in memory while training"
+        )
+    return [note + "."]
 
 
 def _lora_targets(target_modules, shape: ModelShape) -> set[str]:

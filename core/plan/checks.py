@@ -88,6 +88,22 @@ def validate(plan: Plan) -> None:
     )
     both = sorted(set(e.vocab_tokens) & set(e.new_tokens))
     need(not both, "embeddings.vocab_tokens", f"{both[:3]} are listed in embeddings.new_tokens too; keep one.")
+    preference = t.method in ("dpo", "orpo")
+    need(
+        not (preference and d.packing),
+        "data.packing",
+        f"training.method {t.method} compares whole replies, which packing would join; turn packing off.",
+    )
+    need(
+        not (preference and d.format not in ("auto", "preference")),
+        "data.format",
+        f"training.method {t.method} reads preference pairs; set data.format to auto or preference.",
+    )
+    need(
+        not (t.method == "sft" and d.format == "preference"),
+        "training.method",
+        "data.format preference holds chosen/rejected pairs; train them with training.method dpo or orpo.",
+    )
     embeddings.check(e)
     _check_sharding(plan)
     _check_bitsandbytes(plan)
@@ -98,6 +114,12 @@ def _check_sharding(plan: Plan) -> None:
     m, t = plan.model, plan.training
     if t.sharding != "fsdp":
         return
+    if t.method != "sft":
+        raise ShardingError(
+            f"training.sharding: fsdp does not run training.method {t.method} in this version (preference "
+            "tuning's reference pass and pair log-probabilities are not built for sharded models). Use "
+            "training.sharding: none (data parallel runs it).",
+        )
     if m.quantization == "8bit":
         raise ShardingError(
             "training.sharding: fsdp cannot shard an 8-bit (LLM.int8) model: bitsandbytes keeps each "

@@ -24,7 +24,8 @@ SCHEMA_VERSION = 1
 Quantization = Literal["none", "8bit", "4bit"]
 DType = Literal["bfloat16", "float16", "float32"]
 AttnImpl = Literal["sdpa", "eager", "flash_attention_2"]
-DataFormat = Literal["auto", "alpaca", "messages", "sharegpt", "text"]
+DataFormat = Literal["auto", "alpaca", "messages", "sharegpt", "text", "preference"]
+Method = Literal["sft", "dpo", "orpo"]
 InitUntrained = Literal["none", "mean"]
 NewTokenInit = Literal["pieces", "mean"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
@@ -97,7 +98,9 @@ class DataSpec:
     format: DataFormat = _f(
         "auto",
         "Row format: alpaca (instruction/input/output), messages (role/content), "
-        "sharegpt (from/value), text (raw text, every token trained), or auto to detect.",
+        "sharegpt (from/value), text (raw text, every token trained), preference (pairs for "
+        "training.method dpo or orpo: prompt/chosen/rejected, chosen/rejected conversations, or "
+        "question/response_j/response_k), or auto to detect.",
     )
     chat_template: str = _f(
         "model",
@@ -209,6 +212,27 @@ class EmbeddingsSpec:
 
 @dataclass
 class TrainingSpec:
+    method: Method = _f(
+        "sft",
+        "What the run learns from: sft (supervised: the replies of the data), dpo (Direct Preference "
+        "Optimization: pairs of a chosen and a rejected reply, against the starting model as reference) or "
+        "orpo (odds-ratio preference optimisation: the chosen reply's loss plus a preference term, no "
+        "reference). dpo and orpo need preference data (prompt/chosen/rejected).",
+    )
+    pref_beta: float = _f(
+        0.1,
+        "dpo: beta, how far the model may move from the reference (the reward is beta x the change of a "
+        "reply's log-probability); higher keeps it closer. Common values 0.01 to 0.5.",
+        gt=0.0,
+        le=10.0,
+    )
+    orpo_lambda: float = _f(
+        0.1,
+        "orpo: lambda, the weight of the odds-ratio preference term beside the chosen reply's loss (0.1 in "
+        "the ORPO paper).",
+        gt=0.0,
+        le=10.0,
+    )
     batch_size: int = _f(4, "Examples per device per step.", ge=1)
     grad_accum: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x grad_accum).", ge=1)
     learning_rate: float = _f(2e-4, "Peak learning rate.", gt=0)

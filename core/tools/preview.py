@@ -120,9 +120,13 @@ def preview_data(
     base_lengths: list[int] = []
     segments: list[tuple[str, str]] = []
     for i, ex in enumerate(examples[:max_examples]):
-        f = tokenize_example(tokenizer, ex, template, 10**9, f"{name}, line {ex.line}")
+        # Preference data: one conversation per reply (chosen, rejected), only its last reply trained.
+        last = fmt == "preference"
+        f = tokenize_example(tokenizer, ex, template, 10**9, f"{name}, line {ex.line}", last_reply_only=last)
         if base_tokenizer is not None:
-            base_lengths.append(len(tokenize_example(base_tokenizer, ex, template, 10**9)["input_ids"]))
+            base_lengths.append(
+                len(tokenize_example(base_tokenizer, ex, template, 10**9, last_reply_only=last)["input_ids"])
+            )
         n = len(f["input_ids"])
         lengths.append(n)
         marks = [j for j, x in enumerate(f["labels"]) if j > 0 and x != IGNORE_INDEX]

@@ -40,7 +40,7 @@ from ..plan import Plan, load_plan
 from ..plan.loading import read_plan_file
 from ..plan.memory_options import resolve as resolve_memory_options
 from ..runfolder import RunFolder, check_writable, checkpoint_step
-from . import adapters, distributed, lean, padding_free, sharding
+from . import adapters, distributed, lean, padding_free, preference, sharding
 from .trainer import check_free_disk, check_loadable, memory_sample, release_bnb_overrides
 
 # "adamw" is PyTorch's fused AdamW (the Trainer's default): fastest, no step-wide temporaries.
@@ -437,7 +437,7 @@ class TrainingJob:
         new_rows = setup_mod.add_new_tokens(tokenizer, plan.embeddings.new_tokens, plan.embeddings.vocab_tokens)
 
         self.log(f"Reading and tokenising {plan.data.path}")
-        self.data = prepare(plan.data, tokenizer, plan.training.seed)
+        self.data = prepare(plan.data, tokenizer, plan.training.seed, plan.training.method)
         if plan.embeddings.vocab_tokens:
             check_round_trip(tokenizer, self.data.examples, Path(plan.data.path).name)
         st = self.data.stats
@@ -473,6 +473,11 @@ class TrainingJob:
             self.log(
                 "data.batching: this model's attention lets the rows of a padding-free batch see each "
                 "other, so each batch is padded instead (same loss, more memory)."
+            )
+        if self.batching == "grouped" and plan.training.method != "sft":
+            self.batching = "padded"
+            self.log(
+                "data.batching: preference pairs are batched in random order, each batch padded (grouped sorts rows)."
             )
         self.lean = resolve_memory_options(plan, self.device, tied=setup.tied)
         why_not = lean.unsupported_head_reason(model.config) if self.lean.loss != "standard" else None
@@ -524,6 +529,10 @@ class TrainingJob:
             trainer._load_from_checkpoint(ckpt)
             trainer.state = TrainerState.load_from_json(str(Path(ckpt) / runfolder.TRAINER_STATE))
         else:
+            if self.plan.training.method == "dpo" and not self._reference(trainer, model):
+                early = ev.Stopped(step=0, adapter_path="")  # during the reference pass: nothing trained
+                self.emit(early)
+                return early
             with self.around_training() if self.around_training else contextlib.nullcontext():
                 result = trainer.train(resume_from_checkpoint=ckpt)
         if trainer.fused_step is not None:
@@ -557,6 +566,34 @@ class TrainingJob:
         self.emit(memory_sample(self.step))
         self.emit(event)
         return event
+
+    def _reference(self, trainer, model) -> bool:
+        """DPO's reference log-probabilities of every pair, under the model as it starts (before the
+        Trainer loads a checkpoint): read back from the run folder when a resumed run stored them
+        for the same pairs, else computed in one no-grad pass and stored. False when a stop was
+        requested during the pass (one process only: under a launcher the processes stop together
+        at a step's end)."""
+        train, val = self.data.train, self.data.val
+        path = self.folder.reference_file
+        if self.resume and preference.load_reference(path, train, val):
+            self.log(f"Reference log-probabilities of {len(train) + len(val)} pairs read from {path.name}")
+            return True
+        stop = None if distributed.active() else (lambda: self.stop_requested)
+        self.log(f"Computing the reference log-probabilities of {len(train) + len(val)} pairs (the starting model)")
+        head = model.get_output_embeddings()
+        device = trainer.args.device
+        for rows in (train, val):
+            with trainer.compute_loss_context_manager(), trainer.accelerator.autocast():
+                values = preference.compute_reference(
+                    model, head, rows, trainer.data_collator, trainer.args.eval_batch_size, device, self.lean, stop
+                )
+            if values is None:
+                self.log("Stopped while computing the reference log-probabilities; nothing was trained.")
+                return False
+            preference.attach(rows, values)
+        if self.is_main_process:
+            preference.save_reference(path, train, val)
+        return True
 
     def _divergence_message(self) -> str:
         step, what = self.diverged or (self.step, "the loss")
@@ -677,7 +714,7 @@ class TrainingJob:
             args=args,
             train_dataset=self.data.train,
             eval_dataset=self.data.val if has_val else None,
-            data_collator=collator_for(self.batching, tokenizer.pad_token_id),
+            data_collator=collator_for(self.batching, tokenizer.pad_token_id, pairs=plan.training.method != "sft"),
             processing_class=tokenizer,
             callbacks=[JobCallback(self)],
             embedding_param_names=embedding_parameter_names(model, setup),
@@ -686,6 +723,7 @@ class TrainingJob:
             lean=self.lean,
             sharded=sharding.is_sharded(model),
             fsdp=plan.training.sharding == "fsdp",
+            preference=preference.Preference.of(t),
         )
         # Progress goes out as events; the Trainer's own console printer would duplicate it.
         trainer.remove_callback(PrinterCallback)

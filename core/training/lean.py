@@ -271,6 +271,36 @@ def _checkpointed_chunks(head, hidden, labels, scale: float, chunk: int):
     return total * scale
 
 
+def label_log_probs(head, hidden, labels, chunk: int = 256):
+    """Log-probabilities of the labelled next tokens under ``head(hidden)`` (labels shifted here,
+    -100 masked): (a vector over the labelled tokens, their flat positions in ``labels[:, 1:]``).
+
+    Chunk by chunk like ``_checkpointed_chunks``: each chunk's logits are recomputed in backward,
+    so only one chunk's ever live, for any head. Preference losses weight each token's
+    log-probability by a factor known only after the forward (its pair's sigmoid), which the fused
+    cross-entropy's scalar scale cannot express, hence the recomputation here."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    shift = labels[:, 1:].reshape(-1)
+    keep = (shift != IGNORE_INDEX).nonzero().squeeze(1)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep)
+    y = shift.index_select(0, keep)
+
+    def piece(hc, yc):
+        return -F.cross_entropy(head(hc).float(), yc, reduction="none")
+
+    parts = []
+    for s in range(0, h.shape[0], chunk):
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(piece, h[s : s + chunk], y[s : s + chunk], use_reentrant=False))
+        else:
+            parts.append(piece(h[s : s + chunk], y[s : s + chunk]))
+    out = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32) + hidden.sum() * 0.0
+    return out, keep
+
+
 def _fused_library_loss(backend: str, weight, hidden, labels, scale: float):
     if backend == "liger":
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss

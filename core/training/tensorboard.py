@@ -44,8 +44,16 @@ class TensorBoardSink:
             if event.grad_norm is not None:
                 w.add_scalar("train/grad_norm", event.grad_norm, event.step)
             w.add_scalar("train/tokens_per_s", event.tokens_per_s, event.step)
+            for name in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"):
+                value = getattr(event, name)
+                if value is not None:  # preference tuning
+                    w.add_scalar(f"train/{name}", value, event.step)
         elif isinstance(event, ev.Eval):
             w.add_scalar("eval/loss", event.eval_loss, event.step)
+            if event.eval_reward_accuracy is not None:
+                w.add_scalar("eval/reward_accuracy", event.eval_reward_accuracy, event.step)
+            if event.eval_reward_margin is not None:
+                w.add_scalar("eval/reward_margin", event.eval_reward_margin, event.step)
         elif isinstance(event, ev.Memory):
             w.add_scalar("memory/process_gib", event.rss_bytes / GiB, event.step)
             if event.cuda_max_allocated_bytes is not None:

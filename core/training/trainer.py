@@ -47,6 +47,7 @@ class HeadtuneTrainer(Trainer):
         loraplus_ratio: float = 1.0,
         sharded: bool = False,
         fsdp: bool = False,
+        preference=None,
         **kwargs,
     ):
         self.embedding_param_names = set(embedding_param_names)
@@ -55,6 +56,12 @@ class HeadtuneTrainer(Trainer):
         self.lean = lean  # core.plan.memory_options.Effective: the memory options as they run (None: stock behaviour)
         self.fused_step = None
         self.checkpoint_bytes = 0  # the job's estimate of one checkpoint, until one is written
+        # core.training.preference.Preference for dpo / orpo (None: next-token loss). Its loss is a
+        # mean over each micro-batch's pairs, which the Trainer divides by the accumulation steps.
+        self.preference = preference
+        if preference is not None:
+            self.loss_is_scaled_for_ga = False
+        self._pref_sums: dict[str, float] = {}  # reward figures since the last logged step
         self._staging: str | None = None
         model = kwargs.get("model", args[0] if args else None)
         self.aliased = aliased_parameters(model)  # LoRA on a tied head: the embedding's factors
@@ -96,6 +103,8 @@ class HeadtuneTrainer(Trainer):
 
     # -- the loss: chunked / fused, never the full-vocabulary logits --------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.preference is not None:
+            return self._preference_loss(model, inputs, return_outputs)
         if "position_ids" in inputs:
             # A padding-free batch (core.data.examples.FlatCollator): its attention_mask only counted
             # tokens; without it the model keeps the rows apart by their positions.
@@ -121,6 +130,72 @@ class HeadtuneTrainer(Trainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
 
+    def _preference_loss(self, model, inputs, return_outputs=False):
+        from . import preference
+
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        # Under autocast as a whole: the head, applied outside the model's forward, meets the hidden
+        # states in the compute dtype (as the next-token loss does).
+        with self.accelerator.autocast():
+            sums, counts = preference.sequence_log_probs(model, head, inputs, self.lean)
+            result = preference.pair_loss(self.preference, sums, counts, inputs)
+        if model.training:
+            self._note_rewards(result)
+        return (result.loss, result) if return_outputs else result.loss
+
+    def _note_rewards(self, result) -> None:
+        sums = self._pref_sums
+        for name, values in (
+            ("reward_chosen", result.chosen),
+            ("reward_rejected", result.rejected),
+            ("reward_margin", result.margin),
+            ("reward_accuracy", (result.margin > 0).float()),
+        ):
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+        sums["pairs"] = sums.get("pairs", 0.0) + float(result.margin.numel())
+
+    REWARD_SUMS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "pairs")
+
+    def log(self, logs, *args, **kwargs):
+        """The step's reward figures (means over the pairs since the last log, on every process:
+        the training loss's log is reached by all of them) join the loss."""
+        if "loss" in logs and self.preference is not None:
+            sums = distributed.sum_over_ranks([self._pref_sums.get(k, 0.0) for k in self.REWARD_SUMS])
+            self._pref_sums = {}
+            pairs = sums[-1]
+            if pairs:
+                logs = {**logs, **{k: v / pairs for k, v in zip(self.REWARD_SUMS[:-1], sums[:-1])}}
+        return super().log(logs, *args, **kwargs)
+
+    def _preference_evaluation(self, rows: list, metric_key_prefix: str) -> dict:
+        """Validation of preference pairs: the mean loss and reward accuracy over every pair."""
+        mine = [rows[i] for i in range(self.args.process_index, len(rows), self.args.world_size)]
+        model = self.model
+        assert model is not None
+        was_training = model.training
+        model.eval()
+        loss, correct, margin = 0.0, 0.0, 0.0
+        size = self.args.eval_batch_size
+        try:
+            with torch.no_grad():
+                for s in range(0, len(mine), size):
+                    inputs = self._prepare_inputs(self.data_collator(mine[s : s + size]))
+                    with self.compute_loss_context_manager(), self.accelerator.autocast():
+                        _loss, result = self._preference_loss(model, inputs, return_outputs=True)
+                    n = result.margin.numel()
+                    loss += float(result.loss) * n
+                    correct += float((result.margin > 0).float().sum())
+                    margin += float(result.margin.sum())
+        finally:
+            model.train(was_training)
+        loss, correct, margin, count = distributed.sum_over_ranks([loss, correct, margin, float(len(mine))])
+        nan = float("nan")
+        return {
+            f"{metric_key_prefix}_loss": loss / count if count else nan,
+            f"{metric_key_prefix}_reward_accuracy": correct / count if count else nan,
+            f"{metric_key_prefix}_reward_margin": margin / count if count else nan,
+        }
+
     # -- evaluation: one token-weighted loss over the whole validation set ---------------------
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -132,6 +207,9 @@ class HeadtuneTrainer(Trainer):
         from transformers.trainer_utils import EvalLoopOutput
 
         rows = self.eval_dataset if self.eval_dataset is not None else dataloader.dataset
+        if self.preference is not None and isinstance(rows, list) and rows:
+            metrics = self._preference_evaluation(rows, metric_key_prefix)
+            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(rows))
         if not isinstance(rows, list) or not rows or "labels" not in rows[0]:  # not next-token rows
             return super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -396,6 +474,9 @@ def _finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+REWARD_KEYS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy")
+
+
 class JobCallback(TrainerCallback):
     """Translates Trainer hooks into events on ``job`` and applies its stop flag."""
 
@@ -453,6 +534,7 @@ class JobCallback(TrainerCallback):
                     grad_norm=_finite(logs.get("grad_norm")),
                     tokens_per_s=round(self._tps, 1),
                     epoch=float(logs.get("epoch") or 0.0),
+                    **{k: _finite(logs.get(k)) for k in REWARD_KEYS},
                 )
             )
         self._apply_stop(control)
@@ -474,7 +556,14 @@ class JobCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         if metrics and "eval_loss" in metrics:
-            self.job.emit(ev.Eval(step=state.global_step, eval_loss=float(metrics["eval_loss"])))
+            self.job.emit(
+                ev.Eval(
+                    step=state.global_step,
+                    eval_loss=float(metrics["eval_loss"]),
+                    eval_reward_accuracy=_finite(metrics.get("eval_reward_accuracy")),
+                    eval_reward_margin=_finite(metrics.get("eval_reward_margin")),
+                )
+            )
         self._reset_clock(state)
 
     def on_save(self, args, state, control, **kw):

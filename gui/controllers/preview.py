@@ -81,6 +81,8 @@ class PreviewController(QObject):
             self._model.set(other, self._model.value(key))
         if key in ("embeddings.token_ids", "embeddings.new_tokens"):
             self.show_token_rows()
+        if key == "training.method":
+            self._training_panel.show_method(self._model.value(key))
         if key in ("embeddings.new_tokens", "embeddings.vocab_tokens"):
             self._data_timer.start()  # token lengths follow the extended tokenizer
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from headtune.core import events as ev
 from headtune.core.plan import plan_from_dict
-from headtune.core.testing import ALPACA_ROWS, plan_dict, write_jsonl
+from headtune.core.testing import ALPACA_ROWS, PREFERENCE_ROWS, plan_dict, write_jsonl
 from headtune.core.training.job import TrainingJob
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -77,6 +77,9 @@ def launched(tmp_path_factory, tiny_untied, tiny_tied):
     scenarios.append({"name": "stop", "plan": stop_plan, "stop_rank": 1, "stop_at": 1, "resume": True})
     epochs = {"max_steps": 0, "epochs": 1, "batch_size": 4, "eval_every": 0, "gradient_checkpointing": False}
     scenarios.append({"name": "epochs", "plan": plan_dict(tiny_untied, data, root / "epochs", training=epochs)})
+    pairs = write_jsonl(root / "pairs.jsonl", PREFERENCE_ROWS)
+    dpo = plan_dict(tiny_untied, pairs, root / "dpo", training=dict(TRAINING, method="dpo"))
+    scenarios.append({"name": "dpo", "plan": dpo})
     (root / "scenarios.json").write_text(json.dumps(scenarios), encoding="utf-8")
     done = torchrun(2, [str(WORKER), str(root / "scenarios.json"), str(root)])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -115,6 +118,32 @@ def test_two_processes_equal_one_with_the_global_batch(launched, tmp_path, mode,
     events = [json.loads(line) for line in (root / f"{mode}-{tie}" / "events.jsonl").read_text().splitlines()]
     assert [e["type"] for e in events].count("started") == 1 and events[0]["type"] == "log"
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_dpo_on_two_processes_equals_one_with_the_global_batch(launched, tmp_path):
+    """Each process computes the reference of every pair; the pairs' loss, the validation figures
+    and the step's reward figures (summed over the processes) equal one process's."""
+    root, _data, models, seen = launched
+    pairs = root / "pairs.jsonl"
+    steps: list = []
+    plan = plan_dict(models["untied"], pairs, tmp_path / "one", training=dict(TRAINING, method="dpo", batch_size=4))
+    result = TrainingJob(plan_from_dict(plan), sinks=[steps.append]).run()
+    assert [r["run"]["type"] for r in seen["dpo"]] == ["Finished", "Finished"]
+    for r in seen["dpo"]:
+        assert r["run"]["eval_loss"] == pytest.approx(result.eval_loss, rel=1e-5)
+    a, b = adapter(tmp_path / "one"), adapter(root / "dpo")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    events = [json.loads(line) for line in (root / "dpo" / "events.jsonl").read_text().splitlines()]
+    two = [e for e in events if e["type"] == "step"]
+    one = [e for e in steps if isinstance(e, ev.Step)]
+    assert [e["step"] for e in two] == [1, 2, 3]
+    for x, y in zip(two[1:], one[1:]):  # step 1's margins are 0 up to rounding
+        assert x["reward_margin"] == pytest.approx(y.reward_margin, rel=1e-3)
+        assert x["reward_chosen"] == pytest.approx(y.reward_chosen, rel=1e-3, abs=1e-6)
+    evals = [e for e in events if e["type"] == "eval"]
+    assert evals[-1]["eval_reward_accuracy"] == [e for e in steps if isinstance(e, ev.Eval)][-1].eval_reward_accuracy
 
 
 @pytest.mark.slow
@@ -473,3 +502,14 @@ def test_fsdp_qlora_equals_one_process(sharded, tmp_path):
     one["model"]["quantization"] = "4bit"
     TrainingJob(plan_from_dict(one)).run()
     assert_same_adapter(adapter(tmp_path / "one"), adapter(root / "qlora"))
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_fsdp_refuses_preference_tuning_before_loading(method):
+    from headtune.core.errors import ShardingError
+    from headtune.core.plan import Plan, with_overrides
+
+    base = Plan()
+    base.model.name_or_path, base.data.path = "m", "d.jsonl"
+    with pytest.raises(ShardingError, match=f"does not run training.method {method}"):
+        with_overrides(base, ["training.sharding=fsdp", f"training.method={method}"])

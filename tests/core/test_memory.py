@@ -447,3 +447,30 @@ def test_token_rows_estimate_holds_where_the_matrices_dominate(tmp_path, tokeniz
     measured = measure_peak(p, steps=2)["peak_bytes"]
     est = estimate(p, ModelShape.from_config(read_model_config(str(folder))), device="cpu")
     assert 0.95 <= est.tensors_peak_bytes / measured <= 1.10, (est.tensors_peak_bytes, measured, est.peak_phase)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_preference_tuning_doubles_the_rows(method):
+    """A batch of preference pairs is twice as many rows: the activations of batch_size pairs are
+    those of 2 x batch_size sft rows; the whole estimate grows. No reference model is held."""
+    for extra in ([], ["embeddings.train_embeddings=true", "embeddings.train_lm_head=true"]):
+        sft = estimate(plan("training.batch_size=2", *extra), SHAPE, "cuda")
+        pairs = estimate(plan("training.batch_size=2", f"training.method={method}", *extra), SHAPE, "cuda")
+        rows = estimate(plan("training.batch_size=4", *extra), SHAPE, "cuda")
+        assert pairs.total_bytes > sft.total_bytes
+        assert pairs.breakdown["activations"] == rows.breakdown["activations"] > sft.breakdown["activations"]
+        # The weights are the same: the reference is log-probabilities computed before training.
+        assert pairs.breakdown["weights_frozen"] == sft.breakdown["weights_frozen"]
+        assert pairs.breakdown["weights_trainable"] == sft.breakdown["weights_trainable"]
+    notes = " ".join(pairs.notes)
+    assert "two rows per example" in notes and (("no reference model" in notes) == (method == "dpo"))
+    # With the data's lengths: the longest reply sets the rows' length, the labelled tokens double.
+    p = plan("training.batch_size=2", f"training.method={method}", "memory.loss_chunk_tokens=1024")
+    est = estimate(p, SHAPE, "cuda", data=DataTokens.of([300, 120, 500, 80], [9, 5, 9, 2]))
+    assert (
+        est.data.seq_len == 500
+        and est.total_bytes
+        > estimate(
+            plan("training.batch_size=2"), SHAPE, "cuda", data=DataTokens.of([300, 120, 500, 80], [9, 5, 9, 2])
+        ).total_bytes
+    )

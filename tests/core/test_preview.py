@@ -65,6 +65,23 @@ def test_preview_data_splits_trained_and_masked_text(tokenizer, tmp_path):
     assert p.trained_tokens >= sum(1 for x in f["labels"] if x != IGNORE_INDEX)
 
 
+def test_preview_of_preference_pairs_shows_each_reply_once(tokenizer, tmp_path):
+    """Preference data previews as one conversation per reply (chosen, rejected) whose last reply
+    alone is trained: the lengths the estimate reads are the replies' rows."""
+    user = {"role": "user", "content": "Name a colour."}
+    turns = [user, {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another?"}]
+    rows = [
+        {
+            "chosen": [*turns, {"role": "assistant", "content": "Blue is another."}],
+            "rejected": [*turns, {"role": "assistant", "content": "no"}],
+        }
+    ] * 3
+    p = preview_data(DataSpec(path=str(write_jsonl(tmp_path / "p.jsonl", rows)), max_seq_len=64), tokenizer)
+    assert p.format == "preference" and p.rows == 3 and len(p.lengths) == 6
+    trained = "".join(t for t, k in p.segments if k == "trained")
+    assert trained.startswith("Blue is another.") and "Red." not in trained
+
+
 def test_preview_data_names_the_bad_line(tokenizer, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", ALPACA_ROWS[:3], raw_lines=["{nope"])
     with pytest.raises(DataError, match="bad.jsonl, line 4"):

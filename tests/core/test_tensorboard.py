@@ -65,3 +65,24 @@ def test_missing_writer_is_refused_before_writing(tmp_path, tiny_untied, alpaca_
         TrainingJob(plan_from_dict(d)).run()
     assert err.value.key == "output.tensorboard"
     assert not (tmp_path / "run").exists()
+
+
+def test_preference_rewards_become_scalars(tmp_path):
+    from headtune.core.training.tensorboard import TensorBoardSink
+
+    sink = TensorBoardSink(tmp_path / "tb")
+    step = dict(total_steps=2, learning_rate=1e-3, grad_norm=None, tokens_per_s=1.0, epoch=0.0)
+    sink(ev.Step(step=1, loss=0.69, **step))  # sft: no reward scalars
+    sink(
+        ev.Step(
+            step=2, loss=0.6, reward_margin=0.3, reward_accuracy=0.75, reward_chosen=0.2, reward_rejected=-0.1, **step
+        )
+    )
+    sink(ev.Eval(step=2, eval_loss=0.5, eval_reward_accuracy=1.0, eval_reward_margin=0.4))
+    sink(ev.Finished(step=2, adapter_path=""))
+    scalars = read_scalars(tmp_path / "tb")
+    assert scalars["train/reward_margin"] == pytest.approx({2: 0.3})
+    assert scalars["train/reward_accuracy"] == {2: 0.75} and scalars["train/reward_rejected"] == pytest.approx(
+        {2: -0.1}
+    )
+    assert scalars["eval/reward_accuracy"] == {2: 1.0} and scalars["eval/reward_margin"] == pytest.approx({2: 0.4})

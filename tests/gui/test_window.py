@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton, QSpinBox
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMessageBox, QPushButton, QSpinBox, QWidget
 
 from headtune.core.plan import load_plan, plan_from_dict
 from headtune.core.runfolder import RunFolder
@@ -462,3 +462,67 @@ def test_new_words_proposed_from_the_data_unticked_and_previewed(make_window, qt
     assert "tokens per example" in w.data_panel.summary.text()
     listed.item(0).setCheckState(Qt.CheckState.Unchecked)  # unticked: out of the plan, still listed
     assert planted not in w.values()["embeddings"]["vocab_tokens"] and listed.count() == len(words)
+
+
+def test_method_combo_sets_the_plan_and_rewards_are_plotted(make_window, qtbot, tiny_untied, tmp_path):
+    from headtune.core import events as ev
+    from headtune.core.testing import PREFERENCE_ROWS
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PREFERENCE_ROWS)
+    w = make_window(plan_dict(tiny_untied, pairs, tmp_path / "run"))
+    method = w.findChild(QComboBox, "methodCombo")
+    assert [method.itemData(i) for i in range(method.count())] == ["sft", "dpo", "orpo"]
+    assert method.toolTip().startswith("What the run learns from") and method.accessibleName()
+    beta, lam = w.findChild(QWidget, "prefBetaSpin"), w.findChild(QWidget, "orpoLambdaSpin")
+    assert not beta.isEnabled() and not lam.isEnabled()  # sft
+    method.setCurrentIndex(method.findData("dpo"))
+    assert w.values()["training"]["method"] == "dpo"
+    assert beta.isEnabled() and not lam.isEnabled()
+    method.setCurrentIndex(method.findData("orpo"))
+    assert lam.isEnabled() and not beta.isEnabled() and w.values()["training"]["method"] == "orpo"
+    # A plan opened with a method shows it, its setting editable.
+    opened = make_window(plan_dict(tiny_untied, pairs, tmp_path / "run2", training={"method": "dpo"}))
+    assert opened.findChild(QComboBox, "methodCombo").currentData() == "dpo"
+    assert opened.findChild(QWidget, "prefBetaSpin").isEnabled()
+    panel = w.run_panel
+    panel.reset()
+    panel.add_event(
+        ev.Step(
+            step=1,
+            total_steps=4,
+            loss=0.69,
+            learning_rate=1e-3,
+            grad_norm=1.0,
+            tokens_per_s=10.0,
+            epoch=0.1,
+            reward_margin=0.25,
+            reward_accuracy=0.75,
+        )
+    )
+    panel.add_event(ev.Eval(step=1, eval_loss=0.6, eval_reward_accuracy=0.5))
+    panel.tabs.setCurrentWidget(panel.reward_tab)
+    panel._redraw_if_dirty()
+    assert list(panel.reward_margin_curve.getData()[1]) == [0.25]
+    assert list(panel.reward_accuracy_curve.getData()[1]) == [0.75]
+    assert list(panel.eval_reward_curve.getData()[1]) == [0.5]
+    assert "reward accuracy 75%" in panel.progress.format()
+
+
+@pytest.mark.slow
+def test_dpo_run_from_the_window_plots_rewards(make_window, qtbot, tiny_untied, tmp_path):
+    from headtune.core.testing import PREFERENCE_ROWS
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PREFERENCE_ROWS)
+    out = tmp_path / "run"
+    w = make_window(plan_dict(tiny_untied, pairs, out, training={"max_steps": 3, "eval_every": 3}))
+    qtbot.waitUntil(lambda: w.preview.summary is not None and not w.threads.running(), timeout=60_000)
+    method = w.findChild(QComboBox, "methodCombo")
+    method.setCurrentIndex(method.findData("dpo"))
+    qtbot.mouseClick(w.findChild(QPushButton, "startButton"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=180_000)
+    assert w.run_panel.state_label.text().startswith("Finished at step 3"), w.run_panel.log_view.toPlainText()
+    w.run_panel.tabs.setCurrentWidget(w.run_panel.reward_tab)
+    w.run_panel._redraw_if_dirty()
+    assert list(w.run_panel.reward_margin_curve.getData()[0]) == [1, 2, 3]
+    assert list(w.run_panel.eval_reward_curve.getData()[0]) == [0, 3]
+    assert load_plan(out / "plan.yaml").training.method == "dpo"
