@@ -488,7 +488,7 @@ def _plan_from_args(args, missing: str):
 
 
 def _cmd_inspect(args) -> int:
-    from .plan import DataSpec, plan_from_dict
+    from .plan import plan_from_dict
     from .plan.loading import apply_overrides
     from .tools.health import inspect_model
 
@@ -503,7 +503,7 @@ def _cmd_inspect(args) -> int:
     if spec is not None and spec.max_seq_len < 16:
         raise _usage("--max-seq-len must be at least 16.")
     e = plan.embeddings
-    r = inspect_model(args.model, spec if isinstance(spec, DataSpec) else None, e.new_tokens, e.vocab_tokens)
+    r = inspect_model(args.model, spec, e.new_tokens, e.vocab_tokens)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return EXIT_OK
