@@ -57,6 +57,16 @@ def adapter(run: Path) -> dict:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+def run_scenarios(root: Path, scenarios: list[dict]) -> dict:
+    """Run ``scenarios`` in one launch of 2 processes; what each rank saw, by scenario name."""
+    (root / "scenarios.json").write_text(json.dumps(scenarios), encoding="utf-8")
+    done = torchrun(2, [str(WORKER), str(root / "scenarios.json"), str(root)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {
+        sc["name"]: [json.loads((root / f"{sc['name']}-rank{r}.json").read_text()) for r in (0, 1)] for sc in scenarios
+    }
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, tiny_untied, tiny_tied):
     """Every scenario run once by 2 processes with batch 2 (global batch 4)."""
@@ -80,13 +90,7 @@ def launched(tmp_path_factory, tiny_untied, tiny_tied):
     pairs = write_jsonl(root / "pairs.jsonl", PREFERENCE_ROWS)
     dpo = plan_dict(tiny_untied, pairs, root / "dpo", training=dict(TRAINING, method="dpo"))
     scenarios.append({"name": "dpo", "plan": dpo})
-    (root / "scenarios.json").write_text(json.dumps(scenarios), encoding="utf-8")
-    done = torchrun(2, [str(WORKER), str(root / "scenarios.json"), str(root)])
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = {}
-    for sc in scenarios:
-        seen[sc["name"]] = [json.loads((root / f"{sc['name']}-rank{r}.json").read_text()) for r in (0, 1)]
-    return root, data, models, seen
+    return root, data, models, run_scenarios(root, scenarios)
 
 
 @pytest.mark.slow
@@ -349,13 +353,7 @@ def sharded(tmp_path_factory, tiny_untied, tiny_tied):
     # Default memory options: the 8-bit matrix states fall back to 32-bit under FSDP.
     stop_plan = plan_dict(tiny_untied, data, root / "stop", embeddings=MODES["full"], training=SHARDED_STOP)
     scenarios.append({"name": "stop", "plan": stop_plan, "stop_rank": 1, "stop_at": 2, "resume": True})
-    (root / "scenarios.json").write_text(json.dumps(scenarios), encoding="utf-8")
-    done = torchrun(2, [str(WORKER), str(root / "scenarios.json"), str(root)])
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = {}
-    for sc in scenarios:
-        seen[sc["name"]] = [json.loads((root / f"{sc['name']}-rank{r}.json").read_text()) for r in (0, 1)]
-    return root, data, models, seen
+    return root, data, models, run_scenarios(root, scenarios)
 
 
 def assert_same_adapter(a: dict, b: dict) -> None:
